@@ -1,0 +1,258 @@
+/**
+ * The composition root: builds the node's modules from a loaded config, starts them in order and stops them in
+ * reverse. Nothing else wires modules together. Used by both `edgemesh agent` and `edgemesh gateway` (role).
+ *
+ *   const agent = new Agent(loaded, { logger })
+ *   await agent.start()    // throws EdgeMeshError on a fatal start problem (port in use, bad kubeconfig…)
+ *   await agent.stop()     // releases every socket, timer and file watch
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { Catalog } from './catalog/catalog.ts';
+import type { ConvertOptions } from './catalog/convert.ts';
+import { SnapshotWriter, loadSnapshot } from './catalog/snapshot.ts';
+import { FileSource } from './catalog/sources/file.ts';
+import { KubeSource, buildKubeConfig } from './catalog/sources/kube.ts';
+import type { LoadedConfig } from './config/load.ts';
+import type { AgentConfig } from './config/schema-edgemesh.ts';
+import { EdgeMeshError, describeError } from './errors.ts';
+import { AdminServer, type Readiness } from './obs/admin.ts';
+import type { Logger } from './obs/logger.ts';
+import { MetricsRegistry } from './obs/metrics.ts';
+import { VERSION } from './version.ts';
+
+export interface ModuleStatus {
+  name: string;
+  enabled: boolean;
+  state: 'stopped' | 'starting' | 'running' | 'failed' | 'not-built';
+  detail: string;
+}
+
+export interface AgentStatus {
+  version: string;
+  role: LoadedConfig['role'];
+  nodeName: string;
+  mode: LoadedConfig['mode'];
+  config: string;
+  pid: number;
+  startedAt: string;
+  uptimeSeconds: number;
+  ready: Readiness;
+  catalog: ReturnType<Catalog['state']> & {
+    source: unknown;
+    snapshot: { path: string | null; savedAt: string | null; error: string | null; restoredFrom: string | null };
+  };
+  modules: ModuleStatus[];
+}
+
+export interface AgentDeps {
+  logger: Logger;
+  metrics?: MetricsRegistry;
+}
+
+/** The example catalog the embedded default starts with, so `edgemesh agent` shows something on a fresh machine. */
+export const EXAMPLE_CATALOG = `# edgemesh standalone catalog: Kubernetes objects exactly as \`kubectl get -o yaml\` prints them.
+# Edit and save: the agent applies changes within a second. See docs/catalog.md.
+apiVersion: v1
+kind: Service
+metadata: { name: hello, namespace: default }
+spec:
+  clusterIP: 10.96.0.100
+  ports: [{ name: http, port: 80, targetPort: 8080, protocol: TCP }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hello-1
+  namespace: default
+  labels: { kubernetes.io/service-name: hello }
+addressType: IPv4
+ports: [{ name: http, port: 8080, protocol: TCP }]
+endpoints:
+  - addresses: [127.0.0.1]
+    conditions: { ready: true }
+`;
+
+export class Agent {
+  readonly catalog: Catalog;
+  readonly metrics: MetricsRegistry;
+  private readonly log: Logger;
+  private fileSource: FileSource | null = null;
+  private kubeSource: KubeSource | null = null;
+  private snapshotWriter: SnapshotWriter | null = null;
+  private admin: AdminServer | null = null;
+  private restoredFrom: string | null = null;
+  private readonly startedAt = new Date();
+  private readonly ac = new AbortController();
+  private started = false;
+
+  constructor(readonly loaded: LoadedConfig, deps: AgentDeps) {
+    this.log = deps.logger;
+    this.metrics = deps.metrics ?? new MetricsRegistry();
+    this.catalog = new Catalog({ logger: this.log.child('catalog') });
+    this.registerMetrics();
+  }
+
+  get adminUrl(): string | null {
+    return this.admin?.url ?? null;
+  }
+
+  private convertOptions(): ConvertOptions {
+    const c = this.loaded.config;
+    return { serviceFilterMode: 'edgeProxy' in c.modules ? (c as AgentConfig).modules.edgeProxy.serviceFilterMode : 'FilterIfLabelExists' };
+  }
+
+  async start(): Promise<void> {
+    const { loaded } = this;
+    this.log.info(`edgemesh ${loaded.role} ${VERSION} starting`, { node: loaded.nodeName, mode: loaded.mode, config: loaded.source });
+    await this.ensureStateDir();
+
+    // Admin first: /healthz answers and /readyz explains while the catalog loads.
+    if (loaded.admin) {
+      this.admin = new AdminServer({
+        host: loaded.admin.host,
+        port: loaded.admin.port,
+        logger: this.log.child('admin'),
+        metrics: this.metrics,
+        readiness: () => this.readiness(),
+        status: () => this.status(),
+        catalog: () => this.catalog.snapshot(),
+      });
+      this.admin.start();
+    }
+
+    await this.restoreSnapshot();
+    if (loaded.snapshotPath) {
+      this.snapshotWriter = new SnapshotWriter({ catalog: this.catalog, path: loaded.snapshotPath, nodeName: loaded.nodeName, logger: this.log.child('snapshot') });
+      this.snapshotWriter.start();
+    }
+
+    if (loaded.mode === 'standalone') {
+      const path = loaded.catalogFile!;
+      if (loaded.embedded && !existsSync(path)) {
+        await mkdir(dirname(path), { recursive: true });
+        await writeFile(path, EXAMPLE_CATALOG, { mode: 0o644 });
+        this.log.info('wrote an example catalog for the embedded default; edit it to add services', { path });
+      }
+      this.fileSource = new FileSource({ path, catalog: this.catalog, logger: this.log.child('catalog.file'), convert: this.convertOptions() });
+      await this.fileSource.start();
+    } else {
+      const kc = buildKubeConfig(loaded.mode, loaded.config.kubeAPIConfig);
+      this.kubeSource = new KubeSource({ kc, role: loaded.role, catalog: this.catalog, logger: this.log.child('catalog.kube'), convert: this.convertOptions() });
+      this.kubeSource.start();
+    }
+
+    this.warnUnbuiltModules();
+    this.started = true;
+    this.log.info('started', { admin: this.admin?.url ?? 'disabled' });
+  }
+
+  /** Stop everything; safe to call twice and after a failed start. */
+  async stop(): Promise<void> {
+    this.ac.abort();
+    const steps: [string, () => Promise<void> | void][] = [
+      ['catalog source', async () => { await this.fileSource?.stop(); await this.kubeSource?.stop(); }],
+      ['snapshot', async () => { await this.snapshotWriter?.stop(); }],
+      ['admin', async () => { await this.admin?.stop(); }],
+    ];
+    for (const [name, fn] of steps) {
+      try {
+        await fn();
+      } catch (err) {
+        this.log.error(`stopping ${name} failed`, { error: describeError(err) });
+      }
+    }
+    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = null;
+    if (this.started) this.log.info('stopped');
+    this.started = false;
+  }
+
+  readiness(): Readiness {
+    const st = this.catalog.state();
+    if (!st.ready) return { ready: false, reason: `catalog not loaded: ${st.detail}` };
+    if (st.origin === 'snapshot') return { ready: true, reason: `serving the catalog snapshot from ${this.restoredFrom ?? 'disk'} (${st.detail})` };
+    return { ready: true, reason: `catalog from ${st.origin}: ${st.detail}` };
+  }
+
+  status(): AgentStatus {
+    const l = this.loaded;
+    return {
+      version: VERSION,
+      role: l.role,
+      nodeName: l.nodeName,
+      mode: l.mode,
+      config: l.source,
+      pid: process.pid,
+      startedAt: this.startedAt.toISOString(),
+      uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
+      ready: this.readiness(),
+      catalog: {
+        ...this.catalog.state(),
+        source: this.fileSource ? { kind: 'file', ...this.fileSource.status } : this.kubeSource ? { kind: 'kubernetes', ...this.kubeSource.status() } : null,
+        snapshot: { path: l.snapshotPath, savedAt: this.snapshotWriter?.status().savedAt ?? null, error: this.snapshotWriter?.status().error ?? null, restoredFrom: this.restoredFrom },
+      },
+      modules: this.modules(),
+    };
+  }
+
+  private modules(): ModuleStatus[] {
+    const c = this.loaded.config;
+    const out: ModuleStatus[] = [
+      { name: 'catalog', enabled: true, state: this.catalog.state().ready ? 'running' : 'starting', detail: this.catalog.state().detail },
+      { name: 'admin', enabled: !!this.loaded.admin, state: this.admin ? 'running' : 'stopped', detail: this.admin?.url ?? 'disabled (commonConfig.adminAddress is "")' },
+    ];
+    const m = c.modules as Record<string, { enable?: boolean }>;
+    for (const name of Object.keys(m)) {
+      // Later modules (DNS, proxy, tunnel, gateway, CNI) are listed honestly until they exist.
+      out.push({ name, enabled: !!m[name]?.enable, state: 'not-built', detail: 'not in this build yet' });
+    }
+    return out;
+  }
+
+  private warnUnbuiltModules(): void {
+    const m = this.loaded.config.modules as Record<string, { enable?: boolean }>;
+    const on = Object.keys(m).filter((k) => m[k]?.enable);
+    if (on.length) this.log.warn('enabled modules are not in this build yet and will not run', { modules: on.join(',') });
+  }
+
+  private async ensureStateDir(): Promise<void> {
+    try {
+      await mkdir(this.loaded.stateDir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw new EdgeMeshError('STATE_DIR', `cannot create the state directory ${this.loaded.stateDir}: ${describeError(err)}; set commonConfig.stateDir to a writable directory`);
+    }
+  }
+
+  private async restoreSnapshot(): Promise<void> {
+    const path = this.loaded.snapshotPath;
+    if (!path) return;
+    const t0 = performance.now();
+    try {
+      const snap = await loadSnapshot(path);
+      if (!snap) return;
+      this.catalog.replace(snap.objects, 'snapshot', `restored snapshot saved ${snap.savedAt}`);
+      this.catalog.flush();
+      this.restoredFrom = `${path} (saved ${snap.savedAt})`;
+      this.log.info('catalog restored from the snapshot until the live source syncs', { path, savedAt: snap.savedAt, services: snap.objects.services.length, ms: Math.round(performance.now() - t0) });
+    } catch (err) {
+      this.log.error('ignoring the catalog snapshot', { error: describeError(err), fix: 'it will be rewritten after the next sync' });
+    }
+  }
+
+  private registerMetrics(): void {
+    const m = this.metrics;
+    const apply = m.histogram('edgemesh_catalog_apply_seconds', 'Time from a source event to subscribers notified', [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1]);
+    const updates = m.counter('edgemesh_catalog_updates_total', 'Catalog change events delivered');
+    this.catalog.subscribe((_s, change) => {
+      updates.inc();
+      apply.observe((performance.now() - change.firstEventAt) / 1000);
+    });
+    const objects = m.gauge('edgemesh_catalog_objects', 'Objects in the catalog by kind');
+    for (const kind of ['services', 'endpoints', 'nodes', 'destinationRules', 'gateways', 'virtualServices', 'secrets'] as const) {
+      objects.set(() => this.catalog.snapshot()[kind].size, { kind });
+    }
+    m.gauge('edgemesh_catalog_ready', '1 when the catalog is synced or restored').set(() => (this.catalog.state().ready ? 1 : 0));
+    m.gauge('process_resident_memory_bytes', 'Resident memory').set(() => process.memoryUsage.rss());
+  }
+}

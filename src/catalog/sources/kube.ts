@@ -1,0 +1,323 @@
+/**
+ * The Kubernetes source: list+watch with @kubernetes/client-node informers against a kubeconfig, the in-cluster
+ * service account, or KubeEdge's metaServer (JSON only: the metaServer does not speak protobuf).
+ *
+ * - Until every kind has listed once, the catalog keeps what it had (the snapshot); then one full replace, and
+ *   watch deltas after that. So a restart while the API is down serves the snapshot, and the first good sync
+ *   removes whatever was deleted meanwhile.
+ * - client-node's ListWatch stops on any error; each informer is restarted here with capped exponential backoff.
+ *   A 410 Gone makes ListWatch relist and emit deletes for vanished objects, so the catalog converges.
+ * - EndpointSlices are preferred; a server that does not serve them (404) gets v1 Endpoints instead.
+ * - Optional kinds (Nodes, istio CRDs, Secrets) that are not installed or not permitted (404/403) count as
+ *   empty, are reported once, and are retried slowly, so a cluster without istio works (the original logs
+ *   list errors forever there).
+ */
+import { readFileSync } from 'node:fs';
+import {
+  CoreV1Api, CustomObjectsApi, DiscoveryV1Api, type Informer, KubeConfig, type KubernetesObject, type ObjectCache, makeInformer,
+} from '@kubernetes/client-node';
+import { EdgeMeshError, describeError } from '../../errors.ts';
+import type { KubeAPIConfig } from '../../config/schema-edgemesh.ts';
+import type { Role, RunMode } from '../../config/load.ts';
+import type { Logger } from '../../obs/logger.ts';
+import type { Catalog } from '../catalog.ts';
+import {
+  type ConvertOptions, type Converted, convertEndpointSlice, convertEndpoints, convertIstio, convertNode, convertSecret,
+  convertService,
+} from '../convert.ts';
+import { type CatalogObjects, type Kind, emptyObjects, keyOf } from '../model.ts';
+
+const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
+/** Build the client configuration for a run mode (SPEC §1.2–1.3). */
+export function buildKubeConfig(mode: RunMode, cfg: KubeAPIConfig): KubeConfig {
+  const kc = new KubeConfig();
+  try {
+    if (mode === 'manual') {
+      if (cfg.kubeConfig) {
+        kc.loadFromFile(cfg.kubeConfig);
+        if (cfg.master) {
+          const cur = kc.getCurrentCluster();
+          if (!cur) throw new Error('the kubeconfig has no current cluster');
+          kc.clusters = kc.clusters.map((c) => (c.name === cur.name ? { ...c, server: cfg.master } : c));
+        }
+      } else {
+        kc.loadFromClusterAndUser({ name: 'edgemesh', server: cfg.master, skipTLSVerify: false }, { name: 'edgemesh' });
+      }
+    } else if (mode === 'cloud') {
+      kc.loadFromCluster();
+    } else if (mode === 'edge') {
+      const sec = cfg.metaServer.security;
+      let server = cfg.metaServer.server;
+      if (sec.requireAuthorization) server = server.replace(/^http:\/\//, 'https://');
+      const cluster = { name: 'kubeedge-cluster', server, skipTLSVerify: sec.requireAuthorization && sec.insecureSkipTLSVerify, ...(sec.requireAuthorization && !sec.insecureSkipTLSVerify ? { caFile: sec.tlsCaFile } : {}) };
+      const user = sec.requireAuthorization
+        ? { name: 'edgemesh', certFile: sec.tlsCertFile, keyFile: sec.tlsPrivateKeyFile, authProvider: { name: 'tokenFile', config: { tokenFile: `${SA_DIR}/token` } } }
+        : { name: 'edgemesh' };
+      kc.loadFromClusterAndUser(cluster, user);
+    } else {
+      throw new Error(`run mode ${mode} has no Kubernetes API`);
+    }
+  } catch (err) {
+    throw new EdgeMeshError('KUBE_CONFIG', `cannot configure Kubernetes access (${mode} mode): ${describeError(err)}`, { cause: err });
+  }
+  return kc;
+}
+
+interface KindSpec {
+  kind: Kind;
+  /** Shown in logs and status, e.g. "services". */
+  label: string;
+  path: string;
+  list: () => Promise<{ items: KubernetesObject[]; metadata?: { resourceVersion?: string } }>;
+  convert: (o: Record<string, unknown>) => Converted;
+  /** Required kinds block readiness; optional ones count as empty when absent (404/403). */
+  required: boolean;
+}
+
+type WatcherState = 'listing' | 'synced' | 'absent' | 'failing';
+
+class KindWatcher {
+  state: WatcherState = 'listing';
+  lastError: string | null = null;
+  informer: (Informer<KubernetesObject> & ObjectCache<KubernetesObject>) | null = null;
+  private retry: ReturnType<typeof setTimeout> | null = null;
+  private backoffMs: number;
+  private stopped = false;
+  /** Bumped on every (re)start so late callbacks of an abandoned informer are ignored. */
+  private generation = 0;
+
+  constructor(
+    readonly spec: KindSpec,
+    private readonly src: KubeSource,
+  ) {
+    this.backoffMs = src.minBackoffMs;
+  }
+
+  start(): void {
+    this.stopped = false;
+    const gen = ++this.generation;
+    const inf = makeInformer(this.src.kc, this.spec.path, this.spec.list);
+    this.informer = inf;
+    const live = () => gen === this.generation && !this.stopped;
+    inf.on('add', (o) => live() && this.src.onUpsert(this, o));
+    inf.on('update', (o) => live() && this.src.onUpsert(this, o));
+    inf.on('delete', (o) => live() && this.src.onDelete(this, o));
+    inf.on('error', (err) => live() && this.onError(err));
+    void inf.start().then(() => {
+      // start() resolves after the list and the watch request; an error in between went to onError.
+      if (!live() || this.state === 'failing' || this.state === 'absent') return;
+      this.backoffMs = this.src.minBackoffMs;
+      const was = this.state;
+      this.state = 'synced';
+      if (this.lastError) this.src.log.info(`${this.spec.label}: connected again`, {});
+      this.lastError = null;
+      if (was !== 'synced') this.src.onSynced(this);
+    });
+  }
+
+  private onError(err: unknown): void {
+    const status = (err as { statusCode?: number; code?: number }).statusCode ?? (err as { code?: unknown }).code;
+    const msg = describeError(err);
+    if (status === 404 && this.spec.kind === 'endpointSlices') {
+      this.src.fallBackToEndpoints(this);
+      return;
+    }
+    if ((status === 404 || status === 403) && !this.spec.required) {
+      if (this.state !== 'absent') this.src.log.warn(`${this.spec.label}: not available (${status === 404 ? 'not served by the API' : 'forbidden'}); treating as empty`, { retryIn: '5m' });
+      this.state = 'absent';
+      this.lastError = msg;
+      this.src.onSynced(this);
+      this.schedule(5 * 60_000);
+      return;
+    }
+    if (this.lastError !== msg) this.src.log.warn(`${this.spec.label}: list/watch failed; keeping the last known state`, { error: msg, retryInMs: this.backoffMs });
+    this.lastError = msg;
+    if (this.state === 'synced') this.state = 'failing';
+    else if (this.state === 'listing') this.state = 'failing';
+    this.src.onTrouble();
+    this.schedule(this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, this.src.maxBackoffMs);
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    if (this.retry) clearTimeout(this.retry);
+    // Jitter spreads a fleet of edge nodes reconnecting after a cloud outage.
+    this.retry = setTimeout(() => {
+      this.retry = null;
+      void this.informer?.stop();
+      this.start();
+    }, Math.round(ms * (0.8 + Math.random() * 0.4)));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.generation++;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
+    await this.informer?.stop();
+  }
+
+  /** Whether this kind's contents are known (listed at least once, or absent). */
+  everSynced = false;
+}
+
+export interface KubeSourceDeps {
+  kc: KubeConfig;
+  role: Role;
+  catalog: Catalog;
+  logger: Logger;
+  convert: ConvertOptions;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export interface KubeSourceStatus {
+  server: string;
+  synced: boolean;
+  kinds: { kind: string; state: WatcherState; error: string | null }[];
+}
+
+export class KubeSource {
+  readonly kc: KubeConfig;
+  readonly log: Logger;
+  readonly minBackoffMs: number;
+  readonly maxBackoffMs: number;
+  private watchers: KindWatcher[] = [];
+  private initialDone = false;
+  private readonly core: CoreV1Api;
+  private readonly custom: CustomObjectsApi;
+  private readonly discovery: DiscoveryV1Api;
+
+  constructor(private readonly deps: KubeSourceDeps) {
+    this.kc = deps.kc;
+    this.log = deps.logger;
+    this.minBackoffMs = deps.minBackoffMs ?? 1000;
+    this.maxBackoffMs = deps.maxBackoffMs ?? 16_000;
+    this.core = this.kc.makeApiClient(CoreV1Api);
+    this.custom = this.kc.makeApiClient(CustomObjectsApi);
+    this.discovery = this.kc.makeApiClient(DiscoveryV1Api);
+  }
+
+  get server(): string {
+    return this.kc.getCurrentCluster()?.server ?? '(none)';
+  }
+
+  private specs(): KindSpec[] {
+    const opts = this.deps.convert;
+    const istio = (plural: string, kind: Kind, label: string, k: string): KindSpec => ({
+      kind, label, required: false, path: `/apis/networking.istio.io/v1alpha3/${plural}`,
+      list: () => this.custom.listClusterCustomObject({ group: 'networking.istio.io', version: 'v1alpha3', plural }) as Promise<{ items: KubernetesObject[] }>,
+      convert: (o) => ({ kind, value: convertIstio({ apiVersion: 'networking.istio.io/v1alpha3', ...o }, k) }) as Converted,
+    });
+    const specs: KindSpec[] = [
+      { kind: 'services', label: 'services', required: true, path: '/api/v1/services', list: () => this.core.listServiceForAllNamespaces(), convert: (o) => ({ kind: 'services', value: convertService(o, opts) }) },
+      { kind: 'endpointSlices', label: 'endpointslices', required: true, path: '/apis/discovery.k8s.io/v1/endpointslices', list: () => this.discovery.listEndpointSliceForAllNamespaces(), convert: (o) => ({ kind: 'endpointSlices', value: convertEndpointSlice(o) }) },
+      { kind: 'nodes', label: 'nodes', required: false, path: '/api/v1/nodes', list: () => this.core.listNode(), convert: (o) => ({ kind: 'nodes', value: convertNode(o) }) },
+      istio('destinationrules', 'destinationRules', 'destinationrules', 'DestinationRule'),
+    ];
+    if (this.deps.role === 'gateway') {
+      specs.push(
+        istio('gateways', 'gateways', 'gateways', 'Gateway'),
+        istio('virtualservices', 'virtualServices', 'virtualservices', 'VirtualService'),
+        { kind: 'secrets', label: 'secrets', required: false, path: '/api/v1/secrets', list: () => this.core.listSecretForAllNamespaces(), convert: (o) => ({ kind: 'secrets', value: convertSecret(o) }) },
+      );
+    }
+    return specs;
+  }
+
+  start(): void {
+    this.log.info('watching the Kubernetes API', { server: this.server });
+    this.deps.catalog.setDetail(`listing from ${this.server}`);
+    this.watchers = this.specs().map((s) => new KindWatcher(s, this));
+    for (const w of this.watchers) w.start();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.watchers.map((w) => w.stop()));
+  }
+
+  status(): KubeSourceStatus {
+    return { server: this.server, synced: this.initialDone, kinds: this.watchers.map((w) => ({ kind: w.spec.label, state: w.state, error: w.lastError })) };
+  }
+
+  /** The API does not serve EndpointSlices: replace that watcher by one on v1 Endpoints. */
+  fallBackToEndpoints(w: KindWatcher): void {
+    this.log.info('EndpointSlices are not served; using v1 Endpoints');
+    void w.stop();
+    const ep = new KindWatcher(
+      { kind: 'endpoints', label: 'endpoints', required: true, path: '/api/v1/endpoints', list: () => this.core.listEndpointsForAllNamespaces(), convert: (o) => ({ kind: 'endpoints', value: convertEndpoints(o) }) },
+      this,
+    );
+    this.watchers = this.watchers.map((x) => (x === w ? ep : x));
+    ep.start();
+  }
+
+  onUpsert(w: KindWatcher, o: KubernetesObject): void {
+    if (!this.initialDone) return; // the initial replace reads the informer caches
+    const c = this.convertOne(w, o);
+    if (c) this.deps.catalog.upsert(c);
+  }
+
+  onDelete(w: KindWatcher, o: KubernetesObject): void {
+    if (!this.initialDone) return;
+    const m = o.metadata ?? {};
+    this.deps.catalog.remove(w.spec.kind, w.spec.kind === 'nodes' ? (m.name ?? '') : `${m.namespace ?? 'default'}/${m.name ?? ''}`);
+  }
+
+  onSynced(w: KindWatcher): void {
+    w.everSynced = true;
+    if (this.watchers.some((x) => !x.everSynced)) {
+      this.onTrouble();
+      return;
+    }
+    if (!this.initialDone) {
+      this.initialDone = true;
+      const objects = emptyObjects();
+      for (const x of this.watchers) {
+        if (x.state !== 'synced') continue;
+        for (const o of x.informer?.list() ?? []) {
+          const c = this.convertOne(x, o);
+          if (c) (objects[c.kind] as unknown[]).push(c.value);
+        }
+      }
+      this.deps.catalog.replace(objects, 'kubernetes', `synced with ${this.server}`);
+      this.log.info('initial sync complete', { services: objects.services.length, endpoints: objects.endpointSlices.length + objects.endpoints.length, nodes: objects.nodes.length });
+      return;
+    }
+    // A kind that became absent after the initial sync: drop what we had of it.
+    if (w.state === 'absent') this.dropKind(w.spec.kind);
+    this.onTrouble();
+  }
+
+  private dropKind(kind: Kind): void {
+    const current = this.deps.catalog.objects()[kind] as { namespace?: string; name: string }[];
+    for (const o of current) this.deps.catalog.remove(kind, keyOf(o));
+  }
+
+  /** Recompute the human-readable detail shown by /readyz and `edgemesh status`. */
+  onTrouble(): void {
+    const failing = this.watchers.filter((w) => w.state === 'failing' || w.state === 'listing');
+    const origin = this.deps.catalog.state().origin;
+    if (failing.length === 0) {
+      this.deps.catalog.setDetail(`synced with ${this.server}`);
+      return;
+    }
+    const err = failing.find((w) => w.lastError)?.lastError;
+    const serving = !this.initialDone ? (origin === 'snapshot' ? 'serving the snapshot' : 'no catalog yet') : 'keeping the last known state';
+    this.deps.catalog.setDetail(`API ${err ? `unreachable (${err})` : 'listing'} for ${failing.map((w) => w.spec.label).join(', ')}; ${serving}`);
+  }
+
+  private convertOne(w: KindWatcher, o: KubernetesObject): Converted | null {
+    try {
+      // Typed client objects carry Dates and class instances; a JSON round trip gives the plain API shape.
+      return w.spec.convert(JSON.parse(JSON.stringify(o)) as Record<string, unknown>);
+    } catch (err) {
+      this.log.warn(`${w.spec.label}: skipping an object the catalog cannot use`, { error: describeError(err) });
+      return null;
+    }
+  }
+}
+
+export type { CatalogObjects };

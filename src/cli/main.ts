@@ -1,0 +1,107 @@
+#!/usr/bin/env bun
+/**
+ * cli/ — the `edgemesh` command. One file per command; this file only wires them into commander and maps
+ * errors to exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+ *
+ *   edgemesh agent --catalog ./catalog.yaml --node-name edge-1
+ */
+import { Command, CommanderError } from 'commander';
+import { EdgeMeshError, describeError, exitCodeFor } from '../errors.ts';
+import { VERSION } from '../version.ts';
+import { runBench } from './bench.ts';
+import { configCheck, configDefaults } from './config.ts';
+import { pskGenerate } from './psk.ts';
+import { runNode } from './run.ts';
+import { showStatus } from './status.ts';
+import { printVersion } from './version.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('edgemesh')
+    .description('Edge service mesh data plane: node-local DNS, ClusterIP proxy, libp2p tunnel and gateway in one binary')
+    .version(VERSION, '-V, --version-flag', 'print the version number')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+
+  program
+    .command('agent')
+    .description('run the node agent (catalog, admin server; DNS, proxy and tunnel as they arrive)')
+    .option('-c, --config <file>', 'agent config file (default /etc/edgemesh/config/edgemesh-agent.yaml if it exists, else the embedded standalone default)')
+    .option('--catalog <file>', 'run standalone from this catalog file of Kubernetes objects (overrides catalog.file)')
+    .option('--node-name <name>', 'this node\'s name (default: $NODE_NAME, else the hostname)')
+    .action((o: { config?: string; catalog?: string; nodeName?: string }) => runNode('agent', o));
+
+  program
+    .command('gateway')
+    .description('run the edge gateway (its listeners arrive in a later release; catalog and admin run now)')
+    .option('-c, --config <file>', 'gateway config file (default /etc/edgemesh/config/edgemesh-gateway.yaml if it exists)')
+    .option('--catalog <file>', 'run standalone from this catalog file')
+    .option('--node-name <name>', 'this node\'s name (default: $NODE_NAME, else the hostname)')
+    .action((o: { config?: string; catalog?: string; nodeName?: string }) => runNode('gateway', o));
+
+  const config = program.command('config').description('print or check configuration');
+  config
+    .command('defaults')
+    .description('print the complete default config as YAML')
+    .option('--gateway', 'the gateway\'s config instead of the agent\'s')
+    .option('--standalone', 'the embedded standalone default (what runs with no config file)')
+    .action((o: { gateway?: boolean; standalone?: boolean }) => configDefaults(o));
+  config
+    .command('check')
+    .description('validate a config file and list every problem (exit 2 if any)')
+    .argument('<file>', 'config file to check')
+    .option('--gateway', 'check as a gateway config (default: from the file\'s kind)')
+    .action((file: string, o: { gateway?: boolean }) => configCheck(file, o));
+
+  program
+    .command('status')
+    .description('show a running agent\'s state')
+    .option('--admin <addr>', 'admin address of the agent', '127.0.0.1:10551')
+    .option('--json', 'print the raw JSON')
+    .action((o: { admin: string; json?: boolean }) => showStatus(o));
+
+  const psk = program.command('psk').description('manage the tunnel\'s pre-shared key');
+  psk
+    .command('generate')
+    .description('generate a new random pre-shared key (32 bytes, base64)')
+    .option('-o, --out <file>', 'write it to this file with mode 0600 instead of printing it')
+    .option('--force', 'overwrite an existing file')
+    .action((o: { out?: string; force?: boolean }) => pskGenerate(o));
+
+  program
+    .command('version')
+    .description('print version, Bun version and platform')
+    .option('--json', 'as JSON')
+    .action((o: { json?: boolean }) => printVersion(o));
+
+  program
+    .command('bench')
+    .description('profile this node; see `edgemesh bench --list`')
+    .argument('[scenario...]', 'scenarios to run (default: all available)')
+    .option('--list', 'list the scenarios')
+    .option('--json', 'print results as JSON')
+    .action((names: string[], o: { list?: boolean; json?: boolean }) => runBench(names, o));
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and --version are not errors; anything else commander rejects is a usage error.
+      return err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help' ? 0 : 2;
+    }
+    if (err instanceof EdgeMeshError) process.stderr.write(`edgemesh: ${err.message}\n`);
+    else process.stderr.write(`edgemesh: unexpected error: ${describeError(err)}\n${err instanceof Error ? err.stack ?? '' : ''}\n`);
+    return exitCodeFor(err);
+  }
+}
+
+if (import.meta.main) {
+  const code = await main(process.argv.slice(2));
+  // Long-running commands (agent, gateway) own their exit; the rest end here.
+  if (code !== 0 || !['agent', 'gateway'].includes(process.argv[2] ?? '')) process.exit(code);
+}

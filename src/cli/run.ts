@@ -1,0 +1,46 @@
+/**
+ * `edgemesh agent` and `edgemesh gateway`: load config (exit 2 before touching the network on any problem),
+ * start the node, stop gracefully on SIGTERM/SIGINT within 2 s; a second signal forces exit.
+ */
+import { Agent } from '../agent.ts';
+import { ConfigError, type Role, loadConfig } from '../config/load.ts';
+import { describeError } from '../errors.ts';
+import { createLogger } from '../obs/logger.ts';
+
+export const STOP_DEADLINE_MS = 2000;
+
+export async function runNode(role: Role, o: { config?: string; catalog?: string; nodeName?: string }): Promise<void> {
+  const loaded = loadConfig({ role, configPath: o.config, catalogFile: o.catalog, nodeName: o.nodeName, env: process.env });
+  const cc = loaded.config.commonConfig;
+  const logger = createLogger('', { level: cc.logLevel, format: cc.logFormat }).child(role);
+  const agent = new Agent(loaded, { logger });
+
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopping) {
+      logger.warn(`second ${sig}: exiting now`);
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info(`${sig} received; stopping`);
+    const deadline = setTimeout(() => {
+      logger.error(`did not stop within ${STOP_DEADLINE_MS} ms; exiting anyway`);
+      process.exit(1);
+    }, STOP_DEADLINE_MS);
+    void agent.stop().then(() => {
+      clearTimeout(deadline);
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+
+  try {
+    await agent.start();
+  } catch (err) {
+    logger.error('start failed', { error: describeError(err) });
+    await agent.stop();
+    if (err instanceof ConfigError) throw err;
+    process.exit(1);
+  }
+}

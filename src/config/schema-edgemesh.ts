@@ -1,0 +1,163 @@
+/**
+ * The agent's and the gateway's configuration, key for key compatible with the Go original (SPEC §8), plus our
+ * additions (catalog, stateDir, adminAddress, edgeDNS.listenAddress, logging). Keys the original marks "do not
+ * configure" are accepted (real ConfigMaps contain them) and overwritten at run time.
+ */
+import { isIP } from 'node:net';
+import {
+  bool, checkAbsPathOrEmpty, checkCIDR, checkHostPort, checkIP, checkIPv4, int, list, num, obj, oneOf, port, str,
+  type Infer,
+} from './schema.ts';
+
+const checkUpstream = (v: string): string | null => {
+  if (isIP(v)) return null;
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(v);
+  return m && isIP(m[1]!) && Number(m[2]) > 0 && Number(m[2]) < 65536 ? null : 'is not an IP or IP:PORT';
+};
+
+const metaServer = obj({
+  server: str('http://127.0.0.1:10550', { check: (v) => (/^https?:\/\/[^/]+/.test(v) ? null : 'is not an http(s) URL'), allowed: 'an http(s) URL' }),
+  security: obj({
+    requireAuthorization: bool(false),
+    insecureSkipTLSVerify: bool(false),
+    tlsCaFile: str('/etc/edgemesh/metaserver/rootCA.crt'),
+    tlsCertFile: str('/etc/edgemesh/metaserver/server.crt'),
+    tlsPrivateKeyFile: str('/etc/edgemesh/metaserver/server.key'),
+  }),
+});
+
+export const kubeAPIConfig = obj({
+  master: str(''),
+  contentType: str('application/vnd.kubernetes.protobuf'),
+  qps: num(100, 0),
+  burst: int(200, 0),
+  kubeConfig: str('', { check: checkAbsPathOrEmpty, allowed: 'an absolute path' }),
+  mode: str(''),
+  metaServer,
+  deleteKubeConfig: bool(false),
+});
+
+const pprofConfig = obj({ enableProfiling: bool(false), profilingAddress: str(''), profilingPort: port(0, true) });
+
+const commonConfig = (admin: string) =>
+  obj({
+    bridgeDeviceName: str('edgemesh0', { check: (v) => (/^[\w.-]{1,15}$/.test(v) ? null : 'is not a valid interface name (1-15 characters)') }),
+    bridgeDeviceIP: str('169.254.96.16', { check: checkIPv4, allowed: 'an IPv4 address' }),
+    pprofConfig,
+    // Additions.
+    stateDir: str('/var/lib/edgemesh', { check: (v) => (v.startsWith('/') ? null : 'is not an absolute path'), allowed: 'an absolute path' }),
+    adminAddress: str(admin, { check: (v) => (v === '' ? null : checkHostPort(v)), allowed: 'IP:PORT, or "" to disable' }),
+    logLevel: oneOf('info', ['debug', 'info', 'warn', 'error']),
+    logFormat: oneOf('text', ['text', 'json']),
+  });
+
+const consistentHash = obj({
+  partitionCount: int(100, 1, 1_000_000),
+  replicationFactor: int(10, 1, 10_000),
+  load: num(1.25, 1, 100),
+});
+
+const relayNode = obj({
+  nodeName: str('', { check: (v) => (v ? null : 'is empty (a relay needs its node name)') }),
+  advertiseAddress: list(str('', { check: checkIP, allowed: 'an IP address' })),
+});
+
+const edgeTunnel = (listenPort: number) =>
+  obj({
+    enable: bool(false),
+    mode: str(''),
+    nodeName: str(''),
+    listenPort: port(listenPort),
+    transport: oneOf('tcp', ['tcp', 'ws', 'quic']),
+    rendezvous: str('EDGEMESH_PLAYGOUND', { check: (v) => (v ? null : 'is empty') }),
+    relayNodes: list(relayNode),
+    enableIpfsLog: bool(false),
+    maxCandidates: int(15, 0, 1000),
+    heartbeatPeriod: int(120, 1),
+    finderPeriod: int(60, 1),
+    psk: obj({ enable: bool(true), path: str('/etc/edgemesh/psk', { check: checkAbsPathOrEmpty, allowed: 'an absolute path' }) }),
+    tunnelLimitConfig: obj({
+      enable: bool(true),
+      tunnelBaseStreamIn: int(10240, 0),
+      tunnelBaseStreamOut: int(10240, 0),
+      tunnelPeerBaseStreamIn: int(1024, 0),
+      tunnelPeerBaseStreamOut: int(1024, 0),
+    }),
+    configPath: str(''),
+    listenInterfaces: str('*'),
+    extraFilteredInterfaces: str(''),
+    metricConfig: obj({ enable: bool(false), port: port(9999) }),
+  });
+
+/** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */
+const catalog = obj({
+  /** A file of Kubernetes objects; when set (or --catalog is given) the agent runs standalone, without Kubernetes. */
+  file: str('', { check: (v) => (v === '' || !v.includes('\0') ? null : 'is not a path') }),
+  /** Default `<stateDir>/catalog.json`; "" keeps the default, "off" disables persistence. */
+  snapshotPath: str(''),
+});
+
+export const agentSchema = obj({
+  apiVersion: str('agent.edgemesh.config.kubeedge.io/v1alpha1'),
+  kind: str('EdgeMeshAgent'),
+  kubeAPIConfig,
+  commonConfig: commonConfig('127.0.0.1:10551'),
+  catalog,
+  modules: obj({
+    edgeDNS: obj({
+      enable: bool(false),
+      listenInterface: str(''),
+      // Addition: default "" means the bridge device IP, as the original binds.
+      listenAddress: str('', { check: (v) => (v === '' ? null : checkIP(v)), allowed: 'an IP address, or "" for the bridge IP' }),
+      listenPort: port(53),
+      cacheDNS: obj({
+        enable: bool(false),
+        autoDetect: bool(true),
+        upstreamServers: list(str('', { check: checkUpstream, allowed: 'IP or IP:PORT' })),
+        cacheTTL: int(30, 0, 86400),
+      }),
+    }),
+    edgeProxy: obj({
+      enable: bool(false),
+      listenInterface: str(''),
+      serviceFilterMode: oneOf('FilterIfLabelExists', ['FilterIfLabelExists', 'FilterIfLabelDoesNotExists']),
+      socks5Proxy: obj({ enable: bool(false), listenPort: port(10800), nodeName: str(''), namespace: str('') }),
+      loadBalancer: obj({ caller: str(''), nodeName: str(''), consistentHash }),
+    }),
+    edgeTunnel: edgeTunnel(20006),
+    edgeCNI: obj({
+      enable: bool(false),
+      encapsulationIP: str(''),
+      tunMode: int(0),
+      meshCIDRConfig: obj({
+        cloudCIDR: list(str('', { check: checkCIDR, allowed: 'a CIDR' })),
+        edgeCIDR: list(str('', { check: checkCIDR, allowed: 'a CIDR' })),
+      }),
+    }),
+  }),
+});
+
+export const gatewaySchema = obj({
+  apiVersion: str('gateway.edgemesh.config.kubeedge.io/v1alpha1'),
+  kind: str('EdgeMeshGateway'),
+  kubeAPIConfig,
+  pprofConfig,
+  commonConfig: commonConfig('127.0.0.1:10552'),
+  catalog,
+  modules: obj({
+    edgeGateway: obj({
+      enable: bool(false),
+      nic: str('*'),
+      includeIP: str('*'),
+      excludeIP: str('*'),
+      loadBalancer: obj({ consistentHash }),
+    }),
+    edgeTunnel: edgeTunnel(20007),
+  }),
+});
+
+export type AgentConfig = Infer<typeof agentSchema>;
+export type GatewayConfig = Infer<typeof gatewaySchema>;
+export type KubeAPIConfig = Infer<typeof kubeAPIConfig>;
+export type CommonConfig = AgentConfig['commonConfig'];
+export type CatalogConfig = AgentConfig['catalog'];

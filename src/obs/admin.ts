@@ -1,0 +1,103 @@
+/**
+ * The admin HTTP server (commonConfig.adminAddress, default 127.0.0.1:10551):
+ *   /healthz        200 while the process serves
+ *   /readyz         200 once the catalog is synced or restored from the snapshot and enabled modules are up;
+ *                   503 with the reason otherwise
+ *   /status         the agent's state as JSON (what `edgemesh status` prints)
+ *   /debug/catalog  the internal catalog as JSON (Secrets are listed without their data)
+ *   /metrics        Prometheus text
+ * It binds loopback by default: it exposes the catalog, so putting it on a routable address is a choice.
+ */
+import type { Server } from 'bun';
+import type { CatalogSnapshot } from '../catalog/catalog.ts';
+import { EdgeMeshError, describeError } from '../errors.ts';
+import type { Logger } from './logger.ts';
+import type { MetricsRegistry } from './metrics.ts';
+
+export interface Readiness {
+  ready: boolean;
+  reason: string;
+}
+
+export interface AdminDeps {
+  host: string;
+  port: number;
+  logger: Logger;
+  metrics: MetricsRegistry;
+  readiness: () => Readiness;
+  status: () => unknown;
+  catalog: () => CatalogSnapshot;
+}
+
+/** The catalog as operators want to read it; shared by /debug/catalog and tests. */
+export function catalogDebugView(snap: CatalogSnapshot): unknown {
+  return {
+    version: snap.version,
+    services: [...snap.services.values()],
+    endpoints: [...snap.endpoints.values()],
+    nodes: [...snap.nodes.values()],
+    destinationRules: [...snap.destinationRules.values()],
+    gateways: [...snap.gateways.values()],
+    virtualServices: [...snap.virtualServices.values()],
+    // Never serve key material over HTTP, even on loopback.
+    secrets: [...snap.secrets.values()].map((s) => ({ namespace: s.namespace, name: s.name, type: s.type, keys: Object.keys(s.data) })),
+  };
+}
+
+const json = (body: unknown, status = 200) =>
+  new Response(JSON.stringify(body, null, 2) + '\n', { status, headers: { 'content-type': 'application/json' } });
+
+export class AdminServer {
+  private server: Server<undefined> | null = null;
+  constructor(private readonly deps: AdminDeps) {}
+
+  get url(): string {
+    const h = this.deps.host.includes(':') ? `[${this.deps.host}]` : this.deps.host;
+    return `http://${h}:${this.server?.port ?? this.deps.port}`;
+  }
+
+  start(): void {
+    const { host, port, logger } = this.deps;
+    try {
+      this.server = Bun.serve({
+        hostname: host,
+        port,
+        reusePort: false,
+        fetch: (req) => this.handle(req),
+        error: (err) => {
+          logger.error('admin request failed', { error: describeError(err) });
+          return new Response('internal error\n', { status: 500 });
+        },
+      });
+    } catch (err) {
+      throw new EdgeMeshError('ADMIN_LISTEN', `cannot listen on ${host}:${port} for the admin server: ${describeError(err)}; is another edgemesh running? Set commonConfig.adminAddress to another address, or "" to disable it`, { cause: err });
+    }
+    logger.info('admin server listening', { url: this.url });
+  }
+
+  async stop(): Promise<void> {
+    await this.server?.stop(true);
+    this.server = null;
+  }
+
+  private handle(req: Request): Response {
+    const path = new URL(req.url).pathname;
+    if (req.method !== 'GET' && req.method !== 'HEAD') return new Response('method not allowed\n', { status: 405, headers: { allow: 'GET, HEAD' } });
+    switch (path) {
+      case '/healthz':
+        return new Response('ok\n');
+      case '/readyz': {
+        const r = this.deps.readiness();
+        return new Response(`${r.ready ? 'ready' : 'not ready'}: ${r.reason}\n`, { status: r.ready ? 200 : 503 });
+      }
+      case '/status':
+        return json(this.deps.status());
+      case '/debug/catalog':
+        return json(catalogDebugView(this.deps.catalog()));
+      case '/metrics':
+        return new Response(this.deps.metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } });
+      default:
+        return new Response('not found; try /healthz /readyz /status /debug/catalog /metrics\n', { status: 404 });
+    }
+  }
+}
