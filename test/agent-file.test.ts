@@ -1,0 +1,193 @@
+/** The agent as a real process in standalone mode: file catalog, admin server, snapshot, signals. */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentProcess, getJson, getText, listening, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+
+const service = (name: string, ip: string) => `apiVersion: v1
+kind: Service
+metadata:
+  name: ${name}
+  namespace: default
+spec:
+  clusterIP: ${ip}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+`;
+
+type DebugCatalog = { services: { name: string; clusterIPs: string[] }[]; endpoints: { name: string; endpoints: { ip: string; nodeName: string }[] }[] };
+
+describe('agent with a catalog file', () => {
+  const t = tempDir();
+  const catalog = join(t.path, 'catalog.yaml');
+  let agent: AgentProcess;
+  let admin = '';
+  let stateDir = '';
+
+  beforeAll(async () => {
+    writeFileSync(catalog, service('alpha', '10.96.0.1') + `---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: alpha-1, namespace: default, labels: { kubernetes.io/service-name: alpha } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }]
+endpoints:
+- addresses: [10.244.1.5]
+  nodeName: edge-1
+`);
+    const cfg = await writeAgentConfig(t.path, `catalog:\n  file: ${catalog}\n`);
+    admin = cfg.admin;
+    stateDir = cfg.stateDir;
+    agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-1']);
+    await waitFor(async () => (await getText(`${admin}/readyz`)).status === 200, 'readyz');
+  });
+
+  afterAll(async () => {
+    await agent.stop();
+    t.cleanup();
+  });
+
+  test('/healthz, /readyz, /debug/catalog and /metrics answer', async () => {
+    expect((await getText(`${admin}/healthz`)).body).toBe('ok\n');
+    expect((await getText(`${admin}/readyz`)).body).toContain(`catalog from file: loaded from ${catalog}`);
+    const c = await getJson<DebugCatalog>(`${admin}/debug/catalog`);
+    expect(c.services.map((s) => [s.name, s.clusterIPs[0]])).toEqual([['alpha', '10.96.0.1']]);
+    expect(c.endpoints[0]!.endpoints).toMatchObject([{ ip: '10.244.1.5', nodeName: 'edge-1' }]);
+    const m = await getText(`${admin}/metrics`);
+    expect(m.body).toContain('edgemesh_catalog_objects{kind="services"} 1');
+    expect((await getText(`${admin}/nope`)).status).toBe(404);
+    expect((await fetch(`${admin}/readyz`, { method: 'POST' })).status).toBe(405);
+  });
+
+  test('an edit that adds a Service is visible within 1 s; an editor-style rename too', async () => {
+    const t0 = performance.now();
+    writeFileSync(catalog, readFileSync(catalog, 'utf8') + '---\n' + service('beta', '10.96.0.2'));
+    await waitFor(async () => (await getJson<DebugCatalog>(`${admin}/debug/catalog`)).services.some((s) => s.name === 'beta'), 'beta', 1000, 10);
+    const ms = performance.now() - t0;
+    expect(ms).toBeLessThan(1000);
+    // Editors save by writing a new file and renaming it over the old one.
+    const tmp = `${catalog}.swp`;
+    writeFileSync(tmp, readFileSync(catalog, 'utf8') + '---\n' + service('gamma', '10.96.0.3'));
+    renameSync(tmp, catalog);
+    await waitFor(async () => (await getJson<DebugCatalog>(`${admin}/debug/catalog`)).services.some((s) => s.name === 'gamma'), 'gamma', 1000, 10);
+  });
+
+  test('a broken edit keeps the last good catalog and logs file:line', async () => {
+    const good = readFileSync(catalog, 'utf8');
+    writeFileSync(catalog, good + '---\n' + service('delta', '10.96.0.999'));
+    const line = good.split('\n').length + 1;
+    await agent.waitForLog(new RegExp(`${catalog.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:${line}: Service default/delta: spec.clusterIP: "10.96.0.999" is not an IP address`), 3000);
+    const c = await getJson<DebugCatalog>(`${admin}/debug/catalog`);
+    expect(c.services.map((s) => s.name).sort()).toEqual(['alpha', 'beta', 'gamma']);
+    expect((await getText(`${admin}/readyz`)).status).toBe(200);
+    const st = await runCli(['status', '--admin', admin.replace('http://', '')]);
+    expect(st.code).toBe(0);
+    expect(st.stdout).toContain('LAST EDIT REJECTED');
+    // Fixing the file clears the error.
+    writeFileSync(catalog, good);
+    await waitFor(async () => !(await runCli(['status', '--admin', admin.replace('http://', '')])).stdout.includes('REJECTED'), 'error cleared', 5000, 100);
+  });
+
+  test('`edgemesh status` prints the agent state readably', async () => {
+    const r = await runCli(['status', '--admin', admin.replace('http://', '')]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^edgemesh agent \S+ on node edge-1 \(standalone mode\)/);
+    expect(r.stdout).toContain('ready:     yes');
+    expect(r.stdout).toMatch(/catalog:\s+3 services/);
+    expect(r.stdout).toContain(`source:    file ${catalog}`);
+    const j = await runCli(['status', '--json', '--admin', admin.replace('http://', '')]);
+    expect(JSON.parse(j.stdout).nodeName).toBe('edge-1');
+  });
+
+  test('the snapshot is written atomically with mode 0600', async () => {
+    const path = join(stateDir, 'catalog.json');
+    await waitFor(() => { try { return statSync(path).size > 0; } catch { return false; } }, 'snapshot file', 5000);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    const snap = JSON.parse(readFileSync(path, 'utf8'));
+    expect(snap.format).toBe('edgemesh.catalog/v1');
+  });
+});
+
+describe('agent lifecycle', () => {
+  test('SIGTERM while serving: exit 0 within 2 s, nothing left listening', async () => {
+    const t = tempDir();
+    try {
+      const catalog = join(t.path, 'c.yaml');
+      writeFileSync(catalog, service('a', '10.96.0.1'));
+      const cfg = await writeAgentConfig(t.path, `catalog: { file: ${catalog} }\n`);
+      const agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'n1']);
+      await waitFor(async () => (await getText(`${cfg.admin}/readyz`)).status === 200, 'readyz');
+      // Keep a client connection open to the admin server: stop must not wait on it.
+      const keep = await Bun.connect({ hostname: '127.0.0.1', port: Number(cfg.admin.split(':')[2]), socket: { data() {} } });
+      const t0 = performance.now();
+      const code = await agent.stop('SIGTERM');
+      const ms = performance.now() - t0;
+      keep.end();
+      expect(code).toBe(0);
+      expect(ms).toBeLessThan(2000);
+      expect(await listening(Number(cfg.admin.split(':')[2]))).toBe(false);
+      expect(agent.logs).toContain('stopped');
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('a corrupt snapshot is reported and ignored; a port in use exits 1 with advice', async () => {
+    const t = tempDir();
+    try {
+      const catalog = join(t.path, 'c.yaml');
+      writeFileSync(catalog, service('a', '10.96.0.1'));
+      const cfg = await writeAgentConfig(t.path, `catalog: { file: ${catalog} }\n`);
+      await Bun.write(join(cfg.stateDir, 'catalog.json'), '{"format": "edgemesh.catalog/v1", "objects": {"services": [{"bogus": tr');
+      const agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'n1']);
+      await waitFor(async () => (await getText(`${cfg.admin}/readyz`)).status === 200, 'readyz');
+      expect(agent.logs).toContain('ignoring the catalog snapshot');
+      // A second agent on the same admin address cannot start.
+      const second = await runCli(['agent', '--config', cfg.path, '--node-name', 'n1']);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toContain('commonConfig.adminAddress');
+      expect(await agent.stop()).toBe(0);
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('small commands', () => {
+  test('version prints version, Bun version and os/arch', async () => {
+    const r = await runCli(['version']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^edgemesh \d+\.\d+\.\d+ \(commit \S+, bun 1\.4\.\d+, linux\/(x64|arm64)\)\n$/);
+  });
+
+  test('psk generate prints 32 random bytes in base64, writes 0600 files, refuses to overwrite', async () => {
+    const a = await runCli(['psk', 'generate']);
+    const b = await runCli(['psk', 'generate']);
+    expect(Buffer.from(a.stdout.trim(), 'base64').length).toBe(32);
+    expect(a.stdout).not.toBe(b.stdout);
+    const t = tempDir();
+    try {
+      const f = join(t.path, 'psk');
+      expect((await runCli(['psk', 'generate', '--out', f])).code).toBe(0);
+      expect(statSync(f).mode & 0o777).toBe(0o600);
+      const again = await runCli(['psk', 'generate', '--out', f]);
+      expect(again.code).toBe(2);
+      expect(again.stderr).toContain('--force');
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('status against nothing says what to check and exits 1', async () => {
+    const r = await runCli(['status', '--admin', '127.0.0.1:1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('is it running?');
+  });
+
+  test('bench lists its scenarios; an unknown one is a usage error', async () => {
+    expect((await runCli(['bench', '--list'])).stdout).toContain('catalog');
+    expect((await runCli(['bench', 'nope'])).code).toBe(2);
+  });
+});

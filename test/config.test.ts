@@ -1,0 +1,219 @@
+import { describe, expect, test } from 'bun:test';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConfigError, defaultConfig, loadConfig, mergeConfig } from '../src/config/load.ts';
+import { didYouMean } from '../src/config/schema.ts';
+import { runCli, tempDir } from './helpers.ts';
+
+// A config as the original's Helm chart / ConfigMap ships it, including runtime-only keys and odd casing.
+const ORIGINAL_AGENT = `apiVersion: agent.edgemesh.config.kubeedge.io/v1alpha1
+kind: EdgeMeshAgent
+kubeAPIConfig:
+  master: ""
+  kubeConfig: ""
+  metaServer:
+    server: http://127.0.0.1:10550
+    security:
+      requireAuthorization: false
+commonConfig:
+  bridgeDeviceName: edgemesh0
+  bridgeDeviceIP: 169.254.96.16
+modules:
+  edgeDNS:
+    enable: true
+    listenPort: 53
+    cacheDNS:
+      enable: false
+      autoDetect: true
+      upstreamServers: ["10.96.0.10", "10.96.0.11:53"]
+      cacheTTL: 30
+  edgeProxy:
+    enable: true
+    serviceFilterMode: FilterIfLabelExists
+    socks5Proxy:
+      enable: false
+      listenPort: 10800
+    loadBalancer:
+      consistentHash:
+        partitionCount: 100
+        replicationFactor: 10
+        load: 1.25
+  edgeTunnel:
+    enable: true
+    listenPort: 20006
+    transport: tcp
+    rendezvous: EDGEMESH_PLAYGOUND
+    relayNodes:
+    - nodeName: k8s-master
+      advertiseAddress:
+      - 1.1.1.1
+    enableIpfsLog: false
+    maxCandidates: 5
+    heartbeatPeriod: 120
+    finderPeriod: 60
+    psk:
+      enable: true
+      path: /etc/edgemesh/psk
+    tunnelLimitConfig:
+      enable: true
+      tunnelBaseStreamIn: 10240
+      tunnelBaseStreamOut: 10240
+      TunnelPeerBaseStreamIn: 1024
+      tunnelPeerBaseStreamOut: 1024
+    listenInterfaces: "*"
+    metricConfig:
+      enable: false
+      port: 9999
+  edgeCNI:
+    enable: false
+    meshCIDRConfig:
+      cloudCIDR: ["10.244.0.0/16"]
+      edgeCIDR: ["10.245.0.0/16"]
+`;
+
+describe('config', () => {
+  test('defaults match the original (SPEC §8) and depend on the detected mode', () => {
+    const edge = defaultConfig('agent', 'edge');
+    expect(edge.modules.edgeDNS.enable).toBe(true);
+    expect(edge.modules.edgeDNS.listenPort).toBe(53);
+    expect(edge.modules.edgeTunnel.listenPort).toBe(20006);
+    expect(edge.modules.edgeTunnel.maxCandidates).toBe(15);
+    expect(edge.modules.edgeTunnel.rendezvous).toBe('EDGEMESH_PLAYGOUND');
+    expect(edge.modules.edgeProxy.loadBalancer.consistentHash).toEqual({ partitionCount: 100, replicationFactor: 10, load: 1.25 });
+    expect(edge.kubeAPIConfig.metaServer.server).toBe('http://127.0.0.1:10550');
+    expect(edge.commonConfig.adminAddress).toBe('127.0.0.1:10551');
+    expect(defaultConfig('agent', 'cloud').modules.edgeDNS.enable).toBe(false);
+    expect(defaultConfig('gateway', 'edge').modules.edgeTunnel.listenPort).toBe(20007);
+  });
+
+  test('reads the original agent YAML unchanged, keys case-insensitively, lists replace', () => {
+    const { config, issues } = mergeConfig('agent', 'edge', Bun.YAML.parse(ORIGINAL_AGENT));
+    expect(issues).toEqual([]);
+    expect(config.modules.edgeTunnel.tunnelLimitConfig.tunnelPeerBaseStreamIn).toBe(1024);
+    expect(config.modules.edgeTunnel.maxCandidates).toBe(5);
+    expect(config.modules.edgeTunnel.relayNodes).toEqual([{ nodeName: 'k8s-master', advertiseAddress: ['1.1.1.1'] }]);
+    expect(config.modules.edgeDNS.cacheDNS.upstreamServers).toEqual(['10.96.0.10', '10.96.0.11:53']);
+    const { config: c2 } = mergeConfig('agent', 'edge', { MODULES: { EDGEDNS: { ListenPort: 5353 } } });
+    expect(c2.modules.edgeDNS.listenPort).toBe(5353);
+    expect(c2.modules.edgeDNS.enable).toBe(true); // untouched sibling keeps its default
+  });
+
+  test('every problem is reported at once with key path, value and what is allowed', () => {
+    const { issues } = mergeConfig('agent', 'edge', {
+      modules: { edgeTunnel: { listenPort: 'abc', relayNodes: [{ nodeName: 'a', advertiseAddress: ['not-an-ip'] }] }, edgeDNS: { listenPrt: 53 } },
+      commonConfig: { adminAddress: 'localhost' },
+    });
+    const lines = issues.map((i) => `${i.path}: ${i.message}`);
+    expect(lines).toContain('modules.edgeTunnel.listenPort: "abc" is not a port (1-65535)');
+    expect(lines).toContain('modules.edgeTunnel.relayNodes[0].advertiseAddress[0]: "not-an-ip" is not an IP address');
+    expect(lines).toContain('modules.edgeDNS.listenPrt: unknown key (did you mean "listenPort"?)');
+    expect(lines.some((l) => l.startsWith('commonConfig.adminAddress: "localhost" is not an address of the form IP:PORT'))).toBe(true);
+    expect(issues.length).toBe(4);
+  });
+
+  test('did-you-mean finds near keys and stays quiet for far ones', () => {
+    expect(didYouMean('relayNode', ['relayNodes', 'rendezvous'])).toBe('relayNodes');
+    expect(didYouMean('zzzzzz', ['relayNodes', 'rendezvous'])).toBeUndefined();
+  });
+
+  test('mode: standalone with a catalog, manual with master/kubeConfig, cloud with KUBERNETES_PORT, edge otherwise', () => {
+    const t = tempDir();
+    try {
+      const cat = join(t.path, 'catalog.yaml');
+      writeFileSync(cat, '');
+      const file = join(t.path, 'c.yaml');
+      const none = join(t.path, 'none.yaml');
+      writeFileSync(file, `commonConfig: { stateDir: ${t.path} }\n`);
+      const base = { role: 'agent' as const, configPath: file, nodeName: 'n1', defaultPath: none };
+      expect(loadConfig({ ...base, env: {} }).mode).toBe('edge');
+      expect(loadConfig({ ...base, env: { KUBERNETES_PORT: 'tcp://10.96.0.1:443' } }).mode).toBe('cloud');
+      expect(loadConfig({ ...base, env: {}, catalogFile: cat }).mode).toBe('standalone');
+      writeFileSync(file, `kubeAPIConfig: { master: "http://127.0.0.1:1" }\n`);
+      expect(loadConfig({ ...base, env: {} }).mode).toBe('manual');
+      // No file at all: the embedded standalone default, loopback only, user-writable state.
+      const emb = loadConfig({ role: 'agent', env: { HOME: t.path }, nodeName: 'n1', defaultPath: none });
+      expect(emb.mode).toBe('standalone');
+      expect(emb.embedded).toBe(true);
+      expect(emb.stateDir.startsWith(t.path)).toBe(true);
+      expect(emb.config.modules.edgeDNS.listenAddress).toBe('127.0.0.1');
+      expect(emb.config.modules.edgeDNS.listenPort).toBe(10053);
+      expect(emb.admin).toEqual({ host: '127.0.0.1', port: 10551 });
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('node name: flag, then NODE_NAME, then hostname; invalid names are config errors', () => {
+    const t = tempDir();
+    try {
+      const base = { role: 'agent' as const, defaultPath: join(t.path, 'none'), hostname: () => 'host-a' };
+      expect(loadConfig({ ...base, env: { HOME: t.path } }).nodeName).toBe('host-a');
+      expect(loadConfig({ ...base, env: { HOME: t.path, NODE_NAME: 'env-b' } }).nodeName).toBe('env-b');
+      expect(loadConfig({ ...base, env: { HOME: t.path, NODE_NAME: 'env-b' }, nodeName: 'flag-c' }).nodeName).toBe('flag-c');
+      expect(() => loadConfig({ ...base, env: { HOME: t.path }, nodeName: 'Bad_Name' })).toThrow(ConfigError);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('`config check` on a file with three mistakes reports all three with key paths and exits 2', async () => {
+    const t = tempDir();
+    try {
+      const f = join(t.path, 'bad.yaml');
+      writeFileSync(f, 'modules:\n  edgeTunnel:\n    listenPort: "abc"\n    transport: udp\n  edgeProxy:\n    serviceFilterMode: Sometimes\n');
+      const r = await runCli(['config', 'check', f]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('3 problems');
+      expect(r.stderr).toContain('modules.edgeTunnel.listenPort: "abc" is not a port (1-65535)');
+      expect(r.stderr).toContain('modules.edgeTunnel.transport: "udp" is not one of tcp, ws, quic');
+      expect(r.stderr).toContain('modules.edgeProxy.serviceFilterMode: "Sometimes" is not one of FilterIfLabelExists, FilterIfLabelDoesNotExists');
+      const good = join(t.path, 'good.yaml');
+      writeFileSync(good, ORIGINAL_AGENT);
+      const ok = await runCli(['config', 'check', good]);
+      expect(ok.stdout).toContain('ok (agent config)');
+      expect(ok.code).toBe(0);
+      const syntax = join(t.path, 'syntax.yaml');
+      writeFileSync(syntax, 'modules:\n  edgeDNS: [1, 2\n');
+      const s = await runCli(['config', 'check', syntax]);
+      expect(s.code).toBe(2);
+      expect(s.stderr).toMatch(/line \d+:\d+/);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('`config defaults` prints complete YAML that `config check` accepts', async () => {
+    const t = tempDir();
+    try {
+      for (const args of [[], ['--gateway'], ['--standalone']]) {
+        const r = await runCli(['config', 'defaults', ...args]);
+        expect(r.code).toBe(0);
+        const f = join(t.path, 'd.yaml');
+        writeFileSync(f, r.stdout);
+        const c = await runCli(['config', 'check', f, ...(args[0] === '--gateway' ? ['--gateway'] : [])]);
+        expect(c.stderr).toBe('');
+        expect(c.code).toBe(0);
+      }
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('the agent exits 2 on a bad config before touching the network', async () => {
+    const t = tempDir();
+    try {
+      const f = join(t.path, 'bad.yaml');
+      writeFileSync(f, `commonConfig: { stateDir: ${t.path}/s, adminAddress: "127.0.0.1:notaport" }\n`);
+      const r = await runCli(['agent', '--config', f, '--node-name', 'n1']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('commonConfig.adminAddress');
+      const missing = await runCli(['agent', '--config', join(t.path, 'nope.yaml')]);
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toContain('no such file');
+      const usage = await runCli(['agent', '--bogus']);
+      expect(usage.code).toBe(2);
+    } finally {
+      t.cleanup();
+    }
+  });
+});

@@ -1,0 +1,125 @@
+/** Shared test helpers: free ports, temp dirs, real agent processes, polling. */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Subprocess } from 'bun';
+
+export const ROOT = resolve(import.meta.dir, '..');
+export const MAIN = join(ROOT, 'src/cli/main.ts');
+export const isRoot = process.getuid?.() === 0;
+
+export async function freePort(): Promise<number> {
+  const l = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } });
+  const p = l.port;
+  l.stop(true);
+  return p;
+}
+
+export function tempDir(prefix = 'edgemesh-test-'): { path: string; cleanup: () => void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export async function waitFor<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> {
+  const deadline = performance.now() + timeoutMs;
+  let last: unknown;
+  while (performance.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v as NonNullable<T>;
+    } catch (err) {
+      last = err;
+    }
+    await Bun.sleep(everyMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run the CLI to completion. */
+export async function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string; bin?: string[] } = {}): Promise<RunResult> {
+  const proc = Bun.spawn([...(opts.bin ?? [process.execPath, MAIN]), ...args], {
+    cwd: opts.cwd ?? ROOT,
+    env: { ...process.env, ...opts.env },
+    stdout: 'pipe',
+    stderr: 'pipe',
+    stdin: 'ignore',
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { code, stdout, stderr };
+}
+
+export class AgentProcess {
+  readonly proc: Subprocess<'ignore', 'pipe', 'pipe'>;
+  private out = '';
+  readonly exited: Promise<number>;
+
+  constructor(args: string[], opts: { env?: Record<string, string>; bin?: string[] } = {}) {
+    this.proc = Bun.spawn([...(opts.bin ?? [process.execPath, MAIN]), ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...opts.env },
+      stdout: 'pipe',
+      stderr: 'pipe',
+      stdin: 'ignore',
+    });
+    const pump = async (s: ReadableStream<Uint8Array>) => {
+      const dec = new TextDecoder();
+      for await (const chunk of s) this.out += dec.decode(chunk, { stream: true });
+    };
+    void pump(this.proc.stdout);
+    void pump(this.proc.stderr);
+    this.exited = this.proc.exited;
+  }
+
+  get logs(): string {
+    return this.out;
+  }
+
+  waitForLog(re: RegExp, timeoutMs = 10_000): Promise<RegExpExecArray> {
+    return waitFor(() => re.exec(this.out), `log line ${re}\n--- logs ---\n${this.out}`, timeoutMs);
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), 5000);
+    const code = await this.exited;
+    clearTimeout(timer);
+    return code;
+  }
+}
+
+export async function getJson<T = unknown>(url: string): Promise<T> {
+  const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  return (await r.json()) as T;
+}
+
+export async function getText(url: string): Promise<{ status: number; body: string }> {
+  const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+  return { status: r.status, body: await r.text() };
+}
+
+/** Write an agent config file with a free admin port and a private state dir; returns its path and admin URL. */
+export async function writeAgentConfig(dir: string, extra: string): Promise<{ path: string; admin: string; stateDir: string }> {
+  const port = await freePort();
+  const stateDir = join(dir, 'state');
+  const path = join(dir, 'edgemesh-agent.yaml');
+  writeFileSync(path, `commonConfig:\n  stateDir: ${stateDir}\n  adminAddress: 127.0.0.1:${port}\n${extra}`);
+  return { path, admin: `http://127.0.0.1:${port}`, stateDir };
+}
+
+/** Is anything listening on this TCP port on loopback? */
+export async function listening(port: number): Promise<boolean> {
+  try {
+    const s = await Bun.connect({ hostname: '127.0.0.1', port, socket: { data() {} } });
+    s.end();
+    return true;
+  } catch {
+    return false;
+  }
+}
