@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, defaultConfig, loadConfig, mergeConfig } from '../src/config/load.ts';
 import { didYouMean } from '../src/config/schema.ts';
+import type { AgentConfig } from '../src/config/schema-edgemesh.ts';
 import { runCli, tempDir } from './helpers.ts';
 
 // A config as the original's Helm chart / ConfigMap ships it, including runtime-only keys and odd casing.
@@ -135,8 +136,8 @@ describe('config', () => {
       expect(emb.mode).toBe('standalone');
       expect(emb.embedded).toBe(true);
       expect(emb.stateDir.startsWith(t.path)).toBe(true);
-      expect(emb.config.modules.edgeDNS.listenAddress).toBe('127.0.0.1');
-      expect(emb.config.modules.edgeDNS.listenPort).toBe(10053);
+      expect((emb.config as AgentConfig).modules.edgeDNS.listenAddress).toBe('127.0.0.1');
+      expect((emb.config as AgentConfig).modules.edgeDNS.listenPort).toBe(10053);
       expect(emb.admin).toEqual({ host: '127.0.0.1', port: 10551 });
     } finally {
       t.cleanup();

@@ -134,6 +134,9 @@ export interface LoadedConfig<C extends AnyConfig = AnyConfig> {
  * Merge `data` onto the defaults and validate. Returns the config and every problem found (never throws for
  * content; the caller decides). Exposed for `config check`.
  */
+export function mergeConfig(role: 'agent', baseMode: 'cloud' | 'edge', data: unknown, overlay?: Record<string, unknown>): { config: AgentConfig; issues: ConfigIssue[] };
+export function mergeConfig(role: 'gateway', baseMode: 'cloud' | 'edge', data: unknown, overlay?: Record<string, unknown>): { config: GatewayConfig; issues: ConfigIssue[] };
+export function mergeConfig(role: Role, baseMode: 'cloud' | 'edge', data: unknown, overlay?: Record<string, unknown>): { config: AnyConfig; issues: ConfigIssue[] };
 export function mergeConfig(role: Role, baseMode: 'cloud' | 'edge', data: unknown, overlay?: Record<string, unknown>): { config: AnyConfig; issues: ConfigIssue[] } {
   const schema = schemaFor(role);
   const issues: ConfigIssue[] = [];

@@ -61,6 +61,9 @@ export function buildKubeConfig(mode: RunMode, cfg: KubeAPIConfig): KubeConfig {
   } catch (err) {
     throw new EdgeMeshError('KUBE_CONFIG', `cannot configure Kubernetes access (${mode} mode): ${describeError(err)}`, { cause: err });
   }
+  // client-node refuses plain http unless skipTLSVerify is set; the metaServer default is plain http on
+  // loopback, where there is no certificate to verify.
+  kc.clusters = kc.clusters.map((c) => (c.server.startsWith('http://') ? { ...c, skipTLSVerify: true } : c));
   return kc;
 }
 
@@ -80,44 +83,49 @@ type WatcherState = 'listing' | 'synced' | 'absent' | 'failing';
 class KindWatcher {
   state: WatcherState = 'listing';
   lastError: string | null = null;
-  informer: (Informer<KubernetesObject> & ObjectCache<KubernetesObject>) | null = null;
+  /** Listed at least once, or known to be absent. */
+  everSynced = false;
+  /**
+   * One informer for the watcher's whole life: restarting it resumes the watch from its resourceVersion, or
+   * relists and emits deletes for objects that vanished meanwhile. A fresh informer would have an empty cache
+   * and could never tell us what was deleted during an outage.
+   */
+  readonly informer: Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
   private retry: ReturnType<typeof setTimeout> | null = null;
   private backoffMs: number;
   private stopped = false;
-  /** Bumped on every (re)start so late callbacks of an abandoned informer are ignored. */
-  private generation = 0;
+  private errored = false;
 
   constructor(
     readonly spec: KindSpec,
     private readonly src: KubeSource,
   ) {
     this.backoffMs = src.minBackoffMs;
+    this.informer = makeInformer(src.kc, spec.path, spec.list);
+    const live = () => !this.stopped;
+    this.informer.on('add', (o) => live() && src.onUpsert(this, o));
+    this.informer.on('update', (o) => live() && src.onUpsert(this, o));
+    this.informer.on('delete', (o) => live() && src.onDelete(this, o));
+    this.informer.on('error', (err) => live() && this.onError(err));
   }
 
   start(): void {
     this.stopped = false;
-    const gen = ++this.generation;
-    const inf = makeInformer(this.src.kc, this.spec.path, this.spec.list);
-    this.informer = inf;
-    const live = () => gen === this.generation && !this.stopped;
-    inf.on('add', (o) => live() && this.src.onUpsert(this, o));
-    inf.on('update', (o) => live() && this.src.onUpsert(this, o));
-    inf.on('delete', (o) => live() && this.src.onDelete(this, o));
-    inf.on('error', (err) => live() && this.onError(err));
-    void inf.start().then(() => {
-      // start() resolves after the list and the watch request; an error in between went to onError.
-      if (!live() || this.state === 'failing' || this.state === 'absent') return;
+    this.errored = false;
+    // start() resolves after the list and the watch request; an error in between has already reached onError.
+    void this.informer.start().then(() => {
+      if (this.stopped || this.errored) return;
       this.backoffMs = this.src.minBackoffMs;
-      const was = this.state;
-      this.state = 'synced';
-      if (this.lastError) this.src.log.info(`${this.spec.label}: connected again`, {});
+      if (this.lastError) this.src.log.info(`${this.spec.label}: connected again`);
       this.lastError = null;
-      if (was !== 'synced') this.src.onSynced(this);
+      this.state = 'synced';
+      this.src.onSynced(this);
     });
   }
 
   private onError(err: unknown): void {
-    const status = (err as { statusCode?: number; code?: number }).statusCode ?? (err as { code?: unknown }).code;
+    this.errored = true;
+    const status = (err as { statusCode?: number }).statusCode ?? (err as { code?: unknown }).code;
     const msg = describeError(err);
     if (status === 404 && this.spec.kind === 'endpointSlices') {
       this.src.fallBackToEndpoints(this);
@@ -133,8 +141,7 @@ class KindWatcher {
     }
     if (this.lastError !== msg) this.src.log.warn(`${this.spec.label}: list/watch failed; keeping the last known state`, { error: msg, retryInMs: this.backoffMs });
     this.lastError = msg;
-    if (this.state === 'synced') this.state = 'failing';
-    else if (this.state === 'listing') this.state = 'failing';
+    this.state = 'failing';
     this.src.onTrouble();
     this.schedule(this.backoffMs);
     this.backoffMs = Math.min(this.backoffMs * 2, this.src.maxBackoffMs);
@@ -146,21 +153,16 @@ class KindWatcher {
     // Jitter spreads a fleet of edge nodes reconnecting after a cloud outage.
     this.retry = setTimeout(() => {
       this.retry = null;
-      void this.informer?.stop();
       this.start();
     }, Math.round(ms * (0.8 + Math.random() * 0.4)));
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.generation++;
     if (this.retry) clearTimeout(this.retry);
     this.retry = null;
-    await this.informer?.stop();
+    await this.informer.stop();
   }
-
-  /** Whether this kind's contents are known (listed at least once, or absent). */
-  everSynced = false;
 }
 
 export interface KubeSourceDeps {
@@ -267,6 +269,7 @@ export class KubeSource {
   }
 
   onSynced(w: KindWatcher): void {
+    const first = !w.everSynced;
     w.everSynced = true;
     if (this.watchers.some((x) => !x.everSynced)) {
       this.onTrouble();
@@ -277,7 +280,7 @@ export class KubeSource {
       const objects = emptyObjects();
       for (const x of this.watchers) {
         if (x.state !== 'synced') continue;
-        for (const o of x.informer?.list() ?? []) {
+        for (const o of x.informer.list()) {
           const c = this.convertOne(x, o);
           if (c) (objects[c.kind] as unknown[]).push(c.value);
         }
@@ -287,7 +290,7 @@ export class KubeSource {
       return;
     }
     // A kind that became absent after the initial sync: drop what we had of it.
-    if (w.state === 'absent') this.dropKind(w.spec.kind);
+    if (w.state === 'absent' && first) this.dropKind(w.spec.kind);
     this.onTrouble();
   }
 

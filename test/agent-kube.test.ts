@@ -1,0 +1,174 @@
+/**
+ * The agent against a Kubernetes API (the fixture speaking the real list/watch wire format): initial list,
+ * add/update/delete, dropped watches, 410 relists, outages, and restarts served from the snapshot.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { FakeApiServer } from './fixtures/apiserver.ts';
+import { AgentProcess, getJson, getText, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+
+type DebugCatalog = {
+  services: { namespace: string; name: string; clusterIPs: string[]; proxied: boolean }[];
+  endpoints: { name: string; from: string; endpoints: { ip: string; nodeName: string }[] }[];
+  nodes: { name: string }[];
+  destinationRules: { name: string; spec: { host?: string } }[];
+};
+
+const svc = (name: string, ip: string, labels: Record<string, string> = {}) => ({
+  apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'default', labels },
+  spec: { type: 'ClusterIP', clusterIP: ip, clusterIPs: [ip], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] },
+});
+const slice = (service: string, ips: string[]) => ({
+  apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
+  metadata: { name: `${service}-x1`, namespace: 'default', labels: { 'kubernetes.io/service-name': service } },
+  addressType: 'IPv4', ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+  endpoints: ips.map((ip, i) => ({ addresses: [ip], nodeName: `edge-${i}`, conditions: { ready: true } })),
+});
+const endpoints = (service: string, ips: string[]) => ({
+  apiVersion: 'v1', kind: 'Endpoints', metadata: { name: service, namespace: 'default' },
+  subsets: [{ addresses: ips.map((ip) => ({ ip, nodeName: 'edge-9' })), ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] }],
+});
+
+const names = (c: DebugCatalog) => c.services.map((s) => s.name).sort();
+
+async function startAgent(api: FakeApiServer, dir: string, extra = '') {
+  const cfg = await writeAgentConfig(dir, `kubeAPIConfig:\n  master: ${api.url}\n${extra}`);
+  const agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-0']);
+  const catalog = () => getJson<DebugCatalog>(`${cfg.admin}/debug/catalog`);
+  return { cfg, agent, catalog };
+}
+
+describe('agent against the Kubernetes API', () => {
+  const api = new FakeApiServer();
+  const t = tempDir();
+  let a: Awaited<ReturnType<typeof startAgent>>;
+
+  beforeAll(async () => {
+    await api.start();
+    api.apply(svc('web', '10.96.0.10'));
+    api.apply(svc('dns', '10.96.0.53', { 'service.edgemesh.kubeedge.io/service-proxy-name': 'other' }));
+    api.apply(slice('web', ['10.244.0.5', '10.244.1.5']));
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0' }, status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }] } });
+    api.apply({ apiVersion: 'networking.istio.io/v1alpha3', kind: 'DestinationRule', metadata: { name: 'web', namespace: 'default' }, spec: { host: 'web', trafficPolicy: { loadBalancer: { simple: 'RANDOM' } } } });
+    a = await startAgent(api, t.path);
+    await waitFor(async () => (await getText(`${a.cfg.admin}/readyz`)).status === 200, 'readyz', 15_000);
+  });
+
+  afterAll(async () => {
+    await a.agent.stop();
+    await api.stop();
+    t.cleanup();
+  });
+
+  test('initial list: services (filtered for the proxy, all for DNS), slices, nodes, DestinationRules', async () => {
+    const c = await a.catalog();
+    expect(names(c)).toEqual(['dns', 'web']);
+    expect(c.services.find((s) => s.name === 'dns')!.proxied).toBe(false);
+    expect(c.services.find((s) => s.name === 'web')!.proxied).toBe(true);
+    expect(c.endpoints[0]).toMatchObject({ name: 'web', from: 'EndpointSlice' });
+    expect(c.endpoints[0]!.endpoints.map((e) => e.ip)).toEqual(['10.244.0.5', '10.244.1.5']);
+    expect(c.nodes.map((n) => n.name)).toEqual(['edge-0']);
+    expect(c.destinationRules[0]!.spec.host).toBe('web');
+    expect((await getText(`${a.cfg.admin}/readyz`)).body).toContain(`synced with ${api.url}`);
+    // It asked for exactly the kinds it needs, as list + watch.
+    for (const p of ['/api/v1/services', '/apis/discovery.k8s.io/v1/endpointslices', '/api/v1/nodes', '/apis/networking.istio.io/v1alpha3/destinationrules']) {
+      expect(api.requests.some((r) => r.startsWith(p) && !r.includes('watch'))).toBe(true);
+      expect(api.requests.some((r) => r.startsWith(p) && r.includes('watch=true'))).toBe(true);
+    }
+    expect(api.requests.some((r) => r.startsWith('/api/v1/secrets'))).toBe(false); // the agent never pulls Secrets
+  });
+
+  test('add, update and delete through the watch', async () => {
+    api.apply(svc('api', '10.96.0.20'));
+    await waitFor(async () => names(await a.catalog()).includes('api'), 'api added', 3000);
+    api.apply(svc('api', '10.96.0.21'));
+    await waitFor(async () => (await a.catalog()).services.find((s) => s.name === 'api')?.clusterIPs[0] === '10.96.0.21', 'api updated', 3000);
+    api.apply(slice('web', ['10.244.0.5']));
+    await waitFor(async () => (await a.catalog()).endpoints.find((e) => e.name === 'web')?.endpoints.length === 1, 'slice updated', 3000);
+    api.remove('v1', 'Service', 'api');
+    await waitFor(async () => !names(await a.catalog()).includes('api'), 'api deleted', 3000);
+  });
+
+  test('dropped watch: the agent reconnects and replays what it missed', async () => {
+    api.dropWatches();
+    api.apply(svc('missed', '10.96.0.30'));
+    await waitFor(async () => names(await a.catalog()).includes('missed'), 'missed', 10_000);
+    await waitFor(() => api.watchCount() >= 4, 'watches re-established', 10_000);
+  });
+
+  test('410 Expired: relist, and objects deleted meanwhile disappear', async () => {
+    // Changes the agent cannot replay: history compacted and the watch dropped.
+    const sub = api.requests.length;
+    api.holdEvents = true;
+    api.remove('v1', 'Service', 'missed');
+    api.apply(svc('fresh', '10.96.0.40'));
+    api.compact();
+    api.dropWatches();
+    api.holdEvents = false;
+    await waitFor(async () => { const n = names(await a.catalog()); return n.includes('fresh') && !n.includes('missed'); }, 'relist converged', 15_000);
+    expect(api.expiredServed).toBeGreaterThan(0);
+    expect(api.requests.slice(sub).some((r) => r.startsWith('/api/v1/services') && !r.includes('watch'))).toBe(true);
+  });
+
+  test('API down 10 s: state kept and ready; API back: converges', async () => {
+    const before = names(await a.catalog());
+    await api.stop();
+    const t0 = performance.now();
+    while (performance.now() - t0 < 10_000) {
+      expect(names(await a.catalog())).toEqual(before);
+      const r = await getText(`${a.cfg.admin}/readyz`);
+      expect(r.status).toBe(200);
+      await Bun.sleep(500);
+    }
+    const st = await getJson<{ catalog: { detail: string } }>(`${a.cfg.admin}/status`);
+    expect(st.catalog.detail).toMatch(/unreachable|listing/);
+    api.remove('v1', 'Service', 'fresh');
+    api.apply(svc('after', '10.96.0.50'));
+    await api.start();
+    await waitFor(async () => { const n = names(await a.catalog()); return n.includes('after') && !n.includes('fresh'); }, 'converged after outage', 30_000, 200);
+    await waitFor(async () => (await getJson<{ catalog: { detail: string } }>(`${a.cfg.admin}/status`)).catalog.detail.startsWith('synced'), 'synced detail', 20_000, 200);
+  }, 60_000);
+
+  test('agent restarted while the API is down: served from the snapshot, /readyz says so', async () => {
+    const before = names(await a.catalog());
+    await Bun.sleep(1500); // the snapshot is written about 1 s after the last change
+    expect(await a.agent.stop()).toBe(0);
+    await api.stop();
+    a = { ...a, agent: new AgentProcess(['agent', '--config', a.cfg.path, '--node-name', 'edge-0']) };
+    await waitFor(async () => (await getText(`${a.cfg.admin}/readyz`)).status === 200, 'readyz from snapshot', 10_000);
+    const r = await getText(`${a.cfg.admin}/readyz`);
+    expect(r.body).toContain('serving the catalog snapshot');
+    expect(names(await a.catalog())).toEqual(before);
+    await a.agent.waitForLog(/catalog restored from the snapshot/);
+    // The API comes back with one service less: the first sync removes it.
+    api.remove('v1', 'Service', 'after');
+    await api.start();
+    await waitFor(async () => !names(await a.catalog()).includes('after'), 'sync after restart', 30_000, 200);
+    expect((await getText(`${a.cfg.admin}/readyz`)).body).toContain('catalog from kubernetes');
+  }, 60_000);
+});
+
+describe('agent against an API without EndpointSlices or istio', () => {
+  test('falls back to v1 Endpoints and treats missing CRDs as empty', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.disable('endpointslices');
+    api.disable('destinationrules');
+    api.apply(svc('web', '10.96.0.10'));
+    api.apply(endpoints('web', ['10.244.3.3']));
+    const a = await startAgent(api, t.path);
+    try {
+      await waitFor(async () => (await getText(`${a.cfg.admin}/readyz`)).status === 200, 'readyz', 15_000);
+      const c = await a.catalog();
+      expect(c.endpoints[0]).toMatchObject({ name: 'web', from: 'Endpoints' });
+      expect(c.endpoints[0]!.endpoints[0]).toMatchObject({ ip: '10.244.3.3', nodeName: 'edge-9' });
+      api.apply(endpoints('web', ['10.244.3.3', '10.244.3.4']));
+      await waitFor(async () => (await a.catalog()).endpoints[0]?.endpoints.length === 2, 'endpoints update', 5000);
+      expect(a.agent.logs).toContain('destinationrules: not available');
+    } finally {
+      await a.agent.stop();
+      await api.stop();
+      t.cleanup();
+    }
+  });
+});
