@@ -218,3 +218,11 @@ describe('config', () => {
     }
   });
 });
+
+describe('docs', () => {
+  test('docs/config.md reference matches the schema (run `bun scripts/config-doc.ts --write`)', async () => {
+    const { docPath, withGenerated } = await import('../scripts/config-doc.ts');
+    const doc = await Bun.file(docPath()).text();
+    expect(withGenerated(doc)).toBe(doc);
+  });
+});

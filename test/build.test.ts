@@ -1,0 +1,137 @@
+/**
+ * The shipped artefacts: the compiled binary (host and arm64 under qemu-user), the systemd unit and install.sh.
+ * Builds go to a temp dir so a developer's dist/ is left alone.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FakeApiServer } from './fixtures/apiserver.ts';
+import { AgentProcess, ROOT, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+
+const QEMU = ['/usr/bin/qemu-aarch64-static', '/usr/bin/qemu-aarch64'].find((p) => existsSync(p));
+const ARM64_LIBS = '/usr/aarch64-linux-gnu';
+const SYSTEMD_ANALYZE = Bun.which('systemd-analyze');
+
+const tmp = tempDir('edgemesh-build-');
+const hostBin = join(tmp.path, 'edgemesh');
+const armBin = join(tmp.path, 'edgemesh-linux-arm64');
+
+async function build(args: string[]): Promise<void> {
+  const r = await runCli(args, { bin: [process.execPath, join(ROOT, 'scripts/build.ts')] });
+  if (r.code !== 0) throw new Error(`build failed: ${r.stderr}`);
+}
+
+beforeAll(async () => {
+  await build([`--outfile=${hostBin}`]);
+}, 120_000);
+
+afterAll(() => tmp.cleanup());
+
+describe('compiled binary (host)', () => {
+  test('version works', async () => {
+    const r = await runCli(['version'], { bin: [hostBin] });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^edgemesh \d+\.\d+\.\d+ \(commit [0-9a-f]{7,}(-dirty)?, bun 1\.4\.\d+, linux\/x64\)/);
+  });
+
+  test('runs the agent from a catalog file and stops on SIGTERM', async () => {
+    const t = tempDir();
+    try {
+      const cat = join(t.path, 'c.yaml');
+      writeFileSync(cat, 'apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}\n');
+      const cfg = await writeAgentConfig(t.path, '');
+      const agent = new AgentProcess(['agent', '--config', cfg.path, '--catalog', cat, '--node-name', 'n1'], { bin: [hostBin] });
+      await waitFor(async () => (await getText(`${cfg.admin}/readyz`)).status === 200, 'readyz');
+      const c = await getJson<{ services: { name: string }[] }>(`${cfg.admin}/debug/catalog`);
+      expect(c.services.map((s) => s.name)).toEqual(['web']);
+      expect(await agent.stop()).toBe(0);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('runs the agent against a Kubernetes API (client-node inside the compiled binary)', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    try {
+      api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'kube-web', namespace: 'default' }, spec: { clusterIP: '10.96.0.8', ports: [{ port: 80 }] } });
+      const cfg = await writeAgentConfig(t.path, `kubeAPIConfig: { master: ${api.url} }\n`);
+      const agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'n1'], { bin: [hostBin] });
+      try {
+        await waitFor(async () => (await getText(`${cfg.admin}/readyz`)).status === 200, `readyz\n${agent.logs}`);
+        api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'kube-two', namespace: 'default' }, spec: { clusterIP: '10.96.0.9', ports: [{ port: 80 }] } });
+        await waitFor(async () => (await getJson<{ services: unknown[] }>(`${cfg.admin}/debug/catalog`)).services.length === 2, 'watch event');
+      } finally {
+        expect(await agent.stop()).toBe(0);
+      }
+    } finally {
+      await api.stop();
+      t.cleanup();
+    }
+  });
+});
+
+describe('compiled binary (arm64)', () => {
+  test.skipIf(!QEMU)('builds and prints its version under qemu-user', async () => {
+    await build(['--target=bun-linux-arm64', `--outfile=${armBin}`]);
+    if (!existsSync(ARM64_LIBS)) throw new Error(`${ARM64_LIBS} missing: install libc6-arm64-cross (.ci/run does)`);
+    const r = await runCli(['version'], { bin: [QEMU!, '-L', ARM64_LIBS, armBin] });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toMatch(/bun 1\.4\.\d+, linux\/arm64\)/);
+    expect(r.code).toBe(0);
+  }, 120_000);
+  if (!QEMU) test('arm64 (skipped: qemu-user-static is not installed; .ci/run installs it)', () => {});
+});
+
+describe('systemd unit and install.sh', () => {
+  test.skipIf(!SYSTEMD_ANALYZE)('systemd-analyze verify reports nothing', async () => {
+    const t = tempDir();
+    try {
+      // verify checks that ExecStart exists: point it at the binary just built, the unit is otherwise as shipped.
+      const unit = readFileSync(join(ROOT, 'scripts/edgemesh.service'), 'utf8').replaceAll('/usr/local/bin/edgemesh', hostBin);
+      const path = join(t.path, 'edgemesh.service');
+      writeFileSync(path, unit);
+      const r = await runCli(['verify', path], { bin: [SYSTEMD_ANALYZE!] });
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const sec = await runCli(['security', '--offline=true', path], { bin: [SYSTEMD_ANALYZE!] });
+      expect(sec.stdout).toMatch(/Overall exposure level for edgemesh\.service: [0-4]\.\d/);
+      expect(unit).toContain('CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE');
+      expect(unit).toContain('StateDirectory=edgemesh');
+      expect(unit).toContain('Restart=on-failure');
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('install.sh is idempotent, keeps an edited config, and --uninstall removes what it installed', async () => {
+    const t = tempDir();
+    try {
+      const env = { DESTDIR: t.path };
+      const sh = (args: string[]) => runCli(args, { env, bin: ['sh', join(ROOT, 'scripts/install.sh')] });
+      const first = await sh(['--binary', hostBin]);
+      expect(first.code).toBe(0);
+      const conf = join(t.path, 'etc/edgemesh/config/edgemesh-agent.yaml');
+      for (const f of ['usr/local/bin/edgemesh', 'etc/systemd/system/edgemesh.service', 'etc/edgemesh/config/edgemesh-agent.yaml']) expect(existsSync(join(t.path, f))).toBe(true);
+      expect((await runCli(['config', 'check', conf])).code).toBe(0);
+      writeFileSync(conf, readFileSync(conf, 'utf8').replace('listenPort: 53', 'listenPort: 5353'));
+      const second = await sh(['--binary', hostBin]);
+      expect(second.code).toBe(0);
+      expect(readFileSync(conf, 'utf8')).toContain('listenPort: 5353');
+      expect((await runCli(['version'], { bin: [join(t.path, 'usr/local/bin/edgemesh')] })).code).toBe(0);
+      const un = await sh(['--uninstall']);
+      expect(un.code).toBe(0);
+      expect(existsSync(join(t.path, 'usr/local/bin/edgemesh'))).toBe(false);
+      expect(existsSync(join(t.path, 'etc/systemd/system/edgemesh.service'))).toBe(false);
+      expect(existsSync(conf)).toBe(true);
+      expect((await sh(['--uninstall', '--purge'])).code).toBe(0);
+      expect(existsSync(conf)).toBe(false);
+      const bad = await sh(['--binary', join(t.path, 'nope')]);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toContain('npm run build');
+    } finally {
+      t.cleanup();
+    }
+  });
+});
