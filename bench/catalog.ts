@@ -66,7 +66,7 @@ export const catalogScenario: Scenario = {
         catalog.upsert({ kind: 'services', value: s });
         await done;
       }
-      rows.push({ services: n, initialLoadMs: +initialMs.toFixed(2), applyP50Ms: +pct(lat, 50).toFixed(4), applyP99Ms: +pct(lat, 99).toFixed(4) });
+      rows.push({ services: n, initialLoadMs: +initialMs.toFixed(4), applyP50Ms: +pct(lat, 50).toFixed(4), applyP99Ms: +pct(lat, 99).toFixed(4) });
       progress(`${n} services: initial load ${fmt(initialMs)}, one change → notified p50 ${fmt(pct(lat, 50))} p99 ${fmt(pct(lat, 99))}`);
     }
     const dir = mkdtempSync(join(tmpdir(), 'edgemesh-bench-'));
