@@ -172,3 +172,69 @@ describe('agent against an API without EndpointSlices or istio', () => {
     }
   });
 });
+
+describe('ways to reach the API, and the gateway role', () => {
+  const api = new FakeApiServer();
+  const t = tempDir();
+  beforeAll(async () => {
+    await api.start();
+    api.apply(svc('web', '10.96.0.10'));
+    api.apply({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'gw-secret', namespace: 'default' }, type: 'kubernetes.io/tls', data: { 'tls.crt': 'Y2VydA==', 'tls.key': 'a2V5' } });
+    api.apply({ apiVersion: 'networking.istio.io/v1alpha3', kind: 'Gateway', metadata: { name: 'edgemesh-gateway', namespace: 'default' }, spec: { servers: [{ port: { number: 23333, name: 'http-0', protocol: 'HTTP' }, hosts: ['*'] }] } });
+    api.apply({ apiVersion: 'networking.istio.io/v1alpha3', kind: 'VirtualService', metadata: { name: 'vs', namespace: 'default' }, spec: { hosts: ['*'], gateways: ['edgemesh-gateway'], http: [{ route: [{ destination: { host: 'web', port: { number: 80 } } }] }] } });
+  });
+  afterAll(async () => {
+    await api.stop();
+    t.cleanup();
+  });
+
+  async function readyWith(args: string[], admin: string): Promise<AgentProcess> {
+    const agent = new AgentProcess(args);
+    try {
+      await waitFor(async () => (await getText(`${admin}/readyz`)).body.includes('synced'), 'synced', 15_000);
+    } catch (err) {
+      await agent.stop();
+      throw err;
+    }
+    return agent;
+  }
+
+  test('edge mode: the metaServer URL, no kubeconfig written', async () => {
+    const cfg = await writeAgentConfig(t.path, `kubeAPIConfig:\n  metaServer:\n    server: ${api.url}\n`);
+    const agent = await readyWith(['agent', '--config', cfg.path, '--node-name', 'edge-0'], cfg.admin);
+    try {
+      const st = await getJson<{ mode: string }>(`${cfg.admin}/status`);
+      expect(st.mode).toBe('edge');
+      expect(names(await getJson<DebugCatalog>(`${cfg.admin}/debug/catalog`))).toEqual(['web']);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  test('manual mode: a kubeconfig file', async () => {
+    const kc = `${t.path}/kubeconfig`;
+    await Bun.write(kc, `apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: "${api.url}" }\nusers:\n- name: u\n  user: { token: abc }\ncontexts:\n- name: x\n  context: { cluster: c, user: u }\ncurrent-context: x\n`);
+    const cfg = await writeAgentConfig(t.path, `kubeAPIConfig:\n  kubeConfig: ${kc}\n`);
+    const agent = await readyWith(['agent', '--config', cfg.path, '--node-name', 'edge-0'], cfg.admin);
+    try {
+      expect((await getJson<{ mode: string }>(`${cfg.admin}/status`)).mode).toBe('manual');
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  test('gateway: watches Gateways, VirtualServices and Secrets; never serves Secret data', async () => {
+    const cfg = await writeAgentConfig(t.path, `kubeAPIConfig:\n  master: ${api.url}\n`);
+    const agent = await readyWith(['gateway', '--config', cfg.path, '--node-name', 'edge-0'], cfg.admin);
+    try {
+      const c = await getJson<DebugCatalog & { gateways: { name: string }[]; virtualServices: { name: string }[]; secrets: Record<string, unknown>[] }>(`${cfg.admin}/debug/catalog`);
+      expect(c.gateways.map((g) => g.name)).toEqual(['edgemesh-gateway']);
+      expect(c.virtualServices.map((v) => v.name)).toEqual(['vs']);
+      expect(c.secrets).toEqual([{ namespace: 'default', name: 'gw-secret', type: 'kubernetes.io/tls', keys: ['tls.crt', 'tls.key'] }]);
+      expect(JSON.stringify(c)).not.toContain('Y2VydA==');
+      expect((await getJson<{ role: string }>(`${cfg.admin}/status`)).role).toBe('gateway');
+    } finally {
+      await agent.stop();
+    }
+  });
+});
