@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { FakeApiServer } from '../test/fixtures/apiserver.ts';
+import { freePort } from '../test/helpers.ts';
 
 const root = resolve(import.meta.dir, '..');
 const runs = Number(process.argv.find((a) => a.startsWith('--runs='))?.slice(7) ?? 15);
@@ -27,13 +28,6 @@ function build(out: string, extra: string[]): void {
 function xzSize(path: string): number {
   const r = Bun.spawnSync(['sh', '-c', `xz -6 -T2 -c '${path}' | wc -c`]);
   return Number(r.stdout.toString().trim());
-}
-
-async function freePort(): Promise<number> {
-  const l = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } });
-  const p = l.port;
-  l.stop(true);
-  return p;
 }
 
 async function startToReady(bin: string, args: string[]): Promise<{ ms: number; proc: ReturnType<typeof Bun.spawn>; admin: string }> {

@@ -34,6 +34,8 @@ export async function runNode(role: Role, o: { config?: string; catalog?: string
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // A stray rejection is a bug to report, not a reason to take the node's DNS and proxy down with it.
+  process.on('unhandledRejection', (err) => logger.error('unhandled promise rejection (please report)', { error: describeError(err) }));
 
   try {
     await agent.start();
