@@ -16,6 +16,7 @@ import { FileSource } from './catalog/sources/file.ts';
 import { KubeSource, buildKubeConfig } from './catalog/sources/kube.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
+import { DnsModule } from './dns/index.ts';
 import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
 import type { Logger } from './obs/logger.ts';
@@ -82,6 +83,7 @@ export class Agent {
   private kubeSource: KubeSource | null = null;
   private snapshotWriter: SnapshotWriter | null = null;
   private admin: AdminServer | null = null;
+  private dns: DnsModule | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
   private readonly ac = new AbortController();
@@ -143,6 +145,11 @@ export class Agent {
       this.kubeSource.start();
     }
 
+    if (loaded.role === 'agent' && (loaded.config as AgentConfig).modules.edgeDNS.enable) {
+      this.dns = new DnsModule({ config: loaded.config as AgentConfig, catalog: this.catalog, logger: this.log.child('dns'), metrics: this.metrics });
+      await this.dns.start();
+    }
+
     this.warnUnbuiltModules();
     this.started = true;
     this.log.info('started', { admin: this.admin?.url ?? 'disabled' });
@@ -152,6 +159,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.ac.abort();
     const steps: [string, () => Promise<void> | void][] = [
+      ['dns', async () => { await this.dns?.stop(); }],
       ['catalog source', async () => { await this.fileSource?.stop(); await this.kubeSource?.stop(); }],
       ['snapshot', async () => { await this.snapshotWriter?.stop(); }],
       ['admin', async () => { await this.admin?.stop(); }],
@@ -163,7 +171,7 @@ export class Agent {
         this.log.error(`stopping ${name} failed`, { error: describeError(err) });
       }
     }
-    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = null;
+    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = null;
     if (this.started) this.log.info('stopped');
     this.started = false;
   }
@@ -171,6 +179,8 @@ export class Agent {
   readiness(): Readiness {
     const st = this.catalog.state();
     if (!st.ready) return { ready: false, reason: `catalog not loaded: ${st.detail}` };
+    const down = this.builtModules().filter((m) => m.enabled && m.state !== 'running');
+    if (down.length) return { ready: false, reason: down.map((m) => `${m.name} ${m.state}: ${m.detail}`).join('; ') };
     if (st.origin === 'snapshot') return { ready: true, reason: `serving the catalog snapshot from ${this.restoredFrom ?? 'disk'} (${st.detail})` };
     return { ready: true, reason: `catalog from ${st.origin}: ${st.detail}` };
   }
@@ -202,17 +212,28 @@ export class Agent {
       { name: 'catalog', enabled: true, state: this.catalog.state().ready ? 'running' : 'starting', detail: this.catalog.state().detail },
       { name: 'admin', enabled: !!this.loaded.admin, state: this.admin ? 'running' : 'stopped', detail: this.admin?.url ?? 'disabled (commonConfig.adminAddress is "")' },
     ];
+    const built = this.builtModules();
     const m = c.modules as Record<string, { enable?: boolean }>;
     for (const name of Object.keys(m)) {
-      // Later modules (DNS, proxy, tunnel, gateway, CNI) are listed honestly until they exist.
-      out.push({ name, enabled: !!m[name]?.enable, state: 'not-built', detail: 'not in this build yet' });
+      const b = built.find((x) => x.name === name);
+      // Modules still to come (proxy, tunnel, gateway, CNI) are listed honestly until they exist.
+      out.push(b ?? { name, enabled: !!m[name]?.enable, state: 'not-built', detail: 'not in this build yet' });
     }
     return out;
   }
 
+  /** Modules this build has, with their state. */
+  private builtModules(): ModuleStatus[] {
+    if (this.loaded.role !== 'agent') return [];
+    const enabled = (this.loaded.config as AgentConfig).modules.edgeDNS.enable;
+    const st = this.dns?.status() ?? { state: 'stopped' as const, detail: enabled ? 'not started' : 'disabled' };
+    return [{ name: 'edgeDNS', enabled, ...st }];
+  }
+
   private warnUnbuiltModules(): void {
     const m = this.loaded.config.modules as Record<string, { enable?: boolean }>;
-    const on = Object.keys(m).filter((k) => m[k]?.enable);
+    const built = new Set(this.builtModules().map((b) => b.name));
+    const on = Object.keys(m).filter((k) => m[k]?.enable && !built.has(k));
     if (on.length) this.log.warn('enabled modules are not in this build yet and will not run', { modules: on.join(',') });
   }
 

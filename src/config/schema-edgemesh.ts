@@ -110,6 +110,16 @@ export const agentSchema = obj({
       // Addition: default "" means the bridge device IP, as the original binds.
       listenAddress: str('', { check: (v) => (v === '' ? null : checkIP(v)), allowed: 'an IP address, or "" for the bridge IP' }),
       listenPort: port(53),
+      // Additions (the original hard-codes these in its Corefile).
+      clusterDomain: str('cluster.local', { check: (v) => (/^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$/i.test(v) ? null : 'is not a domain name'), allowed: 'a domain name' }),
+      ttl: int(30, 0, 3600),
+      resolvConf: str('/etc/resolv.conf', { check: checkAbsPathOrEmpty, allowed: 'an absolute path' }),
+      upstreamServers: list(str('', { check: checkUpstream, allowed: 'IP or IP:PORT' })),
+      upstreamTimeoutMs: int(2000, 50, 60_000),
+      cacheSize: int(10_000, 0, 10_000_000),
+      maxNegativeTTL: int(30, 0, 86400),
+      tcpIdleTimeout: int(10, 1, 3600),
+      rateLimit: int(0, 0, 10_000_000),
       cacheDNS: obj({
         enable: bool(false),
         autoDetect: bool(true),

@@ -1,0 +1,314 @@
+/**
+ * Forwarding for names that are not ours: upstreams from resolv.conf (minus our own address, so a resolv.conf
+ * that points back at the agent cannot loop — the original's CoreDNS exits on that) or from config.
+ *
+ * - UDP with a random transaction ID per query, a timeout per try, and failover across upstreams;
+ *   a truncated answer is retried over TCP to the same upstream.
+ * - A bounded LRU cache keyed by (name, type, class, DO bit). Entries keep the upstream's bytes; a hit copies
+ *   them, patches the ID and the client's question (its letter case), and ages every TTL in place.
+ *   Negative answers are cached for at most maxNegativeTTL; SERVFAIL and REFUSED are not cached.
+ * - Identical questions in flight share one upstream query.
+ */
+import { isIP } from 'node:net';
+type UdpSocket<T extends 'buffer'> = Bun.udp.Socket<T>;
+import { describeError } from '../errors.ts';
+import type { Logger } from '../obs/logger.ts';
+import { RCODE, errorResponse, questionEnd, readU16, ttlOffsets, writeU16 } from './wire.ts';
+
+export interface Upstream {
+  host: string;
+  port: number;
+}
+
+export function formatUpstream(u: Upstream): string {
+  return isIP(u.host) === 6 ? `[${u.host}]:${u.port}` : `${u.host}:${u.port}`;
+}
+
+/** `IP` or `IP:PORT` or `[v6]:PORT` → Upstream (config was validated already). */
+export function parseUpstream(s: string): Upstream {
+  if (isIP(s)) return { host: s, port: 53 };
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(s)!;
+  return { host: m[1]!, port: Number(m[2]) };
+}
+
+/** nameserver and search lines of a resolv.conf. */
+export function parseResolvConf(text: string): { nameservers: string[]; search: string[] } {
+  const nameservers: string[] = [];
+  let search: string[] = [];
+  for (const raw of text.split('\n')) {
+    const line = raw.replace(/[#;].*$/, '').trim();
+    const [key, ...rest] = line.split(/\s+/);
+    if (key === 'nameserver' && rest[0] && isIP(rest[0].replace(/%.*$/, ''))) nameservers.push(rest[0].replace(/%.*$/, ''));
+    if ((key === 'search' || key === 'domain') && rest.length) search = rest;
+  }
+  return { nameservers, search };
+}
+
+interface CacheEntry {
+  bytes: Uint8Array;
+  qEnd: number;
+  offsets: number[];
+  storedAt: number;
+  expiresAt: number;
+}
+
+interface Pending {
+  resolve: (b: Uint8Array | null) => void;
+  upstream: Upstream;
+  question: Uint8Array;
+}
+
+export interface ForwarderDeps {
+  upstreams: () => Upstream[];
+  logger: Logger;
+  timeoutMs: number;
+  cacheSize: number;
+  maxNegativeTTL: number;
+  /** Cap on cached TTLs (cacheDNS.cacheTTL in cache mode); 0 = the upstream's TTLs. */
+  maxTTL?: number;
+  now?: () => number;
+}
+
+export interface ForwarderStats {
+  queries: number;
+  cacheHits: number;
+  upstreamQueries: number;
+  upstreamFailures: number;
+  tcpRetries: number;
+  cacheEntries: number;
+}
+
+const sameQuestion = (a: Uint8Array, b: Uint8Array) => {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    let x = a[i]!, y = b[i]!;
+    if (x >= 65 && x <= 90) x += 32;
+    if (y >= 65 && y <= 90) y += 32;
+    if (x !== y) return false;
+  }
+  return true;
+};
+
+export class Forwarder {
+  private cache = new Map<string, CacheEntry>();
+  private inflight = new Map<string, Promise<Uint8Array | null>>();
+  private pending = new Map<number, Pending>();
+  private sockets: { 4?: Promise<UdpSocket<'buffer'>>; 6?: Promise<UdpSocket<'buffer'>> } = {};
+  private readonly now: () => number;
+  private warnedNoUpstream = false;
+  readonly stats: ForwarderStats = { queries: 0, cacheHits: 0, upstreamQueries: 0, upstreamFailures: 0, tcpRetries: 0, cacheEntries: 0 };
+
+  constructor(private readonly deps: ForwarderDeps) {
+    this.now = deps.now ?? (() => performance.now());
+  }
+
+  async stop(): Promise<void> {
+    for (const p of this.pending.values()) p.resolve(null);
+    this.pending.clear();
+    const socks = await Promise.all([this.sockets[4], this.sockets[6]].map((p) => p?.catch(() => undefined)));
+    for (const s of socks) s?.close();
+    this.sockets = {};
+  }
+
+  /**
+   * Answer `query` (the client's bytes) for cache key `key`. Returns the response with the client's ID and
+   * question, or SERVFAIL when no upstream answers.
+   */
+  async resolve(query: Uint8Array, key: string): Promise<Uint8Array> {
+    this.stats.queries++;
+    const qEnd = questionEnd(query);
+    const hit = this.fromCache(key, query, qEnd);
+    if (hit) {
+      this.stats.cacheHits++;
+      return hit;
+    }
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.ask(query, qEnd).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    const upstreamBytes = await p;
+    if (!upstreamBytes) return errorResponse(query, RCODE.SERVFAIL, true);
+    this.store(key, upstreamBytes);
+    return this.fromCache(key, query, qEnd) ?? this.rewrite(upstreamBytes, query, qEnd);
+  }
+
+  /** Copy an upstream answer for this client: its ID, its question bytes (letter case), its RD bit. */
+  private rewrite(src: Uint8Array, query: Uint8Array, qEnd: number): Uint8Array {
+    const out = new Uint8Array(src);
+    out[0] = query[0]!;
+    out[1] = query[1]!;
+    if (qEnd > 12 && questionEnd(src) === qEnd) out.set(query.subarray(12, qEnd), 12);
+    return out;
+  }
+
+  private fromCache(key: string, query: Uint8Array, qEnd: number): Uint8Array | null {
+    const e = this.cache.get(key);
+    if (!e) return null;
+    const now = this.now();
+    if (now >= e.expiresAt) {
+      this.cache.delete(key);
+      return null;
+    }
+    // LRU: a hit moves the entry to the young end.
+    this.cache.delete(key);
+    this.cache.set(key, e);
+    const out = this.rewrite(e.bytes, query, qEnd);
+    const aged = Math.floor((now - e.storedAt) / 1000);
+    if (aged > 0) {
+      for (const o of e.offsets) {
+        const ttl = ((out[o]! << 24) | (out[o + 1]! << 16) | (out[o + 2]! << 8) | out[o + 3]!) >>> 0;
+        const t = Math.max(0, ttl - aged);
+        out[o] = t >>> 24;
+        out[o + 1] = (t >>> 16) & 0xff;
+        out[o + 2] = (t >>> 8) & 0xff;
+        out[o + 3] = t & 0xff;
+      }
+    }
+    return out;
+  }
+
+  private store(key: string, bytes: Uint8Array): void {
+    if (this.deps.cacheSize === 0) return;
+    const rcode = bytes[3]! & 0x0f;
+    if (rcode !== RCODE.NOERROR && rcode !== RCODE.NXDOMAIN) return;
+    if (bytes[2]! & 0x02) return; // truncated answers are not reusable
+    const t = ttlOffsets(bytes);
+    const qEnd = questionEnd(bytes);
+    if (!t || qEnd < 0) return;
+    const negative = rcode === RCODE.NXDOMAIN || readU16(bytes, 6) === 0;
+    let ttl = t.offsets.length ? t.minTTL : 5;
+    if (negative) ttl = Math.min(ttl, this.deps.maxNegativeTTL);
+    if (this.deps.maxTTL) ttl = Math.min(ttl, this.deps.maxTTL);
+    if (ttl <= 0) return;
+    const now = this.now();
+    this.cache.delete(key);
+    this.cache.set(key, { bytes, qEnd, offsets: t.offsets, storedAt: now, expiresAt: now + ttl * 1000 });
+    while (this.cache.size > this.deps.cacheSize) this.cache.delete(this.cache.keys().next().value!);
+    this.stats.cacheEntries = this.cache.size;
+  }
+
+  /** Try each upstream in turn (twice round the list at most); null when none answers. */
+  private async ask(query: Uint8Array, qEnd: number): Promise<Uint8Array | null> {
+    const ups = this.deps.upstreams();
+    if (!ups.length) {
+      if (!this.warnedNoUpstream) this.deps.logger.warn('no upstream DNS servers: names outside the cluster get SERVFAIL', { fix: 'set modules.edgeDNS.upstreamServers or list a nameserver in resolv.conf that is not this agent' });
+      this.warnedNoUpstream = true;
+      return null;
+    }
+    this.warnedNoUpstream = false;
+    const question = query.subarray(12, qEnd);
+    const tries = Math.min(ups.length * 2, 6);
+    for (let i = 0; i < tries; i++) {
+      const up = ups[i % ups.length]!;
+      this.stats.upstreamQueries++;
+      let r = await this.udp(query, question, up);
+      if (r && r[2]! & 0x02) {
+        this.stats.tcpRetries++;
+        r = await this.tcp(query, question, up);
+      }
+      if (r) return r;
+      this.stats.upstreamFailures++;
+    }
+    this.deps.logger.warn('no upstream answered', { upstreams: ups.map(formatUpstream).join(','), question: new TextDecoder().decode(question.subarray(0, Math.min(question.length, 64))) });
+    return null;
+  }
+
+  private socket(family: 4 | 6): Promise<UdpSocket<'buffer'>> {
+    const s = this.sockets[family];
+    if (s) return s;
+    return (this.sockets[family] = Bun.udpSocket({
+      hostname: family === 4 ? '0.0.0.0' : '::',
+      socket: {
+        data: (_sock, buf, port, addr) => this.onReply(buf, port, addr),
+        // ICMP port unreachable from a dead upstream arrives as an error; the timeout handles the retry.
+        error: () => {},
+      },
+    }));
+  }
+
+  private onReply(buf: Uint8Array, port: number, addr: string): void {
+    if (buf.length < 12) return;
+    const p = this.pending.get(readU16(buf, 0));
+    // Accept only the upstream we asked, with the question we asked (off-path spoofing needs all three).
+    if (!p || p.upstream.port !== port || p.upstream.host !== addr.replace(/^::ffff:/, '')) return;
+    const qEnd = questionEnd(buf);
+    if (qEnd < 0 || !sameQuestion(buf.subarray(12, qEnd), p.question)) return;
+    this.pending.delete(readU16(buf, 0));
+    p.resolve(new Uint8Array(buf));
+  }
+
+  private async udp(query: Uint8Array, question: Uint8Array, up: Upstream): Promise<Uint8Array | null> {
+    const sock = await this.socket(isIP(up.host) === 6 ? 6 : 4);
+    let id = (Math.random() * 0x10000) | 0;
+    for (let n = 0; this.pending.has(id) && n < 100; n++) id = (Math.random() * 0x10000) | 0;
+    const out = new Uint8Array(query);
+    writeU16(out, 0, id);
+    return new Promise<Uint8Array | null>((resolve) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        resolve(null);
+      }, this.deps.timeoutMs);
+      this.pending.set(id, {
+        upstream: up,
+        question,
+        resolve: (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+      });
+      try {
+        sock.send(out, up.port, up.host);
+      } catch (err) {
+        this.deps.logger.debug('upstream send failed', { upstream: formatUpstream(up), error: describeError(err) });
+      }
+    });
+  }
+
+  /** One query over TCP (2-byte length prefix), with the same timeout. */
+  private tcp(query: Uint8Array, question: Uint8Array, up: Upstream): Promise<Uint8Array | null> {
+    return new Promise((resolve) => {
+      let buf = new Uint8Array(0);
+      let done = false;
+      const finish = (r: Uint8Array | null, s?: { end(): void }) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        s?.end();
+        resolve(r);
+      };
+      const timer = setTimeout(() => finish(null, sock), this.deps.timeoutMs);
+      let sock: { end(): void } | undefined;
+      const id = (Math.random() * 0x10000) | 0;
+      const msg = new Uint8Array(query.length + 2);
+      writeU16(msg, 0, query.length);
+      msg.set(query, 2);
+      writeU16(msg, 2, id);
+      Bun.connect({
+        hostname: up.host,
+        port: up.port,
+        socket: {
+          open: (s) => {
+            sock = s;
+            s.write(msg);
+          },
+          data: (s, chunk) => {
+            const next = new Uint8Array(buf.length + chunk.length);
+            next.set(buf);
+            next.set(chunk, buf.length);
+            buf = next;
+            if (buf.length >= 2 && buf.length >= 2 + readU16(buf, 0)) {
+              const r = buf.slice(2, 2 + readU16(buf, 0));
+              const qEnd = questionEnd(r);
+              finish(readU16(r, 0) === id && qEnd > 0 && sameQuestion(r.subarray(12, qEnd), question) ? r : null, s);
+            }
+            if (buf.length > 65537) finish(null, s);
+          },
+          close: () => finish(null),
+          error: () => finish(null),
+          connectError: () => finish(null),
+        },
+      }).catch(() => finish(null));
+    });
+  }
+}

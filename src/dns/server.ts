@@ -1,0 +1,339 @@
+/**
+ * The DNS server: Bun.udpSocket and a Bun TCP listener on one address, answering from the zone and forwarding
+ * the rest.
+ *
+ * Hot path: a query of the common shape (one question, optional OPT) for a zone name is answered from a map of
+ * prepared responses keyed by (name, type, class, EDNS): copy, patch ID and RD, copy the client's question bytes
+ * (so its letter case is echoed). Everything else goes through dns-packet. Malformed input costs only itself:
+ * FORMERR when a header parses, silence otherwise; responses sent to us are ignored.
+ */
+import dnsPacket, { type Answer, type Packet } from 'dns-packet';
+import { EdgeMeshError, describeError } from '../errors.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { Forwarder } from './forwarder.ts';
+import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, errorResponse, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
+import type { Zone } from './zone.ts';
+
+/** Our advertised EDNS UDP payload size (the DNS Flag Day 2020 value: avoids IP fragmentation). */
+export const EDNS_SIZE = 1232;
+const MAX_PREPARED = 50_000;
+
+interface Question {
+  id: number;
+  flags: number;
+  name: string;
+  qtype: number;
+  qclass: number;
+  qEnd: number;
+  ednsSize: number;
+  dnssecOk: boolean;
+}
+
+interface Prepared {
+  bytes: Uint8Array;
+  qEnd: number;
+  /** The same answer cut down to header + question (+ OPT), TC set: for UDP clients whose limit it exceeds. */
+  truncated: Uint8Array;
+}
+
+export interface DnsServerDeps {
+  host: string;
+  port: number;
+  logger: Logger;
+  zone: () => Zone | null;
+  forwarder: Forwarder;
+  /** cacheDNS mode: forward everything, cluster names included. */
+  forwardAll: boolean;
+  tcpIdleTimeoutSec: number;
+  /** Queries per second per client address; 0 = unlimited. */
+  rateLimit: number;
+}
+
+export interface DnsServerStats {
+  udpQueries: number;
+  tcpQueries: number;
+  zoneAnswers: number;
+  forwarded: number;
+  formerr: number;
+  dropped: number;
+  rateLimited: number;
+}
+
+type TcpConn = { buf: Uint8Array; pending: Uint8Array[]; closed: boolean };
+
+export class DnsServer {
+  private udp: Bun.udp.Socket<'buffer'> | null = null;
+  private tcp: Bun.TCPSocketListener<TcpConn> | null = null;
+  private prepared = new Map<string, Prepared>();
+  private preparedFor: Zone | null = null;
+  private buckets = new Map<string, { tokens: number; at: number }>();
+  private bucketSweep: ReturnType<typeof setInterval> | null = null;
+  readonly stats: DnsServerStats = { udpQueries: 0, tcpQueries: 0, zoneAnswers: 0, forwarded: 0, formerr: 0, dropped: 0, rateLimited: 0 };
+
+  constructor(private readonly deps: DnsServerDeps) {}
+
+  async start(): Promise<void> {
+    const { host, port, logger } = this.deps;
+    try {
+      this.udp = await Bun.udpSocket({
+        hostname: host,
+        port,
+        socket: {
+          data: (sock, buf, rport, raddr) => this.onDatagram(sock, buf, rport, raddr),
+          // ECONNREFUSED from a client that went away must not take the process down (TESTING.md).
+          error: (_s, err) => logger.debug('udp socket error', { error: describeError(err) }),
+        },
+      });
+      this.tcp = Bun.listen<TcpConn>({
+        hostname: host,
+        port: this.udp.port,
+        socket: {
+          open: (s) => {
+            s.data = { buf: new Uint8Array(0), pending: [], closed: false };
+            s.timeout(this.deps.tcpIdleTimeoutSec);
+          },
+          data: (s, chunk) => this.onTcpData(s, chunk),
+          drain: (s) => this.flushTcp(s),
+          timeout: (s) => {
+            s.end();
+          },
+          close: (s) => {
+            if (s.data) s.data.closed = true;
+          },
+          error: () => {},
+        },
+      });
+    } catch (err) {
+      await this.stop();
+      throw new EdgeMeshError('INTERNAL', `cannot listen for DNS on ${host}:${port}: ${describeError(err)}; ${port < 1024 ? 'port < 1024 needs root or CAP_NET_BIND_SERVICE; ' : ''}another DNS server may hold it (set modules.edgeDNS.listenAddress/listenPort)`, { cause: err });
+    }
+    if (this.deps.rateLimit > 0) {
+      this.bucketSweep = setInterval(() => this.buckets.clear(), 60_000);
+      this.bucketSweep.unref?.();
+    }
+    logger.info('DNS listening', { address: `${host}:${this.udp.port}`, transports: 'udp,tcp' });
+  }
+
+  get port(): number {
+    return this.udp?.port ?? this.deps.port;
+  }
+
+  async stop(): Promise<void> {
+    if (this.bucketSweep) clearInterval(this.bucketSweep);
+    this.udp?.close();
+    this.tcp?.stop(true);
+    this.udp = null;
+    this.tcp = null;
+  }
+
+  private allowed(addr: string): boolean {
+    const limit = this.deps.rateLimit;
+    if (limit <= 0) return true;
+    const now = performance.now();
+    let b = this.buckets.get(addr);
+    if (!b) this.buckets.set(addr, (b = { tokens: limit, at: now }));
+    b.tokens = Math.min(limit, b.tokens + ((now - b.at) / 1000) * limit);
+    b.at = now;
+    if (b.tokens < 1) {
+      this.stats.rateLimited++;
+      return false;
+    }
+    b.tokens--;
+    return true;
+  }
+
+  private onDatagram(sock: Bun.udp.Socket<'buffer'>, buf: Buffer, port: number, addr: string): void {
+    this.stats.udpQueries++;
+    if (!this.allowed(addr)) return;
+    let r: Uint8Array | Promise<Uint8Array | null> | null;
+    try {
+      r = this.answer(buf, 'udp');
+    } catch (err) {
+      this.deps.logger.error('DNS query handling failed (please report)', { error: describeError(err) });
+      return;
+    }
+    if (r === null) return;
+    if (r instanceof Uint8Array) {
+      sock.send(r, port, addr);
+      return;
+    }
+    r.then((x) => x && this.udp && this.udp.send(x, port, addr)).catch((err) => this.deps.logger.error('DNS forward failed', { error: describeError(err) }));
+  }
+
+  private onTcpData(s: Bun.Socket<TcpConn>, chunk: Buffer): void {
+    const c = s.data;
+    const next = new Uint8Array(c.buf.length + chunk.length);
+    next.set(c.buf);
+    next.set(chunk, c.buf.length);
+    c.buf = next;
+    while (c.buf.length >= 2) {
+      const len = readU16(c.buf, 0);
+      if (c.buf.length < 2 + len) break;
+      const msg = c.buf.slice(2, 2 + len);
+      c.buf = c.buf.subarray(2 + len);
+      this.stats.tcpQueries++;
+      let r: Uint8Array | Promise<Uint8Array | null> | null;
+      try {
+        r = this.answer(msg, 'tcp');
+      } catch (err) {
+        this.deps.logger.error('DNS query handling failed (please report)', { error: describeError(err) });
+        r = null;
+      }
+      if (r instanceof Uint8Array) this.sendTcp(s, r);
+      else if (r) void r.then((x) => x && !c.closed && this.sendTcp(s, x));
+    }
+    // A peer that sends more than one maximal message without reading answers is not a DNS client.
+    if (c.buf.length > 65537) s.end();
+  }
+
+  private sendTcp(s: Bun.Socket<TcpConn>, msg: Uint8Array): void {
+    const framed = new Uint8Array(msg.length + 2);
+    writeU16(framed, 0, msg.length);
+    framed.set(msg, 2);
+    const c = s.data;
+    if (c.pending.length) {
+      c.pending.push(framed);
+      if (c.pending.length > 64) s.end(); // not reading its answers: bounded, then gone
+      return;
+    }
+    const n = s.write(framed);
+    if (n < framed.length) c.pending.push(framed.subarray(Math.max(0, n)));
+  }
+
+  private flushTcp(s: Bun.Socket<TcpConn>): void {
+    const c = s.data;
+    while (c.pending.length) {
+      const head = c.pending[0]!;
+      const n = s.write(head);
+      if (n < head.length) {
+        c.pending[0] = head.subarray(Math.max(0, n));
+        return;
+      }
+      c.pending.shift();
+    }
+  }
+
+  /**
+   * The response for one query: bytes now, a promise when forwarded, or null to stay silent.
+   * Public for tests and the benchmark.
+   */
+  answer(buf: Uint8Array, transport: 'udp' | 'tcp'): Uint8Array | Promise<Uint8Array | null> | null {
+    const q = parseSimpleQuery(buf) ?? this.parseGeneral(buf);
+    if (q === 'drop') {
+      this.stats.dropped++;
+      return null;
+    }
+    if (q === 'formerr') {
+      this.stats.formerr++;
+      return errorResponse(buf, RCODE.FORMERR, false);
+    }
+    if (q.flags & QR) {
+      this.stats.dropped++;
+      return null; // a response sent to a server: ignore, never answer (reflection loops)
+    }
+    const opcode = (q.flags >> 11) & 0xf;
+    if (opcode !== 0) return errorResponse(buf, RCODE.NOTIMP, true);
+    if (q.qclass !== CLASS_IN && q.qclass !== CLASS_ANY) return errorResponse(buf, RCODE.NOTIMP, true);
+    if (q.qtype === TYPE.AXFR || q.qtype === 251) return errorResponse(buf, RCODE.REFUSED, true);
+
+    const zone = this.deps.zone();
+    if (zone && !this.deps.forwardAll && zone.owns(q.name)) {
+      this.stats.zoneAnswers++;
+      return this.fromZone(zone, q, buf, transport);
+    }
+    this.stats.forwarded++;
+    const key = `${q.name}|${q.qtype}|${q.qclass}|${q.dnssecOk ? 1 : 0}`;
+    return this.deps.forwarder.resolve(buf, key).then((r) => (transport === 'udp' ? this.fitUdp(r, q) : r));
+  }
+
+  /** Queries the simple parser declined: dns-packet decides whether they are well formed. */
+  private parseGeneral(buf: Uint8Array): Question | 'drop' | 'formerr' {
+    if (buf.length < 12) return 'drop';
+    let p: Packet;
+    try {
+      p = dnsPacket.decode(Buffer.from(buf.buffer, buf.byteOffset, buf.length));
+    } catch {
+      // Unparseable: answer FORMERR unless it claims to be a response.
+      return readU16(buf, 2) & QR ? 'drop' : 'formerr';
+    }
+    const flags = readU16(buf, 2);
+    if (flags & QR) return { id: 0, flags, name: '', qtype: 0, qclass: 0, qEnd: 12, ednsSize: 0, dnssecOk: false };
+    const questions = p.questions ?? [];
+    if ((flags >> 11) & 0xf) return { id: readU16(buf, 0), flags, name: '', qtype: 0, qclass: CLASS_IN, qEnd: 12, ednsSize: 0, dnssecOk: false };
+    if (questions.length !== 1) return 'formerr';
+    const qEnd = questionEnd(buf);
+    if (qEnd < 0) return 'formerr';
+    const opt = (p.additionals ?? []).find((a) => a.type === 'OPT') as { udpPayloadSize?: number; flags?: number } | undefined;
+    return {
+      id: readU16(buf, 0), flags,
+      name: questions[0]!.name.toLowerCase().replace(/\.$/, ''),
+      qtype: readU16(buf, qEnd - 4), qclass: readU16(buf, qEnd - 2), qEnd,
+      ednsSize: opt ? Math.max(512, opt.udpPayloadSize ?? 512) : 0,
+      dnssecOk: opt ? ((opt.flags ?? 0) & 0x8000) !== 0 : false,
+    };
+  }
+
+  private fromZone(zone: Zone, q: Question, buf: Uint8Array, transport: 'udp' | 'tcp'): Uint8Array {
+    if (this.preparedFor !== zone) {
+      this.prepared = new Map();
+      this.preparedFor = zone;
+    }
+    const key = `${q.name}|${q.qtype}|${q.qclass}|${q.ednsSize ? 1 : 0}`;
+    let p = this.prepared.get(key);
+    if (!p) {
+      p = this.prepare(zone, q);
+      // Random names under the domain must not grow this without bound.
+      if (this.prepared.size >= MAX_PREPARED) this.prepared.clear();
+      this.prepared.set(key, p);
+    }
+    const limit = q.ednsSize || 512;
+    const src = transport === 'udp' && p.bytes.length > limit ? p.truncated : p.bytes;
+    const out = new Uint8Array(src);
+    out[0] = buf[0]!;
+    out[1] = buf[1]!;
+    out[2] = (out[2]! & ~(RD >> 8)) | (buf[2]! & (RD >> 8));
+    // The client's own question bytes: same length (same labels), its letter case.
+    out.set(buf.subarray(12, q.qEnd), 12);
+    return out;
+  }
+
+  private prepare(zone: Zone, q: Question): Prepared {
+    const r = zone.lookup(q.name, q.qtype);
+    const additionals: Answer[] = [...r.additionals];
+    if (q.ednsSize) additionals.push({ type: 'OPT', name: '.', udpPayloadSize: EDNS_SIZE, flags: 0 } as unknown as Answer);
+    const bytes = new Uint8Array(dnsPacket.encode({
+      id: 0,
+      type: 'response',
+      flags: 0,
+      // Placeholder type/class, patched below: dns-packet only encodes types it has names for.
+      questions: [{ name: q.name, type: 'A', class: 'IN' }],
+      answers: r.answers,
+      authorities: r.authorities,
+      additionals,
+    }));
+    writeU16(bytes, 2, QR | AA | RA | (r.rcode === 'NXDOMAIN' ? RCODE.NXDOMAIN : RCODE.NOERROR));
+    const qEnd = questionEnd(bytes);
+    writeU16(bytes, qEnd - 4, q.qtype);
+    writeU16(bytes, qEnd - 2, q.qclass);
+    return { bytes, qEnd, truncated: truncate(bytes, qEnd, q.ednsSize) };
+  }
+
+  /** A forwarded answer larger than this UDP client accepts: header + question (+ OPT), TC set. */
+  private fitUdp(r: Uint8Array, q: Question): Uint8Array {
+    const limit = q.ednsSize || 512;
+    if (r.length <= limit) return r;
+    return truncate(r, questionEnd(r), q.ednsSize);
+  }
+}
+
+function truncate(full: Uint8Array, qEnd: number, ednsSize: number): Uint8Array {
+  const opt = ednsSize ? optRecord(EDNS_SIZE) : null;
+  const out = new Uint8Array(qEnd + (opt?.length ?? 0));
+  out.set(full.subarray(0, qEnd));
+  if (opt) out.set(opt, qEnd);
+  out[2] = out[2]! | (TC >> 8);
+  writeU16(out, 6, 0);
+  writeU16(out, 8, 0);
+  writeU16(out, 10, opt ? 1 : 0);
+  return out;
+}
