@@ -260,6 +260,7 @@ export class Forwarder {
       try {
         sock.send(out, up.port, up.host);
       } catch (err) {
+        // A pending ICMP error from an earlier dead upstream surfaces here; the timeout moves on.
         this.deps.logger.debug('upstream send failed', { upstream: formatUpstream(up), error: describeError(err) });
       }
     });

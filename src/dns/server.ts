@@ -11,7 +11,7 @@ import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Forwarder } from './forwarder.ts';
-import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, errorResponse, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
+import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, compressOwners, errorResponse, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
 import type { Zone } from './zone.ts';
 
 /** Our advertised EDNS UDP payload size (the DNS Flag Day 2020 value: avoids IP fragmentation). */
@@ -154,10 +154,19 @@ export class DnsServer {
     }
     if (r === null) return;
     if (r instanceof Uint8Array) {
-      sock.send(r, port, addr);
+      this.sendUdp(sock, r, port, addr);
       return;
     }
-    r.then((x) => x && this.udp && this.udp.send(x, port, addr)).catch((err) => this.deps.logger.error('DNS forward failed', { error: describeError(err) }));
+    r.then((x) => x && this.udp && this.sendUdp(this.udp, x, port, addr)).catch((err) => this.deps.logger.error('DNS forward failed', { error: describeError(err) }));
+  }
+
+  /** send() throws synchronously on a pending ICMP error (a client that went away): that costs one answer. */
+  private sendUdp(sock: Bun.udp.Socket<'buffer'>, msg: Uint8Array, port: number, addr: string): void {
+    try {
+      sock.send(msg, port, addr);
+    } catch {
+      this.stats.dropped++;
+    }
   }
 
   private onTcpData(s: Bun.Socket<TcpConn>, chunk: Buffer): void {
@@ -301,7 +310,7 @@ export class DnsServer {
     const r = zone.lookup(q.name, q.qtype);
     const additionals: Answer[] = [...r.additionals];
     if (q.ednsSize) additionals.push({ type: 'OPT', name: '.', udpPayloadSize: EDNS_SIZE, flags: 0 } as unknown as Answer);
-    const bytes = new Uint8Array(dnsPacket.encode({
+    const encoded = new Uint8Array(dnsPacket.encode({
       id: 0,
       type: 'response',
       flags: 0,
@@ -311,6 +320,7 @@ export class DnsServer {
       authorities: r.authorities,
       additionals,
     }));
+    const bytes = compressOwners(encoded);
     writeU16(bytes, 2, QR | AA | RA | (r.rcode === 'NXDOMAIN' ? RCODE.NXDOMAIN : RCODE.NOERROR));
     const qEnd = questionEnd(bytes);
     writeU16(bytes, qEnd - 4, q.qtype);

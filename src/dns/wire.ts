@@ -175,3 +175,51 @@ export function optRecord(udpSize: number): Uint8Array {
   writeU16(o, 3, udpSize);
   return o;
 }
+
+/** Whether the name at `o` is, label for label and case-insensitively, the uncompressed name at `q`. */
+function sameNameAt(b: Uint8Array, o: number, q: number, qLen: number): boolean {
+  for (let i = 0; i < qLen; i++) {
+    let x = b[o + i]!, y = b[q + i]!;
+    if (x >= 65 && x <= 90) x += 32;
+    if (y >= 65 && y <= 90) y += 32;
+    if (x !== y) return false;
+  }
+  return true;
+}
+
+/**
+ * Replace every record owner name equal to the question name by a pointer to offset 12. dns-packet writes
+ * names uncompressed; this is the compression that matters (answers for the name asked) and keeps large
+ * answer sets under UDP limits. Returns the input unchanged if anything looks unusual.
+ */
+export function compressOwners(b: Uint8Array): Uint8Array {
+  const qEnd = questionEnd(b);
+  if (qEnd < 0 || readU16(b, 4) !== 1) return b;
+  const qLen = qEnd - 4 - 12;
+  const rr = readU16(b, 6) + readU16(b, 8) + readU16(b, 10);
+  const parts: Uint8Array[] = [b.subarray(0, qEnd)];
+  const ptr = new Uint8Array([0xc0, 12]);
+  let o = qEnd;
+  let saved = 0;
+  for (let i = 0; i < rr; i++) {
+    const end = skipName(b, o);
+    if (end < 0 || end + 10 > b.length) return b;
+    const rdEnd = end + 10 + readU16(b, end + 8);
+    if (rdEnd > b.length) return b;
+    if (end - o === qLen && sameNameAt(b, o, 12, qLen)) {
+      parts.push(ptr, b.subarray(end, rdEnd));
+      saved += qLen - 2;
+    } else {
+      parts.push(b.subarray(o, rdEnd));
+    }
+    o = rdEnd;
+  }
+  if (o !== b.length || saved <= 0) return b;
+  const out = new Uint8Array(b.length - saved);
+  let w = 0;
+  for (const p of parts) {
+    out.set(p, w);
+    w += p.length;
+  }
+  return out;
+}

@@ -1,0 +1,283 @@
+/**
+ * EdgeDNS through real sockets: the agent as a process answering from a catalog file, forwarding to a fake
+ * upstream on loopback (never the host's resolver).
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Catalog } from '../src/catalog/catalog.ts';
+import { mergeConfig } from '../src/config/load.ts';
+import { DnsModule } from '../src/dns/index.ts';
+import { createMemoryLogger } from '../src/obs/logger.ts';
+import { FakeUpstream, ask, decode, query, tcpExchange, udpExchange } from './fixtures/dns.ts';
+import { AgentProcess, freePort, getText, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+
+const CATALOG = `apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec:
+  clusterIPs: [10.96.0.10, "fd00::10"]
+  ports: [{ name: http, port: 80, targetPort: 8080 }, { name: dns, port: 53, protocol: UDP }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: db, namespace: shop }
+spec: { clusterIP: None, ports: [{ name: pg, port: 5432 }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: db-1, namespace: shop, labels: { kubernetes.io/service-name: db } }
+addressType: IPv4
+ports: [{ name: pg, port: 5432 }]
+endpoints:
+- { addresses: [10.244.1.10], hostname: db-0, nodeName: edge-1 }
+- { addresses: [10.244.2.11], hostname: db-1, nodeName: edge-2 }
+- { addresses: [10.244.3.12], nodeName: edge-3, conditions: { ready: false } }
+- { addresses: [10.244.4.13], nodeName: edge-4 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: ext, namespace: shop }
+spec: { type: ExternalName, externalName: example.test }
+`;
+
+function bigHeadless(n: number): string {
+  const eps = Array.from({ length: n }, (_, i) => `- { addresses: [10.245.${i >> 8}.${i & 255}] }`).join('\n');
+  return `---
+apiVersion: v1
+kind: Service
+metadata: { name: big, namespace: shop }
+spec: { clusterIP: None }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: big-1, namespace: shop, labels: { kubernetes.io/service-name: big } }
+addressType: IPv4
+endpoints:
+${eps}
+`;
+}
+
+describe('EdgeDNS (agent process)', () => {
+  const t = tempDir();
+  const up = new FakeUpstream();
+  const dead = { port: 0 };
+  let agent: AgentProcess;
+  let port = 0;
+  let catalogPath = '';
+
+  beforeAll(async () => {
+    await up.start();
+    up.records.set('example.test', [{ name: 'example.test', type: 'A', ttl: 60, data: '192.0.2.1' }]);
+    up.records.set('big.test', Array.from({ length: 60 }, (_, i) => ({ name: 'big.test', type: 'A' as const, ttl: 60, data: `192.0.2.${i + 1}` })));
+    up.truncateUdp.add('big.test');
+    dead.port = await freePort(); // nothing listens there: the forwarder must fail over
+    port = await freePort();
+    catalogPath = join(t.path, 'catalog.yaml');
+    writeFileSync(catalogPath, CATALOG + bigHeadless(100));
+    const cfg = await writeAgentConfig(t.path, `catalog: { file: ${catalogPath} }
+modules:
+  edgeDNS:
+    enable: true
+    listenAddress: 127.0.0.1
+    listenPort: ${port}
+    upstreamServers: ["127.0.0.1:${dead.port}", "127.0.0.1:${up.port}"]
+    upstreamTimeoutMs: 300
+    tcpIdleTimeout: 1
+`);
+    agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-1']);
+    await waitFor(async () => (await getText(`${cfg.admin}/readyz`)).status === 200, 'readyz');
+  });
+
+  afterAll(async () => {
+    await agent.stop();
+    await up.stop();
+    t.cleanup();
+  });
+
+  test('A and AAAA of a ClusterIP service; question echoed as asked; authoritative', async () => {
+    const r = await ask(port, 'WeB.Shop.SVC.cluster.local');
+    expect(r.rcode).toBe('NOERROR');
+    expect(r.flag_aa).toBe(true);
+    expect(r.questions![0]!.name).toBe('WeB.Shop.SVC.cluster.local');
+    expect(r.answers!.map((a) => [a.type, a.data, a.ttl])).toEqual([['A', '10.96.0.10', 30]]);
+    const six = await ask(port, 'web.shop.svc.cluster.local', 'AAAA');
+    expect(six.answers!.map((a) => a.data)).toEqual(['fd00::10']);
+  });
+
+  test('NXDOMAIN with the SOA; NODATA with the SOA; empty non-terminals exist', async () => {
+    const nx = await ask(port, 'nope.shop.svc.cluster.local');
+    expect(nx.rcode).toBe('NXDOMAIN');
+    expect(nx.authorities![0]!.type).toBe('SOA');
+    const nodata = await ask(port, 'web.shop.svc.cluster.local', 'TXT');
+    expect(nodata.rcode).toBe('NOERROR');
+    expect(nodata.answers).toEqual([]);
+    expect(nodata.authorities![0]!.type).toBe('SOA');
+    expect((await ask(port, 'shop.svc.cluster.local')).rcode).toBe('NOERROR');
+  });
+
+  test('headless: ready endpoint IPs, hostnames, SRV with targets and additional records', async () => {
+    const r = await ask(port, 'db.shop.svc.cluster.local');
+    expect(r.answers!.map((a) => a.data).sort()).toEqual(['10.244.1.10', '10.244.2.11', '10.244.4.13']);
+    expect((await ask(port, 'db-0.db.shop.svc.cluster.local')).answers!.map((a) => a.data)).toEqual(['10.244.1.10']);
+    expect((await ask(port, '10-244-4-13.db.shop.svc.cluster.local')).answers!.map((a) => a.data)).toEqual(['10.244.4.13']);
+    const srv = await ask(port, '_pg._tcp.db.shop.svc.cluster.local', 'SRV');
+    const targets = srv.answers!.map((a) => (a.data as { target: string; port: number })).map((d) => `${d.target}:${d.port}`).sort();
+    expect(targets).toEqual(['10-244-4-13.db.shop.svc.cluster.local:5432', 'db-0.db.shop.svc.cluster.local:5432', 'db-1.db.shop.svc.cluster.local:5432']);
+    expect(srv.additionals!.filter((a) => a.type === 'A').length).toBe(3);
+    const svcSrv = await ask(port, '_http._tcp.web.shop.svc.cluster.local', 'SRV');
+    expect(svcSrv.answers!.map((a) => a.data)).toEqual([{ priority: 0, weight: 100, port: 80, target: 'web.shop.svc.cluster.local' }]);
+  });
+
+  test('ExternalName → CNAME; PTR for cluster and endpoint IPs; pod names; ANY is minimal', async () => {
+    const c = await ask(port, 'ext.shop.svc.cluster.local');
+    expect(c.answers!.map((a) => [a.type, a.data])).toEqual([['CNAME', 'example.test']]);
+    expect((await ask(port, '10.0.96.10.in-addr.arpa', 'PTR')).answers!.map((a) => a.data)).toEqual(['web.shop.svc.cluster.local']);
+    expect((await ask(port, '10.1.244.10.in-addr.arpa', 'PTR')).answers!.map((a) => a.data)).toEqual(['db-0.db.shop.svc.cluster.local']);
+    expect((await ask(port, '10-1-2-3.shop.pod.cluster.local')).answers!.map((a) => a.data)).toEqual(['10.1.2.3']);
+    const any = await ask(port, 'web.shop.svc.cluster.local', 'ANY');
+    expect(any.answers!.length).toBe(1);
+  });
+
+  test('forwarding: failover past a dead upstream, cache with aging TTLs, one upstream query for concurrent twins', async () => {
+    const r = await ask(port, 'example.test');
+    expect(r.answers!.map((a) => a.data)).toEqual(['192.0.2.1']);
+    expect(up.count('example.test')).toBe(1);
+    await Bun.sleep(1100);
+    const cached = await ask(port, 'EXAMPLE.test');
+    expect(up.count('example.test')).toBe(1);
+    expect(cached.questions![0]!.name).toBe('EXAMPLE.test');
+    expect(cached.answers![0]!.ttl).toBeLessThan(60);
+    up.records.set('twins.test', [{ name: 'twins.test', type: 'A', ttl: 60, data: '192.0.2.9' }]);
+    up.delayMs = 100;
+    const all = await Promise.all(Array.from({ length: 10 }, () => ask(port, 'twins.test')));
+    up.delayMs = 0;
+    expect(all.every((x) => x.answers![0]!.data === '192.0.2.9')).toBe(true);
+    expect(up.count('twins.test')).toBe(1);
+    // Negative answers are cached too (bounded by maxNegativeTTL).
+    expect((await ask(port, 'missing.test')).rcode).toBe('NXDOMAIN');
+    expect((await ask(port, 'missing.test')).rcode).toBe('NXDOMAIN');
+    expect(up.count('missing.test')).toBe(1);
+  });
+
+  test('a truncated upstream answer is retried over TCP; UDP clients get TC when it exceeds their limit', async () => {
+    const small = await ask(port, 'big.test');
+    expect(small.flag_tc).toBe(true);
+    expect(up.tcpCounts.get('big.test')).toBe(1);
+    const viaTcp = await ask(port, 'big.test', 'A', { tcp: true });
+    expect(viaTcp.answers!.length).toBe(60);
+    const edns = await ask(port, 'big.test', 'A', { edns: 4096 });
+    expect(edns.flag_tc).toBe(false);
+    expect(edns.answers!.length).toBe(60);
+  });
+
+  test('EDNS: a large zone answer truncates without EDNS, fits with it, and always over TCP', async () => {
+    const plain = await ask(port, 'big.shop.svc.cluster.local');
+    expect(plain.flag_tc).toBe(true);
+    expect(plain.answers).toEqual([]);
+    const edns = await ask(port, 'big.shop.svc.cluster.local', 'A', { edns: 4096 });
+    expect(edns.flag_tc).toBe(false);
+    expect(edns.answers!.length).toBe(100);
+    expect(edns.additionals!.some((a) => a.type === 'OPT')).toBe(true);
+    expect((await ask(port, 'big.shop.svc.cluster.local', 'A', { tcp: true })).answers!.length).toBe(100);
+  });
+
+  test('TCP: several queries on one connection; idle connections are closed', async () => {
+    const answers = await tcpExchange(port, [query('web.shop.svc.cluster.local'), query('db-1.db.shop.svc.cluster.local'), query('example.test')]);
+    expect(answers.map((a) => decode(a).answers![0]!.data).sort()).toEqual(['10.244.2.11', '10.96.0.10', '192.0.2.1']);
+    let closed = false;
+    await Bun.connect({ hostname: '127.0.0.1', port, socket: { data() {}, close() { closed = true; } } });
+    await waitFor(() => closed, 'idle close', 3000);
+  });
+
+  test('bad input: FORMERR, NOTIMP, REFUSED, silence for garbage and responses', async () => {
+    expect(await udpExchange(port, new Uint8Array([1, 2, 3]), 300)).toBeNull();
+    // Header fine, question cut short.
+    const cut = query('web.shop.svc.cluster.local').slice(0, 20);
+    expect(decode(await udpExchange(port, cut)).rcode).toBe('FORMERR');
+    // A compression loop in the question.
+    const loop = new Uint8Array([0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1]);
+    expect(decode(await udpExchange(port, loop)).rcode).toBe('FORMERR');
+    // Zero and two questions.
+    const zero = new Uint8Array([0, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect(decode(await udpExchange(port, zero)).rcode).toBe('FORMERR');
+    const q1 = query('web.shop.svc.cluster.local');
+    const two = new Uint8Array(q1.length * 2 - 12);
+    two.set(q1);
+    two.set(q1.subarray(12), q1.length);
+    two[5] = 2;
+    expect(decode(await udpExchange(port, two)).rcode).toBe('FORMERR');
+    // Opcode STATUS (2) → NOTIMP; CHAOS class → NOTIMP; AXFR → REFUSED.
+    const status = query('web.shop.svc.cluster.local');
+    status[2] = (status[2]! & 0x87) | (2 << 3);
+    expect(decode(await udpExchange(port, status)).rcode).toBe('NOTIMP');
+    const chaos = query('version.bind', 'TXT');
+    chaos[chaos.length - 1] = 3;
+    expect(decode(await udpExchange(port, chaos)).rcode).toBe('NOTIMP');
+    expect((await ask(port, 'cluster.local', 'AXFR')).rcode).toBe('REFUSED');
+    // A response sent to the server is ignored.
+    const resp = query('web.shop.svc.cluster.local');
+    resp[2] = resp[2]! | 0x80;
+    expect(await udpExchange(port, resp, 300)).toBeNull();
+  });
+
+  test('100,000 random and mutated packets, then it still answers correctly', async () => {
+    const sock = await Bun.udpSocket({ socket: { data() {}, error() {} } });
+    const seeds = [query('web.shop.svc.cluster.local'), query('db.shop.svc.cluster.local', 'SRV', { edns: 1232 }), query('example.test'), query('x.shop.pod.cluster.local', 'AAAA')];
+    let rnd = 12345;
+    const rand = () => ((rnd = (rnd * 1103515245 + 12345) & 0x7fffffff), rnd);
+    for (let i = 0; i < 100_000; i++) {
+      let pkt: Uint8Array;
+      if (i % 3 === 0) {
+        pkt = new Uint8Array(rand() % 600);
+        for (let k = 0; k < pkt.length; k++) pkt[k] = rand() & 0xff;
+      } else {
+        pkt = new Uint8Array(seeds[i % seeds.length]!);
+        for (let k = 0, n = 1 + (rand() % 4); k < n; k++) pkt[rand() % pkt.length] = rand() & 0xff;
+        if (i % 7 === 0) pkt = pkt.slice(0, rand() % pkt.length);
+      }
+      sock.send(pkt, port, '127.0.0.1');
+      if (i % 500 === 0) await Bun.sleep(1); // let the server breathe; drops in the kernel are fine
+    }
+    sock.close();
+    await Bun.sleep(300);
+    expect(agent.proc.exitCode).toBeNull();
+    const r = await ask(port, 'web.shop.svc.cluster.local');
+    expect(r.answers!.map((a) => a.data)).toEqual(['10.96.0.10']);
+    expect(agent.logs).not.toContain('please report');
+  }, 120_000);
+
+  test('a catalog file edit shows in answers', async () => {
+    writeFileSync(catalogPath, readFileSync(catalogPath, 'utf8') + `---
+apiVersion: v1
+kind: Service
+metadata: { name: fresh, namespace: shop }
+spec: { clusterIP: 10.96.0.77, ports: [{ port: 80 }] }
+`);
+    await waitFor(async () => (await ask(port, 'fresh.shop.svc.cluster.local')).answers?.[0]?.data === '10.96.0.77', 'fresh answer', 1500, 10);
+  });
+});
+
+describe('EdgeDNS (in process)', () => {
+  test('a catalog change is visible in answers within 100 ms', async () => {
+    const logger = createMemoryLogger('warn');
+    const catalog = new Catalog({ logger });
+    const { config } = mergeConfig('agent', 'edge', { modules: { edgeDNS: { enable: true, listenAddress: '127.0.0.1', listenPort: await freePort(), resolvConf: '' } } });
+    const dns = new DnsModule({ config, catalog, logger });
+    await dns.start();
+    try {
+      const svc = (ip: string) => ({ namespace: 'default', name: 'api', type: 'ClusterIP' as const, clusterIPs: [ip], headless: false, externalIPs: [], loadBalancerIPs: [], ports: [], sessionAffinity: 'None' as const, sessionAffinityTimeout: 10800, labels: {}, proxied: true });
+      catalog.upsert({ kind: 'services', value: svc('10.96.1.1') });
+      await waitFor(async () => (await ask(dns.port, 'api.default.svc.cluster.local')).answers?.[0]?.data === '10.96.1.1', 'first');
+      const t0 = performance.now();
+      catalog.upsert({ kind: 'services', value: svc('10.96.1.2') });
+      await waitFor(async () => (await ask(dns.port, 'api.default.svc.cluster.local')).answers?.[0]?.data === '10.96.1.2', 'changed', 1000, 1);
+      expect(performance.now() - t0).toBeLessThan(100);
+      // No upstream at all: outside names get SERVFAIL, and it says why once.
+      expect((await ask(dns.port, 'example.test')).rcode).toBe('SERVFAIL');
+      expect(logger.lines.join('\n')).toContain('no upstream DNS servers');
+    } finally {
+      await dns.stop();
+    }
+  });
+});
