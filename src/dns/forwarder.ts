@@ -110,6 +110,16 @@ export class Forwarder {
     this.sockets = {};
   }
 
+  /** A cached answer for this client, without going async (the server's hot path); null on a miss. */
+  cached(key: string, query: Uint8Array, qEnd: number): Uint8Array | null {
+    const hit = this.fromCache(key, query, qEnd);
+    if (hit) {
+      this.stats.queries++;
+      this.stats.cacheHits++;
+    }
+    return hit;
+  }
+
   /**
    * Answer `query` (the client's bytes) for cache key `key`. Returns the response with the client's ID and
    * question, or SERVFAIL when no upstream answers.
