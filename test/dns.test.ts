@@ -281,3 +281,54 @@ describe('EdgeDNS (in process)', () => {
     }
   });
 });
+
+describe('EdgeDNS options (in process)', () => {
+  const svc = (ns: string, name: string, ip: string, labels: Record<string, string> = {}) => ({ namespace: ns, name, type: 'ClusterIP' as const, clusterIPs: [ip], headless: false, externalIPs: [], loadBalancerIPs: [], ports: [], sessionAffinity: 'None' as const, sessionAffinityTimeout: 10800, labels, proxied: true });
+
+  test('rateLimit: a client sending faster than the limit gets only about the limit answered', async () => {
+    const logger = createMemoryLogger('warn');
+    const catalog = new Catalog({ logger });
+    catalog.upsert({ kind: 'services', value: svc('default', 'a', '10.96.0.1') });
+    const { config } = mergeConfig('agent', 'edge', { modules: { edgeDNS: { enable: true, listenAddress: '127.0.0.1', listenPort: await freePort(), resolvConf: '', rateLimit: 20 } } });
+    const dns = new DnsModule({ config, catalog, logger });
+    await dns.start();
+    try {
+      let answered = 0;
+      const sock = await Bun.udpSocket({ socket: { data() { answered++; }, error() {} } });
+      for (let i = 0; i < 200; i++) sock.send(query('a.default.svc.cluster.local'), dns.port, '127.0.0.1');
+      await Bun.sleep(300);
+      sock.close();
+      expect(answered).toBeGreaterThanOrEqual(15);
+      expect(answered).toBeLessThanOrEqual(30);
+    } finally {
+      await dns.stop();
+    }
+  });
+
+  test('cacheDNS: cluster names are forwarded too; upstreams auto-detected from kube-system DNS services', async () => {
+    const up = new FakeUpstream();
+    await up.start();
+    up.records.set('a.default.svc.cluster.local', [{ name: 'a.default.svc.cluster.local', type: 'A', ttl: 30, data: '10.96.9.9' }]);
+    const logger = createMemoryLogger('warn');
+    const catalog = new Catalog({ logger });
+    catalog.upsert({ kind: 'services', value: svc('default', 'a', '10.96.0.1') });
+    catalog.upsert({ kind: 'services', value: svc('kube-system', 'kube-dns', '10.96.0.10') });
+    catalog.upsert({ kind: 'services', value: svc('kube-system', 'other-dns', '10.96.0.11', { 'k8s-app': 'kube-dns' }) });
+    await Bun.sleep(5);
+    const base = { enable: true, listenAddress: '127.0.0.1', resolvConf: '' };
+    const auto = new DnsModule({ config: mergeConfig('agent', 'edge', { modules: { edgeDNS: { ...base, listenPort: await freePort(), cacheDNS: { enable: true, upstreamServers: ['10.96.0.10', '192.0.2.53:5353'] } } } }).config, catalog, logger });
+    expect(auto.upstreams().map((u) => `${u.host}:${u.port}`)).toEqual(['10.96.0.10:53', '10.96.0.11:53', '192.0.2.53:5353']);
+    const dns = new DnsModule({ config: mergeConfig('agent', 'edge', { modules: { edgeDNS: { ...base, listenPort: await freePort(), cacheDNS: { enable: true, autoDetect: false, upstreamServers: [`127.0.0.1:${up.port}`], cacheTTL: 5 } } } }).config, catalog, logger });
+    await dns.start();
+    try {
+      const r = await ask(dns.port, 'a.default.svc.cluster.local');
+      expect(r.answers.map((a) => a.data)).toEqual(['10.96.9.9']); // the upstream's answer, not the catalog's
+      const again = await ask(dns.port, 'a.default.svc.cluster.local');
+      expect(again.answers[0]!.ttl).toBeLessThanOrEqual(5); // capped by cacheTTL
+      expect(up.count('a.default.svc.cluster.local')).toBe(1);
+    } finally {
+      await dns.stop();
+      await up.stop();
+    }
+  });
+});

@@ -4,7 +4,7 @@
  *
  * - UDP with a random transaction ID per query, a timeout per try, and failover across upstreams;
  *   a truncated answer is retried over TCP to the same upstream.
- * - A bounded LRU cache keyed by (name, type, class, DO bit). Entries keep the upstream's bytes; a hit copies
+ * - A bounded cache keyed by (name, type, class, DO bit), evicting oldest first. Entries keep the upstream's bytes; a hit copies
  *   them, patches the ID and the client's question (its letter case), and ages every TTL in place.
  *   Negative answers are cached for at most maxNegativeTTL; SERVFAIL and REFUSED are not cached.
  * - Identical questions in flight share one upstream query.
@@ -18,6 +18,20 @@ import { RCODE, errorResponse, questionEnd, readU16, ttlOffsets, writeU16 } from
 export interface Upstream {
   host: string;
   port: number;
+}
+
+/** Count the TTLs of a copy of a cached answer down by the whole seconds it has been cached. */
+export function ageTTLs(out: Uint8Array, e: CacheEntry, now: number): void {
+  const aged = Math.floor((now - e.storedAt) / 1000);
+  if (aged <= 0) return;
+  for (const o of e.offsets) {
+    const ttl = ((out[o]! << 24) | (out[o + 1]! << 16) | (out[o + 2]! << 8) | out[o + 3]!) >>> 0;
+    const t = Math.max(0, ttl - aged);
+    out[o] = t >>> 24;
+    out[o + 1] = (t >>> 16) & 0xff;
+    out[o + 2] = (t >>> 8) & 0xff;
+    out[o + 3] = t & 0xff;
+  }
 }
 
 export function formatUpstream(u: Upstream): string {
@@ -44,7 +58,7 @@ export function parseResolvConf(text: string): { nameservers: string[]; search: 
   return { nameservers, search };
 }
 
-interface CacheEntry {
+export interface CacheEntry {
   bytes: Uint8Array;
   qEnd: number;
   offsets: number[];
@@ -110,6 +124,18 @@ export class Forwarder {
     this.sockets = {};
   }
 
+  /** The live cache entry for a key (the server keeps hot copies of these); null when absent or expired. */
+  entry(key: string): CacheEntry | null {
+    const e = this.cache.get(key);
+    return e && this.now() < e.expiresAt ? e : null;
+  }
+
+  /** Count a hit served by the server's hot table from an entry of this cache. */
+  countHit(): void {
+    this.stats.queries++;
+    this.stats.cacheHits++;
+  }
+
   /** A cached answer for this client, without going async (the server's hot path); null on a miss. */
   cached(key: string, query: Uint8Array, qEnd: number): Uint8Array | null {
     const hit = this.fromCache(key, query, qEnd);
@@ -160,21 +186,10 @@ export class Forwarder {
       this.cache.delete(key);
       return null;
     }
-    // LRU: a hit moves the entry to the young end.
-    this.cache.delete(key);
-    this.cache.set(key, e);
+    // Eviction is by insertion order (oldest first) plus TTL expiry: re-inserting on every hit would cost two
+    // Map operations per query on the hottest forwarded names for little gain.
     const out = this.rewrite(e.bytes, query, qEnd);
-    const aged = Math.floor((now - e.storedAt) / 1000);
-    if (aged > 0) {
-      for (const o of e.offsets) {
-        const ttl = ((out[o]! << 24) | (out[o + 1]! << 16) | (out[o + 2]! << 8) | out[o + 3]!) >>> 0;
-        const t = Math.max(0, ttl - aged);
-        out[o] = t >>> 24;
-        out[o + 1] = (t >>> 16) & 0xff;
-        out[o + 2] = (t >>> 8) & 0xff;
-        out[o + 3] = t & 0xff;
-      }
-    }
+    ageTTLs(out, e, now);
     return out;
   }
 
@@ -191,6 +206,16 @@ export class Forwarder {
     if (negative) ttl = Math.min(ttl, this.deps.maxNegativeTTL);
     if (this.deps.maxTTL) ttl = Math.min(ttl, this.deps.maxTTL);
     if (ttl <= 0) return;
+    // Serve no TTL longer than we keep the entry (cacheDNS.cacheTTL, negative cap), as CoreDNS's cache does.
+    for (const o of t.offsets) {
+      const v = ((bytes[o]! << 24) | (bytes[o + 1]! << 16) | (bytes[o + 2]! << 8) | bytes[o + 3]!) >>> 0;
+      if (v > ttl) {
+        bytes[o] = ttl >>> 24;
+        bytes[o + 1] = (ttl >>> 16) & 0xff;
+        bytes[o + 2] = (ttl >>> 8) & 0xff;
+        bytes[o + 3] = ttl & 0xff;
+      }
+    }
     const now = this.now();
     this.cache.delete(key);
     this.cache.set(key, { bytes, qEnd, offsets: t.offsets, storedAt: now, expiresAt: now + ttl * 1000 });

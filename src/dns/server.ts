@@ -10,7 +10,7 @@
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
-import type { Forwarder } from './forwarder.ts';
+import { type CacheEntry, type Forwarder, ageTTLs } from './forwarder.ts';
 import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, compressOwners, errorResponse, fastKey, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
 import type { Zone } from './zone.ts';
 
@@ -32,7 +32,10 @@ interface Question {
 /** A prepared answer in the hot table, with the lower-cased question bytes (+ EDNS tag) it answers. */
 interface HotEntry {
   question: Uint8Array;
-  prepared: Prepared;
+  /** A zone answer… */
+  prepared: Prepared | null;
+  /** …or a forwarded answer from the forwarder's cache (expires, TTLs age). */
+  forwarded: CacheEntry | null;
   next: HotEntry | null;
 }
 
@@ -271,10 +274,22 @@ export class DnsServer {
     // Hottest path: a prepared zone answer found by a hash of the question bytes, no allocation but the reply.
     if (this.scan(buf)) {
       for (let e: HotEntry | null | undefined = this.hot.get(this.sHash); e; e = e.next) {
-        if (this.sameQuestion(e.question, buf)) {
+        if (!this.sameQuestion(e.question, buf)) continue;
+        if (e.prepared) {
           this.stats.zoneAnswers++;
           return this.serve(e.prepared, buf, this.sQEnd, this.sEdns, transport);
         }
+        const f = e.forwarded!;
+        const now = performance.now();
+        if (now >= f.expiresAt) {
+          this.hot.delete(this.sHash); // expired: drop the chain, the general path refills it
+          break;
+        }
+        this.stats.forwarded++;
+        this.deps.forwarder.countHit();
+        const out = this.serve({ bytes: f.bytes, qEnd: f.qEnd, truncated: f.bytes }, buf, this.sQEnd, 0, 'tcp');
+        ageTTLs(out, f, now);
+        return transport === 'udp' ? this.fitUdp(out, this.sEdns) : out;
       }
     }
     // Hot path: a prepared zone answer or a cached forwarded one, found by the raw question bytes.
@@ -283,7 +298,7 @@ export class DnsServer {
       const p = this.prepared.get(fk.key);
       if (p) {
         this.stats.zoneAnswers++;
-        this.remember(buf, p);
+        this.remember(buf, p, null);
         return this.serve(p, buf, fk.qEnd, fk.ednsSize, transport);
       }
       // Names under the cluster domain never reach the forwarder's cache (unless forwardAll); a reverse name can
@@ -292,6 +307,8 @@ export class DnsServer {
       const hit = !reverse || this.deps.forwardAll || !zone?.owns(this.nameOf(b, fk.qEnd)) ? this.deps.forwarder.cached(fk.key, buf, fk.qEnd) : null;
       if (hit) {
         this.stats.forwarded++;
+        const entry = this.deps.forwarder.entry(fk.key);
+        if (entry) this.remember(buf, null, entry);
         return transport === 'udp' ? this.fitUdp(hit, fk.ednsSize) : hit;
       }
     }
@@ -324,7 +341,7 @@ export class DnsServer {
         this.hot.clear();
       }
       this.prepared.set(key, p);
-      this.remember(buf, p);
+      this.remember(buf, p, null);
       return this.serve(p, buf, q.qEnd, q.ednsSize, transport);
     }
     this.stats.forwarded++;
@@ -387,8 +404,8 @@ export class DnsServer {
     return true;
   }
 
-  /** Put a prepared answer into the hot table under this query's question. */
-  private remember(b: Uint8Array, p: Prepared): void {
+  /** Put a prepared zone answer or a forwarder cache entry into the hot table under this query's question. */
+  private remember(b: Uint8Array, p: Prepared | null, f: CacheEntry | null): void {
     if (!this.scan(b)) return;
     const n = this.sQEnd - 12;
     const q = new Uint8Array(n + 1);
@@ -399,7 +416,8 @@ export class DnsServer {
     }
     q[n] = this.sTag;
     for (let e: HotEntry | null | undefined = this.hot.get(this.sHash); e; e = e.next) if (this.sameQuestion(e.question, b)) return;
-    this.hot.set(this.sHash, { question: q, prepared: p, next: this.hot.get(this.sHash) ?? null });
+    if (this.hot.size >= MAX_PREPARED) this.hot.clear();
+    this.hot.set(this.sHash, { question: q, prepared: p, forwarded: f, next: this.hot.get(this.sHash) ?? null });
   }
 
   /** The lower-case dotted name of a question whose bytes fastKey accepted (only on cache misses). */
