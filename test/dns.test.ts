@@ -9,6 +9,7 @@ import { Catalog } from '../src/catalog/catalog.ts';
 import { mergeConfig } from '../src/config/load.ts';
 import { DnsModule } from '../src/dns/index.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
+import { FakeApiServer } from './fixtures/apiserver.ts';
 import { FakeUpstream, ask, decode, query, tcpExchange, udpExchange } from './fixtures/dns.ts';
 import { AgentProcess, freePort, getText, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
 
@@ -215,6 +216,16 @@ modules:
     chaos[chaos.length - 1] = 3;
     expect(decode(await udpExchange(port, chaos)).rcode).toBe('NOTIMP');
     expect((await ask(port, 'cluster.local', 'AXFR')).rcode).toBe('REFUSED');
+    // Oversized: a 4,000-byte datagram with a valid header and garbage after it.
+    const big = new Uint8Array(4000).fill(0x41);
+    big.set(query('web.shop.svc.cluster.local').subarray(0, 12));
+    expect(decode(await udpExchange(port, big)).rcode).toBe('FORMERR');
+    // Over TCP: a maximal 65,535-byte garbage message, then a good query on the same connection.
+    const huge = new Uint8Array(65535).fill(0xff);
+    huge.set(query('web.shop.svc.cluster.local').subarray(0, 12));
+    const [bad, good] = await tcpExchange(port, [huge, query('web.shop.svc.cluster.local')]);
+    expect(decode(bad!).rcode).toBe('FORMERR');
+    expect(decode(good!).answers[0]!.data).toBe('10.96.0.10');
     // A response sent to the server is ignored.
     const resp = query('web.shop.svc.cluster.local');
     resp[2] = resp[2]! | 0x80;
@@ -329,6 +340,31 @@ describe('EdgeDNS options (in process)', () => {
     } finally {
       await dns.stop();
       await up.stop();
+    }
+  });
+});
+
+describe('EdgeDNS offline', () => {
+  test('restarted while the Kubernetes API is down: cluster names still answer, from the snapshot', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: { clusterIP: '10.96.0.10', ports: [{ port: 80 }] } });
+    const port = await freePort();
+    const cfg = await writeAgentConfig(t.path, `kubeAPIConfig: { master: ${api.url} }\nmodules:\n  edgeDNS: { enable: true, listenAddress: 127.0.0.1, listenPort: ${port}, resolvConf: "" }\n`);
+    let agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-1']);
+    try {
+      await waitFor(async () => (await ask(port, 'web.shop.svc.cluster.local')).answers[0]?.data === '10.96.0.10', 'online answer');
+      await Bun.sleep(1500); // let the debounced snapshot reach the disk
+      expect(await agent.stop()).toBe(0);
+      await api.stop();
+      agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-1']);
+      await waitFor(async () => (await ask(port, 'web.shop.svc.cluster.local')).answers[0]?.data === '10.96.0.10', 'offline answer', 10_000);
+      expect((await getText(`${cfg.admin}/readyz`)).body).toContain('serving the catalog snapshot');
+    } finally {
+      await agent.stop();
+      await api.stop();
+      t.cleanup();
     }
   });
 });
