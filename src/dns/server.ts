@@ -11,23 +11,15 @@ import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
 import { type CacheEntry, type Forwarder, ageTTLs } from './forwarder.ts';
-import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, compressOwners, errorResponse, fastKey, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
+import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, type SimpleQuery, compressOwners, errorResponse, fastKey, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
 import type { Zone } from './zone.ts';
 
 /** Our advertised EDNS UDP payload size (the DNS Flag Day 2020 value: avoids IP fragmentation). */
 export const EDNS_SIZE = 1232;
 const MAX_PREPARED = 50_000;
 
-interface Question {
-  id: number;
-  flags: number;
-  name: string;
-  qtype: number;
-  qclass: number;
-  qEnd: number;
-  ednsSize: number;
-  dnssecOk: boolean;
-}
+/** A parsed question: wire.ts's simple query, or the same fields from the general codec (opcode is in flags). */
+type Question = Omit<SimpleQuery, 'opcode'>;
 
 /** A prepared answer in the hot table, with the lower-cased question bytes (+ EDNS tag) it answers. */
 interface HotEntry {
