@@ -1,0 +1,269 @@
+/**
+ * proxy/ — the TCP data path of one service port: accept, choose an endpoint, dial, splice.
+ *
+ * - The client is paused while the upstream connects (its early bytes wait in the kernel, not in memory);
+ *   the pair is joined in the upstream's `open` handler.
+ * - A failed dial (refused, timeout) excludes that endpoint and asks the balancer again, at most `maxAttempts`
+ *   times; then the client is closed cleanly (FIN).
+ * - Backpressure: a partial write keeps the rest (one chunk, a view: no copy) and pauses the reading side until
+ *   `drain`; memory per connection is bounded by one read chunk each way.
+ * - Half-close: a FIN from one side is passed on with shutdown() once pending bytes are written; the pair closes
+ *   when both directions are done. An error (RST) on one side resets the other.
+ * - TCP_NODELAY on both sides; optional idle timeout.
+ */
+import type { Socket, TCPSocketListener } from 'bun';
+import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
+import type { Logger } from '../obs/logger.ts';
+
+export interface TcpPortOptions {
+  host: string;
+  /** 0 = kernel-assigned (the original's model). */
+  port: number;
+  balancer: Balancer;
+  logger: Logger;
+  /** Whether an endpoint can be dialed from here; false sends the dial to `remote` (the tunnel, later). */
+  isLocal: (ep: LbEndpoint) => boolean;
+  connectTimeoutMs: number;
+  /** Seconds without traffic in either direction before both sides are closed; 0 = never. */
+  idleTimeoutSec: number;
+  maxAttempts: number;
+}
+
+export interface TcpPortStats {
+  accepted: number;
+  active: number;
+  dialFailures: number;
+  noEndpoint: number;
+  bytesUp: number;
+  bytesDown: number;
+}
+
+type Side = 'client' | 'upstream';
+
+interface Conn {
+  client: Socket<Conn>;
+  upstream: Socket<Conn> | null;
+  ep: LbEndpoint | null;
+  tried: Set<string>;
+  /** Bytes accepted from one side that the other side's socket has not taken yet. */
+  pendingToUpstream: Uint8Array | null;
+  pendingToClient: Uint8Array | null;
+  /** FIN received from this side (to pass on once its pending bytes are out). */
+  clientEnded: boolean;
+  upstreamEnded: boolean;
+  closed: boolean;
+  dialTimer: ReturnType<typeof setTimeout> | null;
+}
+
+export class TcpServicePort {
+  private listener: TCPSocketListener<Conn> | null = null;
+  private readonly conns = new Set<Conn>();
+  readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, bytesUp: 0, bytesDown: 0 };
+
+  constructor(private readonly o: TcpPortOptions) {}
+
+  get port(): number {
+    return this.listener?.port ?? this.o.port;
+  }
+
+  start(): void {
+    const self = this;
+    this.listener = Bun.listen<Conn>({
+      hostname: this.o.host,
+      port: this.o.port,
+      allowHalfOpen: true,
+      socket: {
+        open(s) {
+          s.pause();
+          s.setNoDelay(true);
+          const c: Conn = { client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false, upstreamEnded: false, closed: false, dialTimer: null };
+          s.data = c;
+          self.conns.add(c);
+          self.stats.accepted++;
+          self.stats.active++;
+          if (self.o.idleTimeoutSec > 0) s.timeout(self.o.idleTimeoutSec);
+          self.dial(c);
+        },
+        data(s, chunk) {
+          self.forward(s.data, 'client', chunk);
+        },
+        drain(s) {
+          self.drained(s.data, 'client');
+        },
+        end(s) {
+          self.ended(s.data, 'client');
+        },
+        timeout(s) {
+          self.close(s.data, false);
+        },
+        error(s) {
+          self.close(s.data, true);
+        },
+        close(s, err) {
+          // Bun reports a reset (ECONNRESET) here, with the error, rather than through error().
+          self.close(s.data, !!err);
+        },
+      },
+    });
+  }
+
+  /** Stop accepting; established connections are closed too (the module stops them on shutdown). */
+  stop(): void {
+    this.listener?.stop(true);
+    this.listener = null;
+    for (const c of [...this.conns]) this.close(c, false);
+  }
+
+  private dial(c: Conn): void {
+    if (c.closed) return;
+    const ep = c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: c.client.remoteAddress, exclude: c.tried }) : null;
+    if (!ep) {
+      if (c.tried.size === 0) this.stats.noEndpoint++;
+      this.o.logger.debug('no endpoint could be connected; closing the client', { tried: [...c.tried].join(',') });
+      this.close(c, false);
+      return;
+    }
+    c.tried.add(ep.key);
+    if (!this.o.isLocal(ep)) {
+      // The tunnel dialer arrives with the tunnel module; until then a remote endpoint counts as failed.
+      this.failedDial(c, ep, 'endpoint is on another node and the tunnel is not available');
+      return;
+    }
+    const self = this;
+    let settled = false;
+    c.dialTimer = setTimeout(() => {
+      if (settled) return;
+      settled = true;
+      c.upstream?.terminate();
+      this.failedDial(c, ep, `connect timeout after ${this.o.connectTimeoutMs} ms`);
+    }, this.o.connectTimeoutMs);
+    Bun.connect<Conn>({
+      hostname: ep.ip,
+      port: ep.port,
+      allowHalfOpen: true,
+      data: c,
+      socket: {
+        open(u) {
+          if (settled || c.closed) {
+            u.terminate();
+            return;
+          }
+          settled = true;
+          clearTimeout(c.dialTimer!);
+          c.upstream = u;
+          c.ep = ep;
+          u.setNoDelay(true);
+          if (self.o.idleTimeoutSec > 0) u.timeout(self.o.idleTimeoutSec);
+          self.o.balancer.acquire(ep.key);
+          c.client.resume();
+        },
+        data(u, chunk) {
+          self.forward(u.data, 'upstream', chunk);
+        },
+        drain(u) {
+          self.drained(u.data, 'upstream');
+        },
+        end(u) {
+          self.ended(u.data, 'upstream');
+        },
+        timeout(u) {
+          self.close(u.data, false);
+        },
+        error(u) {
+          if (u.data.upstream === u) self.close(u.data, true);
+        },
+        close(u, err) {
+          if (u.data.upstream === u) self.close(u.data, !!err);
+        },
+        connectError(_u, err) {
+          if (settled) return;
+          settled = true;
+          clearTimeout(c.dialTimer!);
+          self.failedDial(c, ep, err.message);
+        },
+      },
+    }).catch(() => {});
+  }
+
+  private failedDial(c: Conn, ep: LbEndpoint, why: string): void {
+    this.stats.dialFailures++;
+    this.o.logger.debug('dial failed; trying another endpoint', { endpoint: ep.key, error: why });
+    this.dial(c);
+  }
+
+  /** Bytes from `from` go to the other side; a partial write pauses `from` until the other side drains. */
+  private forward(c: Conn, from: Side, chunk: Uint8Array): void {
+    if (c.closed) return;
+    const to = from === 'client' ? c.upstream : c.client;
+    if (!to) return; // cannot happen: the client is paused until the upstream is open
+    if (from === 'client') this.stats.bytesUp += chunk.length;
+    else this.stats.bytesDown += chunk.length;
+    const n = to.write(chunk);
+    if (n < chunk.length) {
+      const rest = chunk.subarray(Math.max(0, n));
+      if (from === 'client') c.pendingToUpstream = rest;
+      else c.pendingToClient = rest;
+      (from === 'client' ? c.client : c.upstream!).pause();
+    }
+  }
+
+  /** `side` can take more: write what waits for it and resume the other side. */
+  private drained(c: Conn, side: Side): void {
+    if (c.closed) return;
+    const sock = side === 'client' ? c.client : c.upstream;
+    const pending = side === 'client' ? c.pendingToClient : c.pendingToUpstream;
+    if (!sock || !pending) return;
+    const n = sock.write(pending);
+    if (n < pending.length) {
+      if (side === 'client') c.pendingToClient = pending.subarray(Math.max(0, n));
+      else c.pendingToUpstream = pending.subarray(Math.max(0, n));
+      return;
+    }
+    if (side === 'client') {
+      c.pendingToClient = null;
+      if (c.upstreamEnded) c.client.shutdown();
+      else c.upstream?.resume();
+    } else {
+      c.pendingToUpstream = null;
+      if (c.clientEnded) c.upstream?.shutdown();
+      else c.client.resume();
+    }
+    this.finishIfDone(c);
+  }
+
+  private finishIfDone(c: Conn): void {
+    if (c.clientEnded && c.upstreamEnded && !c.pendingToClient && !c.pendingToUpstream) this.close(c, false);
+  }
+
+  /** FIN from `side`: pass it on once its pending bytes are out; close when both directions are done. */
+  private ended(c: Conn, side: Side): void {
+    if (c.closed) return;
+    if (side === 'client') {
+      c.clientEnded = true;
+      if (!c.upstream) {
+        this.close(c, false);
+        return;
+      }
+      if (!c.pendingToUpstream) c.upstream.shutdown();
+    } else {
+      c.upstreamEnded = true;
+      if (!c.pendingToClient) c.client.shutdown();
+    }
+    this.finishIfDone(c);
+  }
+
+  /** Close both sides: with `reset`, the survivor gets an RST (error propagation), else a FIN. */
+  private close(c: Conn, reset: boolean): void {
+    if (c.closed) return;
+    c.closed = true;
+    if (c.dialTimer) clearTimeout(c.dialTimer);
+    this.conns.delete(c);
+    this.stats.active--;
+    if (c.ep) this.o.balancer.release(c.ep.key);
+    for (const s of [c.client, c.upstream]) {
+      if (!s) continue;
+      if (reset) s.terminate();
+      else s.end();
+    }
+  }
+}

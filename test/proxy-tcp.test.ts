@@ -1,0 +1,255 @@
+/** The TCP data path of one service port, through real sockets on loopback. */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { createHash } from 'node:crypto';
+import { Balancer, type LbEndpoint } from '../src/lb/balancer.ts';
+import { createMemoryLogger } from '../src/obs/logger.ts';
+import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { freePort, waitFor } from './helpers.ts';
+
+const RING = { partitionCount: 100, replicationFactor: 10, load: 1.25 };
+
+/** A backend: `id` servers write their id and close; echo servers echo, and on FIN write "bye" and close. */
+function backend(kind: 'id' | 'echo', id: string) {
+  return Bun.listen<{ n: number }>({
+    hostname: '127.0.0.1',
+    port: 0,
+    allowHalfOpen: true,
+    socket: {
+      open(s) {
+        s.data = { n: 0 };
+        if (kind === 'id') s.end(id);
+      },
+      data(s, d) {
+        if (kind === 'echo') {
+          const n = s.write(d);
+          if (n < d.length) {
+            // Test backends keep it simple: queue the rest until drain.
+            (s as unknown as { rest: Uint8Array[] }).rest ??= [];
+            (s as unknown as { rest: Uint8Array[] }).rest.push(d.subarray(Math.max(0, n)));
+            s.pause();
+          }
+        }
+      },
+      drain(s) {
+        const q = (s as unknown as { rest?: Uint8Array[] }).rest;
+        while (q?.length) {
+          const head = q[0]!;
+          const n = s.write(head);
+          if (n < head.length) {
+            q[0] = head.subarray(Math.max(0, n));
+            return;
+          }
+          q.shift();
+        }
+        s.resume();
+      },
+      end(s) {
+        s.end('bye');
+      },
+    },
+  });
+}
+
+const ep = (port: number, i: number): LbEndpoint => ({ key: `127.0.0.1:${port}`, ip: '127.0.0.1', port, nodeName: '', podName: `pod-${i}` });
+
+/** Connect, send `send` (then FIN if `halfClose`), collect everything until the proxy closes. */
+function exchange(port: number, send?: Uint8Array, halfClose = false): Promise<{ data: Buffer; error: boolean }> {
+  return new Promise((resolve) => {
+    const parts: Buffer[] = [];
+    let error = false;
+    void Bun.connect({
+      hostname: '127.0.0.1',
+      port,
+      allowHalfOpen: true,
+      socket: {
+        open(s) {
+          if (send) s.write(send);
+          if (halfClose) s.shutdown();
+        },
+        data(_s, d) {
+          parts.push(Buffer.from(d));
+        },
+        end(s) {
+          s.end();
+        },
+        error() {
+          error = true;
+        },
+        close(_s, err) {
+          resolve({ data: Buffer.concat(parts), error: error || !!err });
+        },
+      },
+    });
+  });
+}
+
+describe('TCP service port', () => {
+  const logger = createMemoryLogger('warn');
+  const ids = [backend('id', 'a'), backend('id', 'b'), backend('id', 'c')];
+  const echo = backend('echo', 'e');
+  let idPort: TcpServicePort;
+  let echoPort: TcpServicePort;
+  const idBalancer = new Balancer({ ring: RING });
+  const echoBalancer = new Balancer({ ring: RING });
+  const opts = { host: '127.0.0.1', port: 0, logger, isLocal: () => true, connectTimeoutMs: 1000, idleTimeoutSec: 0, maxAttempts: 3 };
+
+  beforeAll(() => {
+    idBalancer.setEndpoints(ids.map((l, i) => ep(l.port, i)));
+    echoBalancer.setEndpoints([ep(echo.port, 0)]);
+    idPort = new TcpServicePort({ ...opts, balancer: idBalancer });
+    echoPort = new TcpServicePort({ ...opts, balancer: echoBalancer });
+    idPort.start();
+    echoPort.start();
+  });
+
+  afterAll(() => {
+    idPort.stop();
+    echoPort.stop();
+    for (const l of [...ids, echo]) l.stop(true);
+  });
+
+  test('echo through the proxy; FIN from the client is passed on and the backend can still answer (half-close)', async () => {
+    const r = await exchange(echoPort.port, new TextEncoder().encode('hello'), true);
+    expect(r.data.toString()).toBe('hellobye');
+    expect(r.error).toBe(false);
+  });
+
+  test('round robin spreads 3,000 connections over 3 backends within ±5%', async () => {
+    const counts = new Map<string, number>();
+    for (let batch = 0; batch < 30; batch++) {
+      const rs = await Promise.all(Array.from({ length: 100 }, () => exchange(idPort.port)));
+      for (const r of rs) counts.set(r.data.toString(), (counts.get(r.data.toString()) ?? 0) + 1);
+    }
+    expect([...counts.keys()].sort()).toEqual(['a', 'b', 'c']);
+    for (const v of counts.values()) expect(Math.abs(v - 1000)).toBeLessThanOrEqual(50);
+    await waitFor(() => idPort.stats.active === 0, 'connections closed', 3000);
+  });
+
+  test('256 MiB through the proxy and back with backpressure: byte-exact, memory bounded', async () => {
+    const size = 256 * 1024 * 1024;
+    const chunk = new Uint8Array(1024 * 1024);
+    for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 31 + 7) & 0xff;
+    const sent = createHash('sha256');
+    const got = createHash('sha256');
+    let received = 0;
+    let written = 0;
+    const rss0 = process.memoryUsage.rss();
+    let rssMax = rss0;
+    await new Promise<void>((resolve, reject) => {
+      let offset = 0;
+      const pump = (s: { write(b: Uint8Array): number; shutdown(): void }) => {
+        while (written < size) {
+          const view = chunk.subarray(offset);
+          const n = s.write(view);
+          if (n > 0) {
+            sent.update(view.subarray(0, n));
+            written += n;
+            offset = (offset + n) % chunk.length;
+          }
+          if (n < view.length) return; // wait for drain
+        }
+        s.shutdown();
+      };
+      void Bun.connect({
+        hostname: '127.0.0.1',
+        port: echoPort.port,
+        allowHalfOpen: true,
+        socket: {
+          open: pump,
+          drain: pump,
+          data(_s, d) {
+            // "bye" arrives after all echoed bytes.
+            const body = received + d.length > size ? d.subarray(0, Math.max(0, size - received)) : d;
+            got.update(body);
+            received += d.length;
+            if (received % (32 * 1024 * 1024) < d.length) rssMax = Math.max(rssMax, process.memoryUsage.rss());
+          },
+          end(s) {
+            s.end();
+          },
+          error(_s, e) {
+            reject(e);
+          },
+          close() {
+            resolve();
+          },
+        },
+      });
+    });
+    expect(received).toBe(size + 3);
+    expect(got.digest('hex')).toBe(sent.digest('hex'));
+    // The proxy, the echo backend and the client share this process: all of them together stay bounded.
+    expect(rssMax - rss0).toBeLessThan(300 * 1024 * 1024);
+  }, 120_000);
+
+  test('a dead endpoint is skipped: every connection still succeeds', async () => {
+    const dead = await freePort();
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints([ep(dead, 9), ...ids.map((l, i) => ep(l.port, i))]);
+    const p = new TcpServicePort({ ...opts, balancer: b });
+    p.start();
+    try {
+      const rs = await Promise.all(Array.from({ length: 40 }, () => exchange(p.port)));
+      expect(rs.every((r) => ['a', 'b', 'c'].includes(r.data.toString()))).toBe(true);
+      expect(p.stats.dialFailures).toBeGreaterThan(0);
+    } finally {
+      p.stop();
+    }
+  });
+
+  test('no endpoints: the client is closed without data', async () => {
+    const p = new TcpServicePort({ ...opts, balancer: new Balancer({ ring: RING }) });
+    p.start();
+    try {
+      const r = await exchange(p.port, new TextEncoder().encode('x'));
+      expect(r.data.length).toBe(0);
+      expect(p.stats.noEndpoint).toBe(1);
+    } finally {
+      p.stop();
+    }
+  });
+
+  test('an RST from the backend resets the client', async () => {
+    const rst = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data(s) { s.terminate(); } } });
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints([ep(rst.port, 0)]);
+    const p = new TcpServicePort({ ...opts, balancer: b });
+    p.start();
+    try {
+      const r = await exchange(p.port, new TextEncoder().encode('boom'));
+      expect(r.data.length).toBe(0);
+      expect(r.error).toBe(true);
+    } finally {
+      p.stop();
+      rst.stop(true);
+    }
+  });
+
+  test('removing an endpoint under load breaks no established connection and gets no new ones', async () => {
+    const backs = [backend('echo', 'x'), backend('echo', 'y')];
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints(backs.map((l, i) => ep(l.port, i)));
+    const p = new TcpServicePort({ ...opts, balancer: b });
+    p.start();
+    try {
+      // 20 open connections, half of them on the endpoint about to be removed.
+      const socks = await Promise.all(Array.from({ length: 20 }, () => new Promise<{ s: Bun.Socket<undefined>; got: string[] }>((resolve) => {
+        const got: string[] = [];
+        void Bun.connect({ hostname: '127.0.0.1', port: p.port, socket: { open(s) { resolve({ s, got }); }, data(_s, d) { got.push(Buffer.from(d).toString()); } } });
+      })));
+      await waitFor(() => b.activeCount(`127.0.0.1:${backs[0]!.port}`) + b.activeCount(`127.0.0.1:${backs[1]!.port}`) === 20, 'all paired');
+      const removed = `127.0.0.1:${backs[0]!.port}`;
+      expect(b.activeCount(removed)).toBe(10);
+      b.setEndpoints([ep(backs[1]!.port, 1)]);
+      for (const [i, c] of socks.entries()) c.s.write(`ping${i}`);
+      await waitFor(() => socks.every((c, i) => c.got.join('') === `ping${i}`), 'every established connection still echoes', 3000);
+      expect(b.activeCount(removed)).toBe(10);
+      await Promise.all(Array.from({ length: 10 }, () => exchange(p.port, new TextEncoder().encode('n'), true)));
+      expect(b.activeCount(removed)).toBe(10); // no new connection went there
+      for (const c of socks) c.s.end();
+    } finally {
+      p.stop();
+      for (const l of backs) l.stop(true);
+    }
+  });
+});
