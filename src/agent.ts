@@ -17,6 +17,7 @@ import { KubeSource, buildKubeConfig } from './catalog/sources/kube.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { DnsModule } from './dns/index.ts';
+import { ProxyModule } from './proxy/index.ts';
 import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
 import type { Logger } from './obs/logger.ts';
@@ -84,6 +85,7 @@ export class Agent {
   private snapshotWriter: SnapshotWriter | null = null;
   private admin: AdminServer | null = null;
   private dns: DnsModule | null = null;
+  private proxy: ProxyModule | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
   private readonly ac = new AbortController();
@@ -120,6 +122,7 @@ export class Agent {
         readiness: () => this.readiness(),
         status: () => this.status(),
         catalog: () => this.catalog.snapshot(),
+        debug: { '/debug/proxy': () => this.proxy?.ports() ?? [] },
       });
       this.admin.start();
     }
@@ -145,9 +148,16 @@ export class Agent {
       this.kubeSource.start();
     }
 
-    if (loaded.role === 'agent' && (loaded.config as AgentConfig).modules.edgeDNS.enable) {
-      this.dns = new DnsModule({ config: loaded.config as AgentConfig, catalog: this.catalog, logger: this.log.child('dns'), metrics: this.metrics });
-      await this.dns.start();
+    if (loaded.role === 'agent') {
+      const cfg = loaded.config as AgentConfig;
+      if (cfg.modules.edgeProxy.enable) {
+        this.proxy = new ProxyModule({ config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics });
+        await this.proxy.start();
+      }
+      if (cfg.modules.edgeDNS.enable) {
+        this.dns = new DnsModule({ config: cfg, catalog: this.catalog, logger: this.log.child('dns'), metrics: this.metrics });
+        await this.dns.start();
+      }
     }
 
     this.warnUnbuiltModules();
@@ -160,6 +170,7 @@ export class Agent {
     this.ac.abort();
     const steps: [string, () => Promise<void> | void][] = [
       ['dns', async () => { await this.dns?.stop(); }],
+      ['proxy', async () => { await this.proxy?.stop(); }],
       ['catalog source', async () => { await this.fileSource?.stop(); await this.kubeSource?.stop(); }],
       ['snapshot', async () => { await this.snapshotWriter?.stop(); }],
       ['admin', async () => { await this.admin?.stop(); }],
@@ -171,7 +182,7 @@ export class Agent {
         this.log.error(`stopping ${name} failed`, { error: describeError(err) });
       }
     }
-    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = null;
+    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = null;
     if (this.started) this.log.info('stopped');
     this.started = false;
   }
@@ -225,9 +236,13 @@ export class Agent {
   /** Modules this build has, with their state. */
   private builtModules(): ModuleStatus[] {
     if (this.loaded.role !== 'agent') return [];
-    const enabled = (this.loaded.config as AgentConfig).modules.edgeDNS.enable;
-    const st = this.dns?.status() ?? { state: 'stopped' as const, detail: enabled ? 'not started' : 'disabled' };
-    return [{ name: 'edgeDNS', enabled, ...st }];
+    const m = (this.loaded.config as AgentConfig).modules;
+    const one = (name: string, enabled: boolean, mod: { status(): Pick<ModuleStatus, 'state' | 'detail'> } | null): ModuleStatus => ({
+      name,
+      enabled,
+      ...(mod?.status() ?? { state: 'stopped' as const, detail: enabled ? 'not started' : 'disabled' }),
+    });
+    return [one('edgeDNS', m.edgeDNS.enable, this.dns), one('edgeProxy', m.edgeProxy.enable, this.proxy)];
   }
 
   private warnUnbuiltModules(): void {

@@ -20,7 +20,7 @@ export function tempDir(prefix = 'edgemesh-test-'): { path: string; cleanup: () 
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-export async function waitFor<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> {
+export async function waitFor<T>(fn: () => T | Promise<T>, what: string | (() => string), timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> {
   const deadline = performance.now() + timeoutMs;
   let last: unknown;
   while (performance.now() < deadline) {
@@ -32,7 +32,7 @@ export async function waitFor<T>(fn: () => T | Promise<T>, what: string, timeout
     }
     await Bun.sleep(everyMs);
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}${last ? ` (last error: ${String(last)})` : ''}`);
 }
 
 export interface RunResult {
@@ -81,7 +81,7 @@ export class AgentProcess {
   }
 
   waitForLog(re: RegExp, timeoutMs = 10_000): Promise<RegExpExecArray> {
-    return waitFor(() => re.exec(this.out), `log line ${re}\n--- logs ---\n${this.out}`, timeoutMs);
+    return waitFor(() => re.exec(this.out), () => `log line ${re}\n--- logs ---\n${this.out}`, timeoutMs);
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number> {

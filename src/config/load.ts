@@ -230,6 +230,11 @@ export function loadConfig(opts: LoadOptions): LoadedConfig {
   };
 }
 
+/** The proxy's listen address: edgeProxy.listenAddress, else the bridge IP (the original binds there). */
+export function proxyListenAddress(cfg: AgentConfig): string {
+  return cfg.modules.edgeProxy.listenAddress || cfg.commonConfig.bridgeDeviceIP;
+}
+
 /** The DNS listen address: edgeDNS.listenAddress, else the bridge IP (the original binds there). */
 export function dnsListenAddress(cfg: AgentConfig): string {
   return cfg.modules.edgeDNS.listenAddress || cfg.commonConfig.bridgeDeviceIP;

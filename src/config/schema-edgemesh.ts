@@ -131,6 +131,12 @@ export const agentSchema = obj({
       enable: bool(false),
       listenInterface: str(''),
       serviceFilterMode: oneOf('FilterIfLabelExists', ['FilterIfLabelExists', 'FilterIfLabelDoesNotExists']),
+      // Additions.
+      listenAddress: str('', { check: (v) => (v === '' ? null : checkIP(v)), allowed: 'an IP address, or "" for the bridge IP' }),
+      interception: oneOf('auto', ['auto', 'iptables', 'nftables', 'none']),
+      connectTimeoutMs: int(5000, 100, 120_000),
+      tcpIdleTimeout: int(0, 0, 7 * 86400),
+      maxDialAttempts: int(4, 1, 32),
       socks5Proxy: obj({ enable: bool(false), listenPort: port(10800), nodeName: str(''), namespace: str('') }),
       loadBalancer: obj({ caller: str(''), nodeName: str(''), consistentHash }),
     }),

@@ -5,6 +5,7 @@
  *                   503 with the reason otherwise
  *   /status         the agent's state as JSON (what `edgemesh status` prints)
  *   /debug/catalog  the internal catalog as JSON (Secrets are listed without their data)
+ *   /debug/proxy    the proxy's service ports: cluster IP:port → listener, endpoints, policy
  *   /metrics        Prometheus text
  * It binds loopback by default: it exposes the catalog, so putting it on a routable address is a choice.
  */
@@ -27,6 +28,8 @@ export interface AdminDeps {
   readiness: () => Readiness;
   status: () => unknown;
   catalog: () => CatalogSnapshot;
+  /** More read-only JSON views, e.g. `/debug/proxy`. */
+  debug?: Record<string, () => unknown>;
 }
 
 /** The catalog as operators want to read it; shared by /debug/catalog and tests. */
@@ -96,8 +99,11 @@ export class AdminServer {
         return json(catalogDebugView(this.deps.catalog()));
       case '/metrics':
         return new Response(this.deps.metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } });
-      default:
-        return new Response('not found; try /healthz /readyz /status /debug/catalog /metrics\n', { status: 404 });
+      default: {
+        const view = this.deps.debug?.[path];
+        if (view) return json(view());
+        return new Response(`not found; try /healthz /readyz /status /debug/catalog /metrics ${Object.keys(this.deps.debug ?? {}).join(' ')}\n`, { status: 404 });
+      }
     }
   }
 }

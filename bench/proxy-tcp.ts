@@ -1,0 +1,64 @@
+#!/usr/bin/env bun
+/**
+ * TCP throughput through one proxied service port, against a direct connection and haproxy, same run:
+ * iperf3 with 1 and 4 streams. The proxy (this process, the shipped TcpServicePort) and haproxy are pinned to
+ * CPU 0; iperf3 client and server to CPU 1.
+ * Usage: bun bench/proxy-tcp.ts [--seconds=5]   (needs iperf3 and haproxy)
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Balancer } from '../src/lb/balancer.ts';
+import { createLogger } from '../src/obs/logger.ts';
+import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { freePort } from '../test/helpers.ts';
+
+const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
+const log = (s: string) => process.stderr.write(s + '\n');
+for (const t of ['iperf3', 'haproxy', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 haproxy`); process.exit(1); }
+
+// This process is the proxy: keep it on CPU 0.
+Bun.spawnSync(['taskset', '-p', '-c', '0', String(process.pid)]);
+const dir = mkdtempSync(join(tmpdir(), 'edgemesh-tcpbench-'));
+const procs: ReturnType<typeof Bun.spawn>[] = [];
+try {
+  const [pServer, pHa] = [await freePort(), await freePort()];
+  procs.push(Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1', '--forceflush'], { stdout: 'ignore', stderr: 'ignore' }));
+  const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
+  balancer.setEndpoints([{ key: `127.0.0.1:${pServer}`, ip: '127.0.0.1', port: pServer, nodeName: '', podName: '' }]);
+  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3 });
+  proxy.start();
+  const cfg = join(dir, 'haproxy.cfg');
+  writeFileSync(cfg, `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten p\n  bind 127.0.0.1:${pHa}\n  server s 127.0.0.1:${pServer}\n`);
+  procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', cfg], { stdout: 'ignore', stderr: 'ignore' }));
+  await Bun.sleep(500);
+
+  async function iperf(port: number, streams: number): Promise<number> {
+    // iperf3 -s -1 serves one test; restart it for each run.
+    const srv = Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1'], { stdout: 'ignore', stderr: 'ignore' });
+    await Bun.sleep(300);
+    const r = Bun.spawn(['taskset', '-c', '1', 'iperf3', '-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
+    const out = await new Response(r.stdout).text();
+    await r.exited;
+    await srv.exited;
+    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
+    if (!j.end?.sum_received) throw new Error(`iperf3: ${j.error ?? out.slice(0, 200)}`);
+    return j.end.sum_received.bits_per_second / 1e9;
+  }
+
+  procs[0]!.kill();
+  await procs[0]!.exited;
+  const rows: Record<string, number>[] = [];
+  for (const streams of [1, 4]) {
+    const direct = await iperf(pServer, streams);
+    const viaProxy = await iperf(proxy.port, streams);
+    const viaHa = await iperf(pHa, streams);
+    rows.push({ streams, direct, edgemesh: viaProxy, haproxy: viaHa });
+    log(`${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, edgemesh ${viaProxy.toFixed(2)} (${(viaProxy / direct).toFixed(2)}), haproxy ${viaHa.toFixed(2)} (${(viaHa / direct).toFixed(2)})`);
+  }
+  proxy.stop();
+  console.log(JSON.stringify(rows, null, 2));
+} finally {
+  for (const p of procs) p.kill();
+  rmSync(dir, { recursive: true, force: true });
+}

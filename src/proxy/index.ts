@@ -1,0 +1,252 @@
+/**
+ * EdgeProxy: one listener per proxied service port (the original's model: the listener *is* the destination,
+ * so no SO_ORIGINAL_DST is needed), each with its own balancer, kept in step with the catalog. Interception rules
+ * (rules.ts) send cluster-IP traffic to these listeners; without them the listeners are still reachable on
+ * their own ports (`edgemesh status` and /debug/proxy list them), so the proxy can be tried unprivileged.
+ *
+ *   const proxy = new ProxyModule({ config, catalog, nodeName, logger })
+ *   await proxy.start()
+ *   proxy.ports()   // [{ service: 'shop/web:http', clusterIPs, port: 80, listen: '169.254.96.16:39123', … }]
+ */
+import type { Catalog, CatalogSnapshot } from '../catalog/catalog.ts';
+import type { Service, ServicePort } from '../catalog/model.ts';
+import { proxyListenAddress } from '../config/load.ts';
+import type { AgentConfig } from '../config/schema-edgemesh.ts';
+import { EdgeMeshError, describeError } from '../errors.ts';
+import { Balancer, type LbEndpoint } from '../lb/balancer.ts';
+import { parsePolicy, ruleFor } from '../lb/policy.ts';
+import { ensureBridge } from '../net/bridge.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { MetricsRegistry } from '../obs/metrics.ts';
+import { type RulesBackend, chooseRules } from './rules.ts';
+import { TcpServicePort } from './tcp.ts';
+
+export interface ProxyModuleDeps {
+  config: AgentConfig;
+  catalog: Catalog;
+  nodeName: string;
+  logger: Logger;
+  metrics?: MetricsRegistry;
+}
+
+/** What a listener serves; the rules backends turn these into DNAT rules. */
+export interface PortMapping {
+  /** `ns/name:portName` (or `ns/name:port` for an unnamed port), as the original's rule comments. */
+  service: string;
+  protocol: 'TCP' | 'UDP';
+  clusterIPs: string[];
+  externalIPs: string[];
+  loadBalancerIPs: string[];
+  port: number;
+  listenHost: string;
+  listenPort: number;
+}
+
+interface Entry {
+  svc: Service;
+  sp: ServicePort;
+  balancer: Balancer;
+  tcp: TcpServicePort;
+  /** Fields whose change recreates the listener (SPEC §3.1). */
+  identity: string;
+  policyWarning: string | null;
+}
+
+export class ProxyModule {
+  readonly name = 'edgeProxy';
+  private entries = new Map<string, Entry>();
+  private unsubscribe: (() => void) | null = null;
+  private state: 'stopped' | 'running' | 'failed' = 'stopped';
+  private lastError = '';
+  private readonly host: string;
+  private readonly cfg: AgentConfig['modules']['edgeProxy'];
+  private rules: RulesBackend | null = null;
+  private rulesRunning: Promise<void> | null = null;
+  private rulesPending: PortMapping[] | null = null;
+  private rulesError: string | null = null;
+  private resync: ReturnType<typeof setInterval> | null = null;
+
+  constructor(private readonly deps: ProxyModuleDeps) {
+    this.cfg = deps.config.modules.edgeProxy;
+    this.host = proxyListenAddress(deps.config);
+  }
+
+  async start(): Promise<void> {
+    const { config, catalog, logger } = this.deps;
+    try {
+      if (this.host === config.commonConfig.bridgeDeviceIP) await ensureBridge(config.commonConfig.bridgeDeviceName, this.host, logger);
+      this.rules = await chooseRules(this.cfg.interception, logger);
+      this.sync(catalog.snapshot());
+      await this.rulesRunning;
+      if (this.rulesError) throw new EdgeMeshError('INTERNAL', `cannot install interception rules (${this.rules?.name}): ${this.rulesError}; set modules.edgeProxy.interception to "none" to run without them`);
+      // Periodic resync repairs rules someone else flushed (a firewall reload, a kube-proxy restart).
+      this.resync = setInterval(() => this.applyRules(this.mappings()), 30_000);
+      this.resync.unref?.();
+      this.unsubscribe = catalog.subscribe((snap, change) => {
+        if (change.keys.services.size || change.keys.endpoints.size || change.keys.destinationRules.size) this.sync(snap);
+      });
+      this.state = 'running';
+      this.registerMetrics();
+      logger.info('proxy listening', { address: this.host, servicePorts: this.entries.size, interception: this.rules?.name ?? 'none' });
+    } catch (err) {
+      this.state = 'failed';
+      this.lastError = describeError(err);
+      await this.stop();
+      throw err;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe?.();
+    this.unsubscribe = null;
+    if (this.resync) clearInterval(this.resync);
+    this.rulesPending = null;
+    await this.rulesRunning;
+    if (this.rules) {
+      try {
+        await this.rules.cleanup();
+      } catch (err) {
+        this.deps.logger.error('removing interception rules failed', { error: describeError(err) });
+      }
+    }
+    this.rules = null;
+    for (const e of this.entries.values()) e.tcp.stop();
+    this.entries.clear();
+    if (this.state === 'running') this.state = 'stopped';
+  }
+
+  status(): { state: 'stopped' | 'running' | 'failed'; detail: string } {
+    if (this.state !== 'running') return { state: this.state, detail: this.lastError || 'not started' };
+    let active = 0;
+    for (const e of this.entries.values()) active += e.tcp.stats.active;
+    const rules = this.rules ? `${this.rules.name} rules${this.rulesError ? ` FAILING: ${this.rulesError}` : ''}` : 'no interception';
+    return { state: 'running', detail: `${this.entries.size} service ports on ${this.host}, ${rules}, ${active} active connections` };
+  }
+
+  ports(): (PortMapping & { endpoints: number; policy: string; warning: string | null; active: number })[] {
+    return [...this.entries.entries()].map(([service, e]) => ({
+      ...this.mapping(service, e),
+      endpoints: e.balancer.endpoints().length,
+      policy: e.balancer.effectivePolicy().kind,
+      warning: e.balancer.conflict ?? e.policyWarning,
+      active: e.tcp.stats.active,
+    }));
+  }
+
+  private mapping(service: string, e: Entry): PortMapping {
+    return { service, protocol: e.sp.protocol === 'UDP' ? 'UDP' : 'TCP', clusterIPs: e.svc.clusterIPs, externalIPs: e.svc.externalIPs, loadBalancerIPs: e.svc.loadBalancerIPs, port: e.sp.port, listenHost: this.host, listenPort: e.tcp.port };
+  }
+
+  /** Bring listeners, endpoints and policies in line with the catalog. */
+  private sync(snap: CatalogSnapshot): void {
+    const seen = new Set<string>();
+    const rules = [...snap.destinationRules.values()];
+    const domain = this.deps.config.modules.edgeDNS.clusterDomain;
+    for (const svc of snap.services.values()) {
+      if (!svc.proxied) continue;
+      for (const sp of svc.ports) {
+        if (sp.protocol !== 'TCP') continue; // UDP arrives next; SCTP is rejected as in the original
+        const key = `${svc.namespace}/${svc.name}:${sp.name || sp.port}`;
+        seen.add(key);
+        const identity = JSON.stringify([sp.protocol, sp.port, sp.nodePort, svc.clusterIPs, svc.externalIPs, svc.loadBalancerIPs, svc.sessionAffinity]);
+        let e = this.entries.get(key);
+        if (e && e.identity !== identity) {
+          e.tcp.stop();
+          this.entries.delete(key);
+          e = undefined;
+        }
+        if (!e) {
+          const balancer = new Balancer({ ring: this.cfg.loadBalancer.consistentHash });
+          const tcp = new TcpServicePort({
+            host: this.host,
+            port: 0,
+            balancer,
+            logger: this.deps.logger.child(key),
+            isLocal: (ep) => ep.nodeName === '' || ep.nodeName === this.deps.nodeName,
+            connectTimeoutMs: this.cfg.connectTimeoutMs,
+            idleTimeoutSec: this.cfg.tcpIdleTimeout,
+            maxAttempts: this.cfg.maxDialAttempts,
+          });
+          try {
+            tcp.start();
+          } catch (err) {
+            this.deps.logger.error('cannot listen for a service port', { service: key, error: describeError(err) });
+            continue;
+          }
+          e = { svc, sp, balancer, tcp, identity, policyWarning: null };
+          this.entries.set(key, e);
+        }
+        e.svc = svc;
+        e.sp = sp;
+        e.balancer.setEndpoints(this.endpointsFor(snap, svc, sp));
+        const rule = ruleFor(svc, rules, domain);
+        const parsed = rule ? parsePolicy(rule.spec) : { policy: { kind: 'round-robin' as const } };
+        const warning = rule && 'warning' in parsed && parsed.warning ? `DestinationRule ${rule.namespace}/${rule.name}: ${parsed.warning}` : null;
+        if (warning && warning !== e.policyWarning) this.deps.logger.warn(warning, { service: key });
+        e.policyWarning = warning;
+        e.balancer.setPolicy(parsed.policy, { enabled: svc.sessionAffinity === 'ClientIP', timeoutSec: svc.sessionAffinityTimeout });
+        if (e.balancer.conflict) this.deps.logger.debug(e.balancer.conflict, { service: key });
+      }
+    }
+    for (const [key, e] of this.entries) {
+      if (seen.has(key)) continue;
+      e.tcp.stop();
+      this.entries.delete(key);
+    }
+    this.applyRules(this.mappings());
+  }
+
+  private mappings(): PortMapping[] {
+    return [...this.entries.entries()].map(([k, e]) => this.mapping(k, e));
+  }
+
+  /** Apply the full desired rule set; calls while one runs coalesce into one more run with the latest set. */
+  private applyRules(ports: PortMapping[]): void {
+    const rules = this.rules;
+    if (!rules) return;
+    if (this.rulesRunning) {
+      this.rulesPending = ports;
+      return;
+    }
+    this.rulesRunning = (async () => {
+      let next: PortMapping[] | null = ports;
+      while (next) {
+        this.rulesPending = null;
+        try {
+          await rules.apply(next);
+          if (this.rulesError) this.deps.logger.info('interception rules applied again');
+          this.rulesError = null;
+        } catch (err) {
+          if (describeError(err) !== this.rulesError) this.deps.logger.error('applying interception rules failed; retrying on the next change or resync', { error: describeError(err) });
+          this.rulesError = describeError(err);
+        }
+        next = this.rulesPending;
+      }
+      this.rulesRunning = null;
+    })();
+  }
+
+  /** Ready endpoints of a service port, matched by port name (as Kubernetes does). */
+  private endpointsFor(snap: CatalogSnapshot, svc: Service, sp: ServicePort): LbEndpoint[] {
+    const se = snap.endpoints.get(`${svc.namespace}/${svc.name}`);
+    const out: LbEndpoint[] = [];
+    for (const ep of se?.endpoints ?? []) {
+      if (!ep.ready) continue;
+      const p = ep.ports.find((x) => x.name === sp.name && x.protocol === sp.protocol) ?? (ep.ports.length === 1 && !sp.name ? ep.ports[0] : undefined);
+      if (!p) continue;
+      out.push({ key: `${ep.ip}:${p.port}`, ip: ep.ip, port: p.port, nodeName: ep.nodeName, podName: ep.podName });
+    }
+    return out;
+  }
+
+  private registerMetrics(): void {
+    const m = this.deps.metrics;
+    if (!m) return;
+    const sum = (f: (e: Entry) => number) => () => [...this.entries.values()].reduce((a, e) => a + f(e), 0);
+    m.gauge('edgemesh_proxy_service_ports', 'Service ports with a listener').set(() => this.entries.size);
+    m.gauge('edgemesh_proxy_connections_active', 'Proxied TCP connections open now').set(sum((e) => e.tcp.stats.active));
+    m.gauge('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted (counter semantics)').set(sum((e) => e.tcp.stats.accepted));
+    m.gauge('edgemesh_proxy_dial_failures_total', 'Endpoint dials that failed (counter semantics)').set(sum((e) => e.tcp.stats.dialFailures));
+    m.gauge('edgemesh_proxy_bytes_total', 'Bytes proxied (counter semantics)').set(sum((e) => e.tcp.stats.bytesUp + e.tcp.stats.bytesDown));
+  }
+}

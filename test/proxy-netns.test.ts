@@ -1,0 +1,107 @@
+/**
+ * ClusterIP interception end to end (needs root): a "node" namespace runs the agent and an HTTP backend; a "pod"
+ * namespace reaches it over a veth. curl to the cluster IP from the node (OUTPUT) and from the pod (PREROUTING),
+ * with the nftables and the iptables backend; after stop no rule is left; a restart does not duplicate rules.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentProcess, MAIN, isRoot, runCli, tempDir, waitFor } from './helpers.ts';
+
+const NODE = `emnode${process.pid}`;
+const POD = `empod${process.pid}`;
+const tools = ['ip', 'nft', 'iptables-save', 'curl'].every((t) => Bun.which(t));
+const ip = (args: string[]) => runCli(args, { bin: ['ip'] });
+const inNs = (ns: string, args: string[]) => runCli(args, { bin: ['ip', 'netns', 'exec', ns] });
+
+describe.skipIf(!isRoot || !tools)('proxy interception in network namespaces (root)', () => {
+  const t = tempDir();
+  let backend: AgentProcess;
+  const catalog = join(t.path, 'catalog.yaml');
+
+  beforeAll(async () => {
+    for (const ns of [NODE, POD]) {
+      await ip(['netns', 'del', ns]);
+      expect((await ip(['netns', 'add', ns])).code).toBe(0);
+      await ip(['-n', ns, 'link', 'set', 'lo', 'up']);
+    }
+    await ip(['link', 'add', `v${process.pid}n`, 'netns', NODE, 'type', 'veth', 'peer', 'name', `v${process.pid}p`, 'netns', POD]);
+    await ip(['-n', NODE, 'addr', 'add', '10.200.0.1/24', 'dev', `v${process.pid}n`]);
+    await ip(['-n', POD, 'addr', 'add', '10.200.0.2/24', 'dev', `v${process.pid}p`]);
+    await ip(['-n', NODE, 'link', 'set', `v${process.pid}n`, 'up']);
+    await ip(['-n', POD, 'link', 'set', `v${process.pid}p`, 'up']);
+    await ip(['-n', POD, 'route', 'add', 'default', 'via', '10.200.0.1']);
+    // Nodes have a default route; locally generated packets to a cluster IP need one to reach the nat hook.
+    await ip(['-n', NODE, 'route', 'add', 'default', 'via', '10.200.0.2']);
+    // The backend: an HTTP server inside the node namespace, on its loopback.
+    const server = join(t.path, 'server.ts');
+    writeFileSync(server, "Bun.serve({ hostname: '127.0.0.1', port: 18080, fetch: () => new Response('hello from the backend') }); console.log('serving');\n");
+    backend = new AgentProcess([server], { bin: ['ip', 'netns', 'exec', NODE, process.execPath] });
+    await backend.waitForLog(/serving/);
+    writeFileSync(catalog, `apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: web, namespace: shop }
+subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18080 }] }]
+`);
+  });
+
+  afterAll(async () => {
+    await backend?.stop();
+    for (const ns of [NODE, POD]) await ip(['netns', 'del', ns]);
+    t.cleanup();
+  });
+
+  const startAgent = async (interception: string) => {
+    const cfg = join(t.path, `agent-${interception}.yaml`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${t.path}/state, adminAddress: "" }\ncatalog: { file: ${catalog} }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: ${interception} }\n`);
+    const agent = new AgentProcess(['agent', '--config', cfg, '--node-name', 'n1'], { bin: ['ip', 'netns', 'exec', NODE, process.execPath, MAIN] });
+    await agent.waitForLog(/proxy listening .*interception=/);
+    return agent;
+  };
+  const curl = (ns: string) => inNs(ns, ['curl', '-s', '--max-time', '3', 'http://10.96.0.10/']);
+
+  for (const backendName of ['nftables', 'iptables'] as const) {
+    test(`${backendName}: curl to the cluster IP from the node and from a pod; clean stop; no duplicates on restart`, async () => {
+      let agent = await startAgent(backendName);
+      try {
+        expect(agent.logs).toContain(`interception=${backendName === 'nftables' ? 'nftables' : 'iptables'}`);
+        expect((await curl(NODE)).stdout).toBe('hello from the backend');
+        expect((await curl(POD)).stdout).toBe('hello from the backend');
+        const rulesNow = async () => backendName === 'nftables'
+          ? (await inNs(NODE, ['nft', 'list', 'ruleset'])).stdout.split('\n').filter((l) => l.includes('dnat to')).length
+          : (await inNs(NODE, ['iptables-save', '-t', 'nat'])).stdout.split('\n').filter((l) => l.includes('EDGEMESH-PORTALS') && l.startsWith('-A')).length;
+        const before = await rulesNow();
+        expect(before).toBeGreaterThan(0);
+        // Restart: the same rules, not twice as many.
+        expect(await agent.stop()).toBe(0);
+        expect(await rulesNow()).toBe(0);
+        agent = await startAgent(backendName);
+        expect(await rulesNow()).toBe(before);
+        expect((await curl(POD)).stdout).toBe('hello from the backend');
+        // A new service in the catalog gets its rule within a second.
+        writeFileSync(catalog, (await Bun.file(catalog).text()) + `---
+apiVersion: v1
+kind: Service
+metadata: { name: api, namespace: shop }
+spec: { clusterIP: 10.96.0.11, ports: [{ name: http, port: 80 }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: api, namespace: shop }
+subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18080 }] }]
+`);
+        await waitFor(async () => (await inNs(POD, ['curl', '-s', '--max-time', '1', 'http://10.96.0.11/'])).stdout === 'hello from the backend', 'new service reachable', 3000, 100);
+      } finally {
+        expect(await agent.stop()).toBe(0);
+        writeFileSync(catalog, (await Bun.file(catalog).text()).split('---\napiVersion: v1\nkind: Service\nmetadata: { name: api')[0]!);
+      }
+      const leftovers = backendName === 'nftables' ? (await inNs(NODE, ['nft', 'list', 'tables'])).stdout : (await inNs(NODE, ['iptables-save', '-t', 'nat'])).stdout;
+      expect(leftovers).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
+    }, 60_000);
+  }
+});
