@@ -35,7 +35,18 @@ describe.skipIf(!isRoot || !tools)('proxy interception in network namespaces (ro
     await ip(['-n', NODE, 'route', 'add', 'default', 'via', '10.200.0.2']);
     // The backend: an HTTP server inside the node namespace, on its loopback.
     const server = join(t.path, 'server.ts');
-    writeFileSync(server, "Bun.serve({ hostname: '127.0.0.1', port: 18080, fetch: () => new Response('hello from the backend') }); console.log('serving');\n");
+    writeFileSync(server, "Bun.serve({ hostname: '127.0.0.1', port: 18080, fetch: () => new Response('hello from the backend') });\n" +
+      "await Bun.udpSocket({ hostname: '127.0.0.1', port: 18053, socket: { data(s, b, port, addr) { s.send(b, port, addr); }, error() {} } });\nconsole.log('serving');\n");
+    // A UDP client for the pod: 1,000 datagrams to a cluster IP; prints how many came back, intact, from that IP.
+    writeFileSync(join(t.path, 'udp-client.ts'), `
+const [host, port] = [process.argv[2], Number(process.argv[3])];
+let ok = 0, wrongSource = 0;
+const s = await Bun.udpSocket({ socket: { data(_s, b, p, a) { if (a !== host || p !== port) wrongSource++; else if (b.length === 8 + (b.readUInt32BE(0) % 1000)) ok++; }, error() {} } });
+for (let i = 0; i < 1000; i++) { const d = Buffer.alloc(8 + (i % 1000)); d.writeUInt32BE(i, 0); s.send(d, port, host); if (i % 20 === 19) await Bun.sleep(2); }
+await Bun.sleep(500);
+console.log(JSON.stringify({ ok, wrongSource }));
+s.close();
+`);
     backend = new AgentProcess([server], { bin: ['ip', 'netns', 'exec', NODE, process.execPath] });
     await backend.waitForLog(/serving/);
     writeFileSync(catalog, `apiVersion: v1
@@ -47,6 +58,16 @@ apiVersion: v1
 kind: Endpoints
 metadata: { name: web, namespace: shop }
 subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18080 }] }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: echo, namespace: shop }
+spec: { clusterIP: 10.96.0.20, ports: [{ name: dns, port: 5353, protocol: UDP }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: echo, namespace: shop }
+subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: dns, port: 18053, protocol: UDP }] }]
 `);
   });
 
@@ -72,6 +93,8 @@ subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18080 }]
         expect(agent.logs).toContain(`interception=${backendName === 'nftables' ? 'nftables' : 'iptables'}`);
         expect((await curl(NODE)).stdout).toBe('hello from the backend');
         expect((await curl(POD)).stdout).toBe('hello from the backend');
+        const udp = await inNs(POD, [process.execPath, join(t.path, 'udp-client.ts'), '10.96.0.20', '5353']);
+        expect(udp.stdout.trim()).toBe(JSON.stringify({ ok: 1000, wrongSource: 0 }));
         const rulesNow = async () => backendName === 'nftables'
           ? (await inNs(NODE, ['nft', 'list', 'ruleset'])).stdout.split('\n').filter((l) => l.includes('dnat to')).length
           : (await inNs(NODE, ['iptables-save', '-t', 'nat'])).stdout.split('\n').filter((l) => l.includes('EDGEMESH-PORTALS') && l.startsWith('-A')).length;

@@ -137,6 +137,8 @@ export const agentSchema = obj({
       connectTimeoutMs: int(5000, 100, 120_000),
       tcpIdleTimeout: int(0, 0, 7 * 86400),
       maxDialAttempts: int(4, 1, 32),
+      udpIdleTimeout: int(60, 1, 86400),
+      udpMaxSessions: int(65536, 1, 10_000_000),
       socks5Proxy: obj({ enable: bool(false), listenPort: port(10800), nodeName: str(''), namespace: str('') }),
       loadBalancer: obj({ caller: str(''), nodeName: str(''), consistentHash }),
     }),

@@ -20,6 +20,7 @@ import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import { type RulesBackend, chooseRules } from './rules.ts';
 import { TcpServicePort } from './tcp.ts';
+import { UdpServicePort } from './udp.ts';
 
 export interface ProxyModuleDeps {
   config: AgentConfig;
@@ -46,7 +47,8 @@ interface Entry {
   svc: Service;
   sp: ServicePort;
   balancer: Balancer;
-  tcp: TcpServicePort;
+  /** The listener: TCP or UDP by the service port's protocol. */
+  listener: TcpServicePort | UdpServicePort;
   /** Fields whose change recreates the listener (SPEC §3.1). */
   identity: string;
   policyWarning: string | null;
@@ -65,6 +67,8 @@ export class ProxyModule {
   private rulesPending: PortMapping[] | null = null;
   private rulesError: string | null = null;
   private resync: ReturnType<typeof setInterval> | null = null;
+  /** Syncs run one at a time, in order (opening a UDP socket is async). */
+  private syncing: Promise<void> = Promise.resolve();
 
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
@@ -76,14 +80,14 @@ export class ProxyModule {
     try {
       if (this.host === config.commonConfig.bridgeDeviceIP) await ensureBridge(config.commonConfig.bridgeDeviceName, this.host, logger);
       this.rules = await chooseRules(this.cfg.interception, logger);
-      this.sync(catalog.snapshot());
+      await this.queueSync(catalog.snapshot());
       await this.rulesRunning;
       if (this.rulesError) throw new EdgeMeshError('INTERNAL', `cannot install interception rules (${this.rules?.name}): ${this.rulesError}; set modules.edgeProxy.interception to "none" to run without them`);
       // Periodic resync repairs rules someone else flushed (a firewall reload, a kube-proxy restart).
       this.resync = setInterval(() => this.applyRules(this.mappings()), 30_000);
       this.resync.unref?.();
       this.unsubscribe = catalog.subscribe((snap, change) => {
-        if (change.keys.services.size || change.keys.endpoints.size || change.keys.destinationRules.size) this.sync(snap);
+        if (change.keys.services.size || change.keys.endpoints.size || change.keys.destinationRules.size) void this.queueSync(snap);
       });
       this.state = 'running';
       this.registerMetrics();
@@ -100,6 +104,7 @@ export class ProxyModule {
     this.unsubscribe?.();
     this.unsubscribe = null;
     if (this.resync) clearInterval(this.resync);
+    await this.syncing;
     this.rulesPending = null;
     await this.rulesRunning;
     if (this.rules) {
@@ -110,7 +115,7 @@ export class ProxyModule {
       }
     }
     this.rules = null;
-    for (const e of this.entries.values()) e.tcp.stop();
+    for (const e of this.entries.values()) e.listener.stop();
     this.entries.clear();
     if (this.state === 'running') this.state = 'stopped';
   }
@@ -118,7 +123,7 @@ export class ProxyModule {
   status(): { state: 'stopped' | 'running' | 'failed'; detail: string } {
     if (this.state !== 'running') return { state: this.state, detail: this.lastError || 'not started' };
     let active = 0;
-    for (const e of this.entries.values()) active += e.tcp.stats.active;
+    for (const e of this.entries.values()) active += e.listener.stats.active;
     const rules = this.rules ? `${this.rules.name} rules${this.rulesError ? ` FAILING: ${this.rulesError}` : ''}` : 'no interception';
     return { state: 'running', detail: `${this.entries.size} service ports on ${this.host}, ${rules}, ${active} active connections` };
   }
@@ -129,51 +134,50 @@ export class ProxyModule {
       endpoints: e.balancer.endpoints().length,
       policy: e.balancer.effectivePolicy().kind,
       warning: e.balancer.conflict ?? e.policyWarning,
-      active: e.tcp.stats.active,
+      active: e.listener.stats.active,
     }));
   }
 
   private mapping(service: string, e: Entry): PortMapping {
-    return { service, protocol: e.sp.protocol === 'UDP' ? 'UDP' : 'TCP', clusterIPs: e.svc.clusterIPs, externalIPs: e.svc.externalIPs, loadBalancerIPs: e.svc.loadBalancerIPs, port: e.sp.port, listenHost: this.host, listenPort: e.tcp.port };
+    return { service, protocol: e.sp.protocol === 'UDP' ? 'UDP' : 'TCP', clusterIPs: e.svc.clusterIPs, externalIPs: e.svc.externalIPs, loadBalancerIPs: e.svc.loadBalancerIPs, port: e.sp.port, listenHost: this.host, listenPort: e.listener.port };
+  }
+
+  private queueSync(snap: CatalogSnapshot): Promise<void> {
+    this.syncing = this.syncing.then(() => this.sync(snap)).catch((err) => this.deps.logger.error('proxy sync failed (please report)', { error: describeError(err) }));
+    return this.syncing;
   }
 
   /** Bring listeners, endpoints and policies in line with the catalog. */
-  private sync(snap: CatalogSnapshot): void {
+  private async sync(snap: CatalogSnapshot): Promise<void> {
     const seen = new Set<string>();
     const rules = [...snap.destinationRules.values()];
     const domain = this.deps.config.modules.edgeDNS.clusterDomain;
     for (const svc of snap.services.values()) {
       if (!svc.proxied) continue;
       for (const sp of svc.ports) {
-        if (sp.protocol !== 'TCP') continue; // UDP arrives next; SCTP is rejected as in the original
+        if (sp.protocol === 'SCTP') continue; // rejected, as in the original
         const key = `${svc.namespace}/${svc.name}:${sp.name || sp.port}`;
         seen.add(key);
         const identity = JSON.stringify([sp.protocol, sp.port, sp.nodePort, svc.clusterIPs, svc.externalIPs, svc.loadBalancerIPs, svc.sessionAffinity]);
         let e = this.entries.get(key);
         if (e && e.identity !== identity) {
-          e.tcp.stop();
+          e.listener.stop();
           this.entries.delete(key);
           e = undefined;
         }
         if (!e) {
           const balancer = new Balancer({ ring: this.cfg.loadBalancer.consistentHash });
-          const tcp = new TcpServicePort({
-            host: this.host,
-            port: 0,
-            balancer,
-            logger: this.deps.logger.child(key),
-            isLocal: (ep) => ep.nodeName === '' || ep.nodeName === this.deps.nodeName,
-            connectTimeoutMs: this.cfg.connectTimeoutMs,
-            idleTimeoutSec: this.cfg.tcpIdleTimeout,
-            maxAttempts: this.cfg.maxDialAttempts,
-          });
+          const common = { host: this.host, port: 0, balancer, logger: this.deps.logger.child(key), isLocal: (ep: LbEndpoint) => ep.nodeName === '' || ep.nodeName === this.deps.nodeName };
+          const listener = sp.protocol === 'UDP'
+            ? new UdpServicePort({ ...common, idleTimeoutMs: this.cfg.udpIdleTimeout * 1000, maxSessions: this.cfg.udpMaxSessions })
+            : new TcpServicePort({ ...common, connectTimeoutMs: this.cfg.connectTimeoutMs, idleTimeoutSec: this.cfg.tcpIdleTimeout, maxAttempts: this.cfg.maxDialAttempts });
           try {
-            tcp.start();
+            await listener.start();
           } catch (err) {
             this.deps.logger.error('cannot listen for a service port', { service: key, error: describeError(err) });
             continue;
           }
-          e = { svc, sp, balancer, tcp, identity, policyWarning: null };
+          e = { svc, sp, balancer, listener, identity, policyWarning: null };
           this.entries.set(key, e);
         }
         e.svc = svc;
@@ -190,7 +194,7 @@ export class ProxyModule {
     }
     for (const [key, e] of this.entries) {
       if (seen.has(key)) continue;
-      e.tcp.stop();
+      e.listener.stop();
       this.entries.delete(key);
     }
     this.applyRules(this.mappings());
@@ -244,9 +248,13 @@ export class ProxyModule {
     if (!m) return;
     const sum = (f: (e: Entry) => number) => () => [...this.entries.values()].reduce((a, e) => a + f(e), 0);
     m.gauge('edgemesh_proxy_service_ports', 'Service ports with a listener').set(() => this.entries.size);
-    m.gauge('edgemesh_proxy_connections_active', 'Proxied TCP connections open now').set(sum((e) => e.tcp.stats.active));
-    m.gauge('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted (counter semantics)').set(sum((e) => e.tcp.stats.accepted));
-    m.gauge('edgemesh_proxy_dial_failures_total', 'Endpoint dials that failed (counter semantics)').set(sum((e) => e.tcp.stats.dialFailures));
-    m.gauge('edgemesh_proxy_bytes_total', 'Bytes proxied (counter semantics)').set(sum((e) => e.tcp.stats.bytesUp + e.tcp.stats.bytesDown));
+    m.gauge('edgemesh_proxy_connections_active', 'Proxied TCP connections open now').set(sum((e) => e.listener.stats.active));
+    m.gauge('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted (counter semantics)').set(sum((e) => e.listener.stats.accepted));
+    const tcp = (f: (s: TcpServicePort['stats']) => number) => sum((e) => (e.listener instanceof TcpServicePort ? f(e.listener.stats) : 0));
+    const udp = (f: (s: UdpServicePort['stats']) => number) => sum((e) => (e.listener instanceof UdpServicePort ? f(e.listener.stats) : 0));
+    m.gauge('edgemesh_proxy_dial_failures_total', 'Endpoint dials that failed (counter semantics)').set(tcp((s) => s.dialFailures));
+    m.gauge('edgemesh_proxy_bytes_total', 'TCP bytes proxied (counter semantics)').set(tcp((s) => s.bytesUp + s.bytesDown));
+    m.gauge('edgemesh_proxy_udp_datagrams_total', 'UDP datagrams proxied (counter semantics)').set(udp((s) => s.datagramsUp + s.datagramsDown));
+    m.gauge('edgemesh_proxy_udp_dropped_total', 'UDP datagrams dropped (counter semantics)').set(udp((s) => s.dropped));
   }
 }
