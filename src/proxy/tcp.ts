@@ -10,10 +10,24 @@
  * - Half-close: a FIN from one side is passed on with shutdown() once pending bytes are written; the pair closes
  *   when both directions are done. An error (RST) on one side resets the other.
  * - TCP_NODELAY on both sides; optional idle timeout.
+ * - Only when a hashing policy needs it (header, cookie or query), the first request head is read before the
+ *   endpoint is chosen (bounded by MAX_HEAD and sniffTimeoutMs), kept as raw bytes and replayed: keep-alive,
+ *   pipelining and bodies pass untouched; routing is per connection. A generated cookie is announced with a
+ *   Set-Cookie line inserted into the first response head.
  */
 import type { Socket, TCPSocketListener } from 'bun';
+import { randomBytes } from 'node:crypto';
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
 import type { Logger } from '../obs/logger.ts';
+import { MAX_HEAD, headEnd, insertIntoHead, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
+
+const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
+  if (!a || a.length === 0) return b;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+};
 
 export interface TcpPortOptions {
   host: string;
@@ -27,6 +41,8 @@ export interface TcpPortOptions {
   /** Seconds without traffic in either direction before both sides are closed; 0 = never. */
   idleTimeoutSec: number;
   maxAttempts: number;
+  /** How long to wait for a request head when a hashing policy needs one. */
+  sniffTimeoutMs?: number;
 }
 
 export interface TcpPortStats {
@@ -53,6 +69,14 @@ interface Conn {
   upstreamEnded: boolean;
   closed: boolean;
   dialTimer: ReturnType<typeof setTimeout> | null;
+  /** Bytes read before the endpoint was chosen (HTTP hashing); replayed to the upstream first. */
+  early: Uint8Array | null;
+  sniffing: boolean;
+  sniffTimer: ReturnType<typeof setTimeout> | null;
+  hashKey: string | undefined;
+  /** A Set-Cookie line still to insert into the first response head, and the response bytes held for it. */
+  setCookie: string | null;
+  respHead: Uint8Array | null;
 }
 
 export class TcpServicePort {
@@ -74,18 +98,33 @@ export class TcpServicePort {
       allowHalfOpen: true,
       socket: {
         open(s) {
-          s.pause();
           s.setNoDelay(true);
-          const c: Conn = { client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false, upstreamEnded: false, closed: false, dialTimer: null };
+          const c: Conn = {
+            client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
+            upstreamEnded: false, closed: false, dialTimer: null, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, setCookie: null, respHead: null,
+          };
           s.data = c;
           self.conns.add(c);
           self.stats.accepted++;
           self.stats.active++;
           if (self.o.idleTimeoutSec > 0) s.timeout(self.o.idleTimeoutSec);
+          const pol = self.o.balancer.effectivePolicy();
+          if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
+            c.sniffing = true;
+            c.sniffTimer = setTimeout(() => self.endSniff(c), self.o.sniffTimeoutMs ?? 500);
+            return;
+          }
+          s.pause();
           self.dial(c);
         },
         data(s, chunk) {
-          self.forward(s.data, 'client', chunk);
+          const c = s.data;
+          if (c.sniffing) {
+            c.early = concat(c.early, chunk);
+            if (!looksLikeHttp(c.early) || headEnd(c.early) >= 0 || c.early.length >= MAX_HEAD) self.endSniff(c);
+            return;
+          }
+          self.forward(c, 'client', chunk);
         },
         drain(s) {
           self.drained(s.data, 'client');
@@ -114,9 +153,27 @@ export class TcpServicePort {
     for (const c of [...this.conns]) this.close(c, false);
   }
 
+  /** The request head is in (or will not come): choose by its key and dial. */
+  private endSniff(c: Conn): void {
+    if (!c.sniffing || c.closed) return;
+    c.sniffing = false;
+    if (c.sniffTimer) clearTimeout(c.sniffTimer);
+    c.client.pause();
+    const pol = this.o.balancer.effectivePolicy();
+    if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
+      const end = c.early ? headEnd(c.early) : -1;
+      if (end >= 0) c.hashKey = requestKey(Buffer.from(c.early!.buffer, c.early!.byteOffset, end).toString('latin1'), pol.hash);
+      if (end >= 0 && c.hashKey === undefined && pol.hash.kind === 'cookie') {
+        c.hashKey = randomBytes(16).toString('hex');
+        c.setCookie = setCookieLine(pol.hash, c.hashKey);
+      }
+    }
+    this.dial(c);
+  }
+
   private dial(c: Conn): void {
     if (c.closed) return;
-    const ep = c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: c.client.remoteAddress, exclude: c.tried }) : null;
+    const ep = c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: c.client.remoteAddress, hashKey: c.hashKey, exclude: c.tried }) : null;
     if (!ep) {
       if (c.tried.size === 0) this.stats.noEndpoint++;
       this.o.logger.debug('no endpoint could be connected; closing the client', { tried: [...c.tried].join(',') });
@@ -155,7 +212,18 @@ export class TcpServicePort {
           u.setNoDelay(true);
           if (self.o.idleTimeoutSec > 0) u.timeout(self.o.idleTimeoutSec);
           self.o.balancer.acquire(ep.key);
-          c.client.resume();
+          const early = c.early;
+          c.early = null;
+          if (early) {
+            self.stats.bytesUp += early.length;
+            const n = u.write(early);
+            if (n < early.length) {
+              c.pendingToUpstream = early.subarray(Math.max(0, n)); // drained() resumes the client
+              return;
+            }
+          }
+          if (c.clientEnded) u.shutdown();
+          else c.client.resume();
         },
         data(u, chunk) {
           self.forward(u.data, 'upstream', chunk);
@@ -196,6 +264,15 @@ export class TcpServicePort {
     if (c.closed) return;
     const to = from === 'client' ? c.upstream : c.client;
     if (!to) return; // cannot happen: the client is paused until the upstream is open
+    if (from === 'upstream' && c.setCookie) {
+      // Hold the first response until its head is complete, then announce the generated cookie in it.
+      c.respHead = concat(c.respHead, chunk);
+      const end = headEnd(c.respHead);
+      if (end < 0 && c.respHead.length < 64 * 1024) return;
+      chunk = end >= 0 ? insertIntoHead(c.respHead, end, c.setCookie) : c.respHead;
+      c.setCookie = null;
+      c.respHead = null;
+    }
     if (from === 'client') this.stats.bytesUp += chunk.length;
     else this.stats.bytesDown += chunk.length;
     const n = to.write(chunk);
@@ -240,13 +317,23 @@ export class TcpServicePort {
     if (c.closed) return;
     if (side === 'client') {
       c.clientEnded = true;
+      if (c.sniffing) {
+        this.endSniff(c); // a request followed by FIN: still delivered, then the FIN
+        return;
+      }
       if (!c.upstream) {
-        this.close(c, false);
+        if (!c.early) this.close(c, false);
         return;
       }
       if (!c.pendingToUpstream) c.upstream.shutdown();
     } else {
       c.upstreamEnded = true;
+      if (c.respHead) {
+        // The response ended before its head did: pass on what there is.
+        const held = c.respHead;
+        c.respHead = c.setCookie = null;
+        this.forward(c, 'upstream', held);
+      }
       if (!c.pendingToClient) c.client.shutdown();
     }
     this.finishIfDone(c);
@@ -257,6 +344,7 @@ export class TcpServicePort {
     if (c.closed) return;
     c.closed = true;
     if (c.dialTimer) clearTimeout(c.dialTimer);
+    if (c.sniffTimer) clearTimeout(c.sniffTimer);
     this.conns.delete(c);
     this.stats.active--;
     if (c.ep) this.o.balancer.release(c.ep.key);

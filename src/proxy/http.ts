@@ -1,0 +1,74 @@
+/**
+ * Just enough HTTP/1.x for hashing policies: find the end of the first request head, read one header, cookie or
+ * query parameter from it, and insert a Set-Cookie line into a response head. Bytes are never rewritten
+ * otherwise: the proxy keeps the raw request and replays it, so keep-alive, pipelining and bodies are untouched.
+ */
+import type { HashSource } from '../lb/policy.ts';
+
+/** Longest request head we wait for; beyond it the connection is balanced without a key. */
+export const MAX_HEAD = 16 * 1024;
+const CRLFCRLF = [13, 10, 13, 10];
+
+/** Offset just past the blank line ending a head in `b`, or -1. */
+export function headEnd(b: Uint8Array): number {
+  outer: for (let i = 0; i + 3 < b.length; i++) {
+    for (let k = 0; k < 4; k++) if (b[i + k] !== CRLFCRLF[k]) continue outer;
+    return i + 4;
+  }
+  return -1;
+}
+
+const REQUEST_LINE = /^[A-Z]{3,10} (\S+) HTTP\/1\.[01]\r\n/;
+
+/** Whether the first bytes can be the start of an HTTP/1.x request (so waiting for a head is worth it). */
+export function looksLikeHttp(b: Uint8Array): boolean {
+  const n = Math.min(b.length, 8);
+  for (let i = 0; i < n; i++) {
+    const c = b[i]!;
+    if (c === 32) return i >= 3;
+    if (c < 65 || c > 90) return false;
+  }
+  return true;
+}
+
+/** The hash key of a complete request head, or undefined when the request does not carry it. */
+export function requestKey(head: string, source: HashSource): string | undefined {
+  const line = REQUEST_LINE.exec(head);
+  if (!line) return undefined;
+  if (source.kind === 'query') {
+    const target = line[1]!;
+    const q = target.indexOf('?');
+    if (q < 0) return undefined;
+    return new URLSearchParams(target.slice(q + 1)).get(source.name) ?? undefined;
+  }
+  const wanted = source.kind === 'header' ? source.name : 'cookie';
+  const values: string[] = [];
+  for (const raw of head.slice(line[0].length).split('\r\n')) {
+    const colon = raw.indexOf(':');
+    if (colon > 0 && raw.slice(0, colon).trim().toLowerCase() === wanted) values.push(raw.slice(colon + 1).trim());
+  }
+  if (source.kind === 'header') return values.length ? values.join(',') : undefined;
+  if (source.kind !== 'cookie') return undefined;
+  for (const v of values) {
+    for (const pair of v.split(';')) {
+      const eq = pair.indexOf('=');
+      if (eq > 0 && pair.slice(0, eq).trim() === source.name) return pair.slice(eq + 1).trim();
+    }
+  }
+  return undefined;
+}
+
+/** A Set-Cookie line for a generated key (Envoy does the same for istio's httpCookie with a ttl). */
+export function setCookieLine(source: Extract<HashSource, { kind: 'cookie' }>, value: string): string {
+  return `Set-Cookie: ${source.name}=${value}; Path=${source.path}${source.ttlSeconds > 0 ? `; Max-Age=${Math.floor(source.ttlSeconds)}` : ''}; HttpOnly\r\n`;
+}
+
+/** Insert `line` (ending in CRLF) just before the blank line of the head that ends at `end`. */
+export function insertIntoHead(b: Uint8Array, end: number, line: string): Uint8Array {
+  const add = new TextEncoder().encode(line);
+  const out = new Uint8Array(b.length + add.length);
+  out.set(b.subarray(0, end - 2));
+  out.set(add, end - 2);
+  out.set(b.subarray(end - 2), end - 2 + add.length);
+  return out;
+}
