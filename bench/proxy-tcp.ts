@@ -30,7 +30,7 @@ try {
   proxy.start();
   const cfg = join(dir, 'haproxy.cfg');
   writeFileSync(cfg, `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten p\n  bind 127.0.0.1:${pHa}\n  server s 127.0.0.1:${pServer}\n`);
-  procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', cfg], { stdout: 'ignore', stderr: 'ignore' }));
+  procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', cfg], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
   await Bun.sleep(500);
 
   async function iperf(port: number, streams: number): Promise<number> {

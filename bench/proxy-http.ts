@@ -1,0 +1,71 @@
+#!/usr/bin/env bun
+/**
+ * HTTP through one proxied service port, against direct and haproxy, same run: wrk with keep-alive and with a
+ * new connection per request (`Connection: close`), reporting req/s and latency p50/p99. The proxy (this
+ * process, the shipped TcpServicePort) and haproxy on CPU 0; nginx and wrk on CPU 1.
+ * Usage: bun bench/proxy-http.ts [--seconds=5] [--connections=50]   (needs wrk, nginx-light, haproxy)
+ */
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Balancer } from '../src/lb/balancer.ts';
+import { createLogger } from '../src/obs/logger.ts';
+import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { freePort } from '../test/helpers.ts';
+
+const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
+const seconds = arg('seconds', 5);
+const conns = arg('connections', 50);
+const log = (s: string) => process.stderr.write(s + '\n');
+for (const t of ['wrk', 'nginx', 'haproxy', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install wrk nginx-light haproxy`); process.exit(1); }
+
+Bun.spawnSync(['taskset', '-p', '-c', '0', String(process.pid)]);
+const dir = mkdtempSync(join(tmpdir(), 'edgemesh-httpbench-'));
+// nginx workers drop to an unprivileged user: they must be able to enter the directory.
+chmodSync(dir, 0o755);
+const procs: ReturnType<typeof Bun.spawn>[] = [];
+try {
+  const [pNginx, pHa] = [await freePort(), await freePort()];
+  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:${pNginx}; location / { return 200 "hello\\n"; } }\n}\n`);
+  // Real /dev/null fds: with 'ignore' the fds stay closed and nginx's own sockets collide with fd 1/2.
+  procs.push(Bun.spawn(['taskset', '-c', '1', 'nginx', '-c', join(dir, 'nginx.conf'), '-p', dir], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
+  writeFileSync(join(dir, 'haproxy.cfg'), `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten p\n  bind 127.0.0.1:${pHa}\n  server s 127.0.0.1:${pNginx}\n`);
+  procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', join(dir, 'haproxy.cfg')], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
+  const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
+  balancer.setEndpoints([{ key: `127.0.0.1:${pNginx}`, ip: '127.0.0.1', port: pNginx, nodeName: '', podName: '' }]);
+  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3 });
+  proxy.start();
+  await Bun.sleep(500);
+  log(`nginx :${pNginx}, edgemesh :${proxy.port}, haproxy :${pHa}`);
+
+  // Async spawn: the proxy under test runs on this process's event loop, which spawnSync would block.
+  async function wrk(port: number, close: boolean): Promise<{ rps: number; p50: number; p99: number }> {
+    const r = Bun.spawn(['taskset', '-c', '1', 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), `http://127.0.0.1:${port}/`], { stdout: 'pipe', stderr: 'pipe' });
+    const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
+    await r.exited;
+    const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
+    const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+    if (!rps) throw new Error(`wrk against port ${port} failed: ${out}${err}`);
+    return { rps, p50: ms(/50%\s+(\S+)/.exec(out)?.[1]), p99: ms(/99%\s+(\S+)/.exec(out)?.[1]) };
+  }
+
+  const rows: Record<string, unknown>[] = [];
+  for (const close of [false, true]) {
+    const mode = close ? 'new connection per request' : 'keep-alive';
+    // Rounds in a fresh order each time; wrk with Connection: close leaves TIME_WAIT sockets, so pause between.
+    const direct = await wrk(pNginx, close);
+    if (close) await Bun.sleep(3000);
+    const edge = await wrk(proxy.port, close);
+    if (close) await Bun.sleep(3000);
+    const ha = await wrk(pHa, close);
+    rows.push({ mode, direct, edgemesh: edge, haproxy: ha });
+    log(`${mode}: direct ${direct.rps.toFixed(0)} req/s (p50 ${direct.p50.toFixed(2)} ms, p99 ${direct.p99.toFixed(2)} ms); edgemesh ${edge.rps.toFixed(0)} (${(edge.rps / direct.rps).toFixed(2)}, p50 ${edge.p50.toFixed(2)}, p99 ${edge.p99.toFixed(2)}); haproxy ${ha.rps.toFixed(0)} (${(ha.rps / direct.rps).toFixed(2)}, p50 ${ha.p50.toFixed(2)}, p99 ${ha.p99.toFixed(2)})`);
+    if (close) await Bun.sleep(3000);
+  }
+  proxy.stop();
+  console.log(JSON.stringify(rows, null, 2));
+} finally {
+  for (const p of procs) p.kill();
+  if (!process.env.KEEP) rmSync(dir, { recursive: true, force: true });
+  else log(`kept ${dir}`);
+}
