@@ -21,6 +21,7 @@ import type { MetricsRegistry } from '../obs/metrics.ts';
 import { type RulesBackend, chooseRules } from './rules.ts';
 import { TcpServicePort } from './tcp.ts';
 import { UdpServicePort } from './udp.ts';
+import { socks5Route } from './socks5.ts';
 
 export interface ProxyModuleDeps {
   config: AgentConfig;
@@ -69,6 +70,7 @@ export class ProxyModule {
   private resync: ReturnType<typeof setInterval> | null = null;
   /** Syncs run one at a time, in order (opening a UDP socket is async). */
   private syncing: Promise<void> = Promise.resolve();
+  private socks5: TcpServicePort | null = null;
 
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
@@ -89,6 +91,22 @@ export class ProxyModule {
       this.unsubscribe = catalog.subscribe((snap, change) => {
         if (change.keys.services.size || change.keys.endpoints.size || change.keys.destinationRules.size) void this.queueSync(snap);
       });
+      if (this.cfg.socks5Proxy.enable) {
+        this.socks5 = new TcpServicePort({
+          host: this.host,
+          port: this.cfg.socks5Proxy.listenPort,
+          balancer: new Balancer({ ring: this.cfg.loadBalancer.consistentHash }),
+          logger: logger.child('socks5'),
+          // Nodes are dialed directly until the tunnel exists.
+          isLocal: () => true,
+          connectTimeoutMs: this.cfg.connectTimeoutMs,
+          idleTimeoutSec: this.cfg.tcpIdleTimeout,
+          maxAttempts: 1,
+          route: socks5Route({ nodeName: this.deps.nodeName, catalog: () => catalog.snapshot(), logger: logger.child('socks5') }),
+        });
+        this.socks5.start();
+        logger.info('SOCKS5 proxy listening', { address: `${this.host}:${this.socks5.port}` });
+      }
       this.state = 'running';
       this.registerMetrics();
       logger.info('proxy listening', { address: this.host, servicePorts: this.entries.size, interception: this.rules?.name ?? 'none' });
@@ -115,6 +133,8 @@ export class ProxyModule {
       }
     }
     this.rules = null;
+    this.socks5?.stop();
+    this.socks5 = null;
     for (const e of this.entries.values()) e.listener.stop();
     this.entries.clear();
     if (this.state === 'running') this.state = 'stopped';

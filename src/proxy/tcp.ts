@@ -29,6 +29,21 @@ const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
   return out;
 };
 
+/**
+ * A protocol that decides the target itself from the first bytes (SOCKS5): it may answer the client while
+ * deciding, then names the target and the bytes left over for it.
+ */
+export interface RouteHook {
+  /** All bytes received so far; 'more' to wait for more, null to close, or the target. */
+  decide(client: Socket<unknown>, buffered: Uint8Array): 'more' | null | { target: LbEndpoint; rest: Uint8Array };
+  /** The target is connected: e.g. send the protocol's success reply. */
+  connected?(client: Socket<unknown>): void;
+  /** The target could not be connected: e.g. send the protocol's failure reply (the client is closed after). */
+  failed?(client: Socket<unknown>): void;
+  /** How long the client may take to say where it wants to go. */
+  timeoutMs: number;
+}
+
 export interface TcpPortOptions {
   host: string;
   /** 0 = kernel-assigned (the original's model). */
@@ -43,6 +58,8 @@ export interface TcpPortOptions {
   maxAttempts: number;
   /** How long to wait for a request head when a hashing policy needs one. */
   sniffTimeoutMs?: number;
+  /** Targets chosen by a protocol handshake instead of the balancer (the balancer then only counts). */
+  route?: RouteHook;
 }
 
 export interface TcpPortStats {
@@ -83,6 +100,8 @@ interface Conn {
   sniffing: boolean;
   sniffTimer: ReturnType<typeof setTimeout> | null;
   hashKey: string | undefined;
+  /** The target a route hook chose (one attempt, no balancer). */
+  fixedTarget: LbEndpoint | null;
   /** A Set-Cookie line still to insert into the first response head, and the response bytes held for it. */
   setCookie: string | null;
   respHead: Uint8Array | null;
@@ -110,13 +129,18 @@ export class TcpServicePort {
           s.setNoDelay(true);
           const c: Conn = {
             client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
-            upstreamEnded: false, closed: false, dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, setCookie: null, respHead: null,
+            upstreamEnded: false, closed: false, dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null,
           };
           s.data = c;
           self.conns.add(c);
           self.stats.accepted++;
           self.stats.active++;
           if (self.o.idleTimeoutSec > 0) s.timeout(self.o.idleTimeoutSec);
+          if (self.o.route) {
+            c.sniffing = true;
+            c.sniffTimer = setTimeout(() => self.close(c, false), self.o.route.timeoutMs);
+            return;
+          }
           const pol = self.o.balancer.effectivePolicy();
           if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
             c.sniffing = true;
@@ -130,7 +154,8 @@ export class TcpServicePort {
           const c = s.data;
           if (c.sniffing) {
             c.early = concat(c.early, chunk);
-            if (!looksLikeHttp(c.early) || headEnd(c.early) >= 0 || c.early.length >= MAX_HEAD) self.endSniff(c);
+            if (self.o.route) self.routeDecide(c);
+            else if (!looksLikeHttp(c.early) || headEnd(c.early) >= 0 || c.early.length >= MAX_HEAD) self.endSniff(c);
             return;
           }
           self.forward(c, 'client', chunk);
@@ -162,6 +187,24 @@ export class TcpServicePort {
     for (const c of [...this.conns]) this.close(c, false);
   }
 
+  private routeDecide(c: Conn): void {
+    const r = this.o.route!.decide(c.client as Socket<unknown>, c.early!);
+    if (r === 'more') {
+      if (c.early!.length > MAX_HEAD) this.close(c, false);
+      return;
+    }
+    c.sniffing = false;
+    if (c.sniffTimer) clearTimeout(c.sniffTimer);
+    if (r === null) {
+      this.close(c, false);
+      return;
+    }
+    c.client.pause();
+    c.fixedTarget = r.target;
+    c.early = r.rest.length ? r.rest : null;
+    this.dial(c);
+  }
+
   /** The request head is in (or will not come): choose by its key and dial. */
   private endSniff(c: Conn): void {
     if (!c.sniffing || c.closed) return;
@@ -182,8 +225,11 @@ export class TcpServicePort {
 
   private dial(c: Conn): void {
     if (c.closed) return;
-    const ep = c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: c.client.remoteAddress, hashKey: c.hashKey, exclude: c.tried }) : null;
+    const ep = c.fixedTarget
+      ? (c.tried.size === 0 ? c.fixedTarget : null)
+      : c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: c.client.remoteAddress, hashKey: c.hashKey, exclude: c.tried }) : null;
     if (!ep) {
+      if (c.fixedTarget) this.o.route?.failed?.(c.client as Socket<unknown>);
       if (c.tried.size === 0) this.stats.noEndpoint++;
       this.o.logger.debug('no endpoint could be connected; closing the client', { tried: [...c.tried].join(',') });
       this.close(c, false);
@@ -221,6 +267,7 @@ export class TcpServicePort {
       u.setNoDelay(true);
       if (this.o.idleTimeoutSec > 0) u.timeout(this.o.idleTimeoutSec);
       this.o.balancer.acquire(ep.key);
+      if (c.fixedTarget) this.o.route?.connected?.(c.client as Socket<unknown>);
       const early = c.early;
       c.early = null;
       if (early) {
@@ -316,6 +363,10 @@ export class TcpServicePort {
     if (c.closed) return;
     if (side === 'client') {
       c.clientEnded = true;
+      if (c.sniffing && this.o.route) {
+        this.close(c, false); // the client left before saying where to
+        return;
+      }
       if (c.sniffing) {
         this.endSniff(c); // a request followed by FIN: still delivered, then the FIN
         return;
