@@ -33,6 +33,14 @@ try {
   procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', cfg], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
   await Bun.sleep(500);
 
+  const haPid = procs[1]!.pid;
+  /** CPU seconds (user + system) used so far by haproxy (its worker is the process itself in foreground mode). */
+  const haCpu = async (): Promise<number> => {
+    const f = (await Bun.file(`/proc/${haPid}/stat`).text()).split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  };
+  const ourCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+
   async function iperf(port: number, streams: number): Promise<number> {
     // iperf3 -s -1 serves one test; restart it for each run.
     const srv = Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1'], { stdout: 'ignore', stderr: 'ignore' });
@@ -51,10 +59,16 @@ try {
   const rows: Record<string, number>[] = [];
   for (const streams of [1, 4]) {
     const direct = await iperf(pServer, streams);
+    let c0 = ourCpu();
     const viaProxy = await iperf(proxy.port, streams);
+    const edgeCpu = ourCpu() - c0;
+    c0 = await haCpu();
     const viaHa = await iperf(pHa, streams);
-    rows.push({ streams, direct, edgemesh: viaProxy, haproxy: viaHa });
-    log(`${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, edgemesh ${viaProxy.toFixed(2)} (${(viaProxy / direct).toFixed(2)}), haproxy ${viaHa.toFixed(2)} (${(viaHa / direct).toFixed(2)})`);
+    const haproxyCpu = (await haCpu()) - c0;
+    // CPU seconds per Gbit moved: cpu-seconds / (Gbit/s × seconds) = cores busy per Gbit/s.
+    const perGbit = (cpu: number, gbps: number) => cpu / (gbps * seconds);
+    rows.push({ streams, direct, edgemesh: viaProxy, haproxy: viaHa, edgemeshCoresPerGbps: perGbit(edgeCpu, viaProxy), haproxyCoresPerGbps: perGbit(haproxyCpu, viaHa) });
+    log(`${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, edgemesh ${viaProxy.toFixed(2)} (${(viaProxy / direct).toFixed(2)}, ${perGbit(edgeCpu, viaProxy).toFixed(3)} cores per Gbit/s), haproxy ${viaHa.toFixed(2)} (${(viaHa / direct).toFixed(2)}, ${perGbit(haproxyCpu, viaHa).toFixed(3)} cores per Gbit/s)`);
   }
   proxy.stop();
   console.log(JSON.stringify(rows, null, 2));
