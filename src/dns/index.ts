@@ -14,7 +14,7 @@ import type { Catalog } from '../catalog/catalog.ts';
 import { dnsListenAddress } from '../config/load.ts';
 import type { AgentConfig } from '../config/schema-edgemesh.ts';
 import { describeError } from '../errors.ts';
-import { ensureBridge } from '../net/bridge.ts';
+import { ensureListenAddress } from '../net/bridge.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import { Forwarder, type Upstream, formatUpstream, parseResolvConf, parseUpstream } from './forwarder.ts';
@@ -48,7 +48,7 @@ export class DnsModule {
   async start(): Promise<void> {
     const { config, catalog, logger } = this.deps;
     try {
-      if (this.host === config.commonConfig.bridgeDeviceIP) await ensureBridge(config.commonConfig.bridgeDeviceName, this.host, logger);
+      await ensureListenAddress(this.host, config.commonConfig, logger);
       const cache = this.cfg.cacheDNS;
       this.forwarder = new Forwarder({
         upstreams: () => this.upstreams(),

@@ -39,3 +39,11 @@ export async function ensureBridge(name: string, ipAddr: string, logger: Logger)
   const up = await ip(['link', 'set', name, 'up']);
   if (up.code !== 0) throw new EdgeMeshError('INTERNAL', `cannot bring ${name} up: ${up.err}`);
 }
+
+/**
+ * A module about to listen on `host`: when that is the bridge IP (the original's address for DNS and the proxy),
+ * make sure the bridge carries it. Any other address is the operator's to provide.
+ */
+export async function ensureListenAddress(host: string, common: { bridgeDeviceName: string; bridgeDeviceIP: string }, logger: Logger): Promise<void> {
+  if (host === common.bridgeDeviceIP) await ensureBridge(common.bridgeDeviceName, host, logger);
+}

@@ -15,7 +15,7 @@ import type { AgentConfig } from '../config/schema-edgemesh.ts';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import { Balancer, type LbEndpoint } from '../lb/balancer.ts';
 import { parsePolicy, ruleFor } from '../lb/policy.ts';
-import { ensureBridge } from '../net/bridge.ts';
+import { ensureListenAddress } from '../net/bridge.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import { type RulesBackend, chooseRules } from './rules.ts';
@@ -80,7 +80,7 @@ export class ProxyModule {
   async start(): Promise<void> {
     const { config, catalog, logger } = this.deps;
     try {
-      if (this.host === config.commonConfig.bridgeDeviceIP) await ensureBridge(config.commonConfig.bridgeDeviceName, this.host, logger);
+      await ensureListenAddress(this.host, config.commonConfig, logger);
       this.rules = await chooseRules(this.cfg.interception, logger);
       await this.queueSync(catalog.snapshot());
       await this.rulesRunning;
