@@ -1,8 +1,9 @@
 /** The agent as a real process in standalone mode: file catalog, admin server, snapshot, signals. */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { hasLocalAddress } from '../src/net/bridge.ts';
 import { join } from 'node:path';
-import { AgentProcess, getJson, getText, listening, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { AgentProcess, MAIN, getJson, getText, listening, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
 
 const service = (name: string, ip: string) => `apiVersion: v1
 kind: Service
@@ -189,5 +190,37 @@ describe('small commands', () => {
   test('bench lists its scenarios; an unknown one is a usage error', async () => {
     expect((await runCli(['bench', '--list'])).stdout).toContain('catalog');
     expect((await runCli(['bench', 'nope'])).code).toBe(2);
+  });
+});
+
+describe('start failures', () => {
+  test('DNS on a port that is taken: exit 1 with the reason; as non-root on the bridge IP: exit 2', async () => {
+    const t = tempDir();
+    const busy = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } });
+    const udpBusy = await Bun.udpSocket({ hostname: '127.0.0.1', port: busy.port, socket: { data() {}, error() {} } });
+    try {
+      const cat = join(t.path, 'c.yaml');
+      writeFileSync(cat, service('a', '10.96.0.1'));
+      const cfg = await writeAgentConfig(t.path, `catalog: { file: ${cat} }\nmodules:\n  edgeDNS: { enable: true, listenAddress: 127.0.0.1, listenPort: ${busy.port} }\n`);
+      const r = await runCli(['agent', '--config', cfg.path, '--node-name', 'n1']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`cannot listen for DNS on 127.0.0.1:${busy.port}`);
+      // Not root, default address (the bridge IP, which this host does not have): a config problem, exit 2.
+      // As root the suite runs that as nobody; the bridge must then not exist on the host (tests never create it).
+      const asNobody = process.getuid?.() === 0 && !!Bun.which('runuser') && !hasLocalAddress('169.254.96.16');
+      if (process.getuid?.() !== 0 || asNobody) {
+        chmodSync(t.path, 0o777);
+        chmodSync(cat, 0o644);
+        const cfg2 = await writeAgentConfig(t.path, `catalog: { file: ${cat} }\nmodules:\n  edgeDNS: { enable: true }\n`);
+        chmodSync(cfg2.path, 0o644);
+        const r2 = await runCli(['agent', '--config', cfg2.path, '--node-name', 'n1'], asNobody ? { bin: ['runuser', '-u', 'nobody', '--', process.execPath, MAIN] } : {});
+        expect(r2.stderr).toContain('modules.edgeDNS.listenAddress');
+        expect(r2.code).toBe(2);
+      }
+    } finally {
+      busy.stop(true);
+      udpBusy.close();
+      t.cleanup();
+    }
   });
 });

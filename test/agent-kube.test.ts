@@ -224,7 +224,7 @@ describe('ways to reach the API, and the gateway role', () => {
   });
 
   test('gateway: watches Gateways, VirtualServices and Secrets; never serves Secret data', async () => {
-    const cfg = await writeAgentConfig(t.path, `kubeAPIConfig:\n  master: ${api.url}\n`);
+    const cfg = await writeAgentConfig(t.path, `kubeAPIConfig:\n  master: ${api.url}\n`, 'gateway');
     const agent = await readyWith(['gateway', '--config', cfg.path, '--node-name', 'edge-0'], cfg.admin);
     try {
       const c = await getJson<DebugCatalog & { gateways: { name: string }[]; virtualServices: { name: string }[]; secrets: Record<string, unknown>[] }>(`${cfg.admin}/debug/catalog`);

@@ -104,12 +104,26 @@ export async function getText(url: string): Promise<{ status: number; body: stri
   return { status: r.status, body: await r.text() };
 }
 
-/** Write an agent config file with a free admin port and a private state dir; returns its path and admin URL. */
-export async function writeAgentConfig(dir: string, extra: string): Promise<{ path: string; admin: string; stateDir: string }> {
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+function deepMerge(a: Obj, b: Obj): Obj {
+  const out: Obj = { ...a };
+  for (const [k, v] of Object.entries(b)) out[k] = isObj(v) && isObj(out[k]) ? deepMerge(out[k] as Obj, v) : v;
+  return out;
+}
+
+/**
+ * Write an agent config file with a free admin port and a private state dir; returns its path and admin URL.
+ * `extra` (YAML) is merged over that base. DNS is off unless `extra` turns it on: edge mode enables it by
+ * default on 169.254.96.16:53, which a test must never take on the host.
+ */
+export async function writeAgentConfig(dir: string, extra: string, role: 'agent' | 'gateway' = 'agent'): Promise<{ path: string; admin: string; stateDir: string }> {
   const port = await freePort();
   const stateDir = join(dir, 'state');
-  const path = join(dir, 'edgemesh-agent.yaml');
-  writeFileSync(path, `commonConfig:\n  stateDir: ${stateDir}\n  adminAddress: 127.0.0.1:${port}\n${extra}`);
+  const path = join(dir, `edgemesh-agent-${port}.yaml`);
+  const base: Obj = { commonConfig: { stateDir, adminAddress: `127.0.0.1:${port}` }, ...(role === 'agent' ? { modules: { edgeDNS: { enable: false } } } : {}) };
+  const parsed = extra.trim() ? (Bun.YAML.parse(extra) as Obj) : {};
+  writeFileSync(path, JSON.stringify(deepMerge(base, parsed), null, 2));
   return { path, admin: `http://127.0.0.1:${port}`, stateDir };
 }
 

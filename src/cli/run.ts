@@ -4,7 +4,7 @@
  */
 import { Agent } from '../agent.ts';
 import { ConfigError, type Role, loadConfig } from '../config/load.ts';
-import { describeError } from '../errors.ts';
+import { describeError, exitCodeFor } from '../errors.ts';
 import { createLogger } from '../obs/logger.ts';
 
 export const STOP_DEADLINE_MS = 2000;
@@ -43,6 +43,7 @@ export async function runNode(role: Role, o: { config?: string; catalog?: string
     logger.error('start failed', { error: describeError(err) });
     await agent.stop();
     if (err instanceof ConfigError) throw err;
-    process.exit(1);
+    // 2 for a configuration problem found only now (e.g. the bridge address needs root), 1 for the rest.
+    process.exit(exitCodeFor(err));
   }
 }
