@@ -66,6 +66,7 @@ describe('EdgeDNS (agent process)', () => {
   let agent: AgentProcess;
   let port = 0;
   let catalogPath = '';
+  let admin = '';
 
   beforeAll(async () => {
     await up.start();
@@ -86,6 +87,7 @@ modules:
     upstreamTimeoutMs: 300
     tcpIdleTimeout: 1
 `);
+    admin = cfg.admin;
     agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-1']);
     await waitFor(async () => (await getText(`${cfg.admin}/readyz`)).status === 200, 'readyz');
   });
@@ -257,6 +259,15 @@ modules:
     expect(r.answers!.map((a) => a.data)).toEqual(['10.96.0.10']);
     expect(agent.logs).not.toContain('please report');
   }, 120_000);
+
+  test('/metrics exports the DNS counters as counters, with the queries seen so far', async () => {
+    const m = (await getText(`${admin}/metrics`)).body;
+    expect(m).toContain('# TYPE edgemesh_dns_queries_total counter');
+    const zone = Number(/edgemesh_dns_queries_total\{outcome="zone"\} (\d+)/.exec(m)?.[1]);
+    expect(zone).toBeGreaterThan(10);
+    expect(Number(/edgemesh_dns_cache_hits_total (\d+)/.exec(m)?.[1])).toBeGreaterThan(0);
+    expect(Number(/edgemesh_dns_queries_total\{outcome="formerr"\} (\d+)/.exec(m)?.[1])).toBeGreaterThan(0);
+  });
 
   test('a catalog file edit shows in answers', async () => {
     writeFileSync(catalogPath, readFileSync(catalogPath, 'utf8') + `---

@@ -165,14 +165,14 @@ export class DnsModule {
   private registerMetrics(): void {
     const m = this.deps.metrics;
     if (!m) return;
-    const g = m.gauge('edgemesh_dns_queries_total', 'DNS queries by outcome (counter semantics)');
+    const g = m.counterFrom('edgemesh_dns_queries_total', 'DNS queries by outcome');
     const s = () => this.server?.stats;
     g.set(() => s()?.zoneAnswers ?? 0, { outcome: 'zone' });
     g.set(() => s()?.forwarded ?? 0, { outcome: 'forwarded' });
     g.set(() => s()?.formerr ?? 0, { outcome: 'formerr' });
     g.set(() => s()?.dropped ?? 0, { outcome: 'dropped' });
     g.set(() => s()?.rateLimited ?? 0, { outcome: 'rate_limited' });
-    m.gauge('edgemesh_dns_cache_hits_total', 'Forwarded answers served from the cache').set(() => this.forwarder?.stats.cacheHits ?? 0);
-    m.gauge('edgemesh_dns_upstream_failures_total', 'Upstream tries without an answer').set(() => this.forwarder?.stats.upstreamFailures ?? 0);
+    m.counterFrom('edgemesh_dns_cache_hits_total', 'Forwarded answers served from the cache').set(() => this.forwarder?.stats.cacheHits ?? 0);
+    m.counterFrom('edgemesh_dns_upstream_failures_total', 'Upstream tries without an answer').set(() => this.forwarder?.stats.upstreamFailures ?? 0);
   }
 }

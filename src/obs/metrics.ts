@@ -31,7 +31,7 @@ export class Counter implements Series {
 }
 
 export class Gauge implements Series {
-  readonly type = 'gauge';
+  readonly type: 'gauge' | 'counter' = 'gauge';
   private values = new Map<string, number | (() => number)>();
   constructor(readonly name: string, readonly help: string) {}
   set(value: number | (() => number), labels: Labels = {}): void {
@@ -40,6 +40,11 @@ export class Gauge implements Series {
   render(): string[] {
     return [...this.values].map(([k, v]) => `${this.name}${k ? `{${k}}` : ''} ${typeof v === 'function' ? v() : v}`);
   }
+}
+
+/** A counter whose value a module already keeps (read at scrape time), exported with TYPE counter. */
+export class CounterFunc extends Gauge {
+  override readonly type = 'counter' as const;
 }
 
 export class Histogram implements Series {
@@ -75,6 +80,10 @@ export class MetricsRegistry {
   }
   gauge(name: string, help: string): Gauge {
     return this.add(new Gauge(name, help));
+  }
+  /** A monotonically increasing value read from a function at scrape time. */
+  counterFrom(name: string, help: string): CounterFunc {
+    return this.add(new CounterFunc(name, help));
   }
   histogram(name: string, help: string, buckets: number[]): Histogram {
     return this.add(new Histogram(name, help, buckets));

@@ -269,12 +269,12 @@ export class ProxyModule {
     const sum = (f: (e: Entry) => number) => () => [...this.entries.values()].reduce((a, e) => a + f(e), 0);
     m.gauge('edgemesh_proxy_service_ports', 'Service ports with a listener').set(() => this.entries.size);
     m.gauge('edgemesh_proxy_connections_active', 'Proxied TCP connections open now').set(sum((e) => e.listener.stats.active));
-    m.gauge('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted (counter semantics)').set(sum((e) => e.listener.stats.accepted));
+    m.counterFrom('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted').set(sum((e) => e.listener.stats.accepted));
     const tcp = (f: (s: TcpServicePort['stats']) => number) => sum((e) => (e.listener instanceof TcpServicePort ? f(e.listener.stats) : 0));
     const udp = (f: (s: UdpServicePort['stats']) => number) => sum((e) => (e.listener instanceof UdpServicePort ? f(e.listener.stats) : 0));
-    m.gauge('edgemesh_proxy_dial_failures_total', 'Endpoint dials that failed (counter semantics)').set(tcp((s) => s.dialFailures));
-    m.gauge('edgemesh_proxy_bytes_total', 'TCP bytes proxied (counter semantics)').set(tcp((s) => s.bytesUp + s.bytesDown));
-    m.gauge('edgemesh_proxy_udp_datagrams_total', 'UDP datagrams proxied (counter semantics)').set(udp((s) => s.datagramsUp + s.datagramsDown));
-    m.gauge('edgemesh_proxy_udp_dropped_total', 'UDP datagrams dropped (counter semantics)').set(udp((s) => s.dropped));
+    m.counterFrom('edgemesh_proxy_dial_failures_total', 'Endpoint dials that failed').set(tcp((s) => s.dialFailures));
+    m.counterFrom('edgemesh_proxy_bytes_total', 'TCP bytes proxied').set(tcp((s) => s.bytesUp + s.bytesDown));
+    m.counterFrom('edgemesh_proxy_udp_datagrams_total', 'UDP datagrams proxied').set(udp((s) => s.datagramsUp + s.datagramsDown));
+    m.counterFrom('edgemesh_proxy_udp_dropped_total', 'UDP datagrams dropped').set(udp((s) => s.dropped));
   }
 }
