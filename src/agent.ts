@@ -46,6 +46,8 @@ export interface AgentStatus {
     snapshot: { path: string | null; savedAt: string | null; error: string | null; restoredFrom: string | null };
   };
   modules: ModuleStatus[];
+  /** The proxy's service ports, when the proxy runs. */
+  proxy?: ReturnType<ProxyModule['ports']>;
 }
 
 export interface AgentDeps {
@@ -214,6 +216,7 @@ export class Agent {
         snapshot: { path: l.snapshotPath, savedAt: this.snapshotWriter?.status().savedAt ?? null, error: this.snapshotWriter?.status().error ?? null, restoredFrom: this.restoredFrom },
       },
       modules: this.modules(),
+      ...(this.proxy ? { proxy: this.proxy.ports() } : {}),
     };
   }
 

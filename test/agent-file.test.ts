@@ -224,3 +224,25 @@ describe('start failures', () => {
     }
   });
 });
+
+describe('the README quick start', () => {
+  test('the embedded default: example service in DNS and through the proxy, no root needed, nothing on the firewall', async () => {
+    const t = tempDir();
+    const backend = Bun.serve({ hostname: '127.0.0.1', port: 8080, fetch: () => new Response('hello from the example endpoint') });
+    const agent = new AgentProcess(['agent', '--node-name', 'n1'], { env: { HOME: t.path, XDG_STATE_HOME: '' } });
+    try {
+      await waitFor(async () => (await getText('http://127.0.0.1:10551/readyz')).status === 200, () => `readyz\n${agent.logs}`);
+      const { ask } = await import('./fixtures/dns.ts');
+      expect((await ask(10053, 'hello.default.svc.cluster.local')).answers[0]!.data).toBe('10.96.0.100');
+      const ports = await getJson<{ service: string; listenPort: number }[]>('http://127.0.0.1:10551/debug/proxy');
+      const hello = ports.find((p) => p.service === 'default/hello:http')!;
+      expect(await (await fetch(`http://127.0.0.1:${hello.listenPort}/`)).text()).toBe('hello from the example endpoint');
+      expect(agent.logs).toContain('wrote an example catalog');
+      expect(agent.logs).toContain('interception=none');
+    } finally {
+      expect(await agent.stop()).toBe(0);
+      backend.stop(true);
+      t.cleanup();
+    }
+  });
+});

@@ -139,6 +139,7 @@ describe('config', () => {
       expect((emb.config as AgentConfig).modules.edgeDNS.listenAddress).toBe('127.0.0.1');
       expect((emb.config as AgentConfig).modules.edgeDNS.listenPort).toBe(10053);
       expect(emb.admin).toEqual({ host: '127.0.0.1', port: 10551 });
+      expect((emb.config as AgentConfig).modules.edgeProxy).toMatchObject({ enable: true, listenAddress: '127.0.0.1', interception: 'none' });
     } finally {
       t.cleanup();
     }

@@ -32,6 +32,15 @@ export function formatStatus(st: AgentStatus): string {
   lines.push(`snapshot:  ${c.snapshot.path ?? 'disabled'}${c.snapshot.path ? `, saved ${ago(c.snapshot.savedAt)}` : ''}${c.snapshot.error ? ` — WRITE FAILING: ${c.snapshot.error}` : ''}`);
   lines.push('modules:');
   for (const m of st.modules) lines.push(`  ${m.name.padEnd(11)} ${(m.enabled ? 'enabled' : 'disabled').padEnd(9)} ${m.state.padEnd(10)} ${m.detail}`);
+  if (st.proxy) {
+    lines.push(`service ports (${st.proxy.length}):`);
+    const shown = st.proxy.slice(0, 20);
+    for (const p of shown) {
+      const dest = p.clusterIPs.length ? `${p.clusterIPs.join(',')}:${p.port}` : `port ${p.port}`;
+      lines.push(`  ${p.service.padEnd(28)} ${p.protocol.padEnd(3)} ${dest.padEnd(22)} → ${p.listenHost}:${p.listenPort}  ${p.endpoints} endpoints, ${p.policy}, ${p.active} active${p.warning ? `  (${p.warning})` : ''}`);
+    }
+    if (st.proxy.length > shown.length) lines.push(`  … ${st.proxy.length - shown.length} more: /debug/proxy`);
+  }
   return lines.join('\n') + '\n';
 }
 

@@ -74,7 +74,13 @@ export function embeddedOverlay(role: Role, env: Env): Record<string, unknown> {
     commonConfig: { stateDir, adminAddress: role === 'agent' ? '127.0.0.1:10551' : '127.0.0.1:10552' },
     catalog: { file: join(stateDir, 'catalog.yaml') },
   };
-  if (role === 'agent') overlay.modules = { edgeDNS: { enable: true, listenAddress: '127.0.0.1', listenPort: 10053 } };
+  // DNS and the proxy on loopback, and no interception rules: nothing here needs root or touches the firewall.
+  if (role === 'agent') {
+    overlay.modules = {
+      edgeDNS: { enable: true, listenAddress: '127.0.0.1', listenPort: 10053 },
+      edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none' },
+    };
+  }
   return overlay;
 }
 
