@@ -309,7 +309,12 @@ export class TcpServicePort {
   private forward(c: Conn, from: Side, chunk: Uint8Array): void {
     if (c.closed) return;
     const to = from === 'client' ? c.upstream : c.client;
-    if (!to) return; // cannot happen: the client is paused until the upstream is open
+    if (!to) {
+      // The client is paused until the upstream is open, so this should not happen; if a read was already under
+      // way, keep its bytes with the early ones (replayed on open) rather than lose them.
+      c.early = concat(c.early, chunk);
+      return;
+    }
     if (from === 'upstream' && c.setCookie) {
       // Hold the first response until its head is complete, then announce the generated cookie in it.
       c.respHead = concat(c.respHead, chunk);
