@@ -125,6 +125,8 @@ export class TcpServicePort {
       port: this.o.port,
       allowHalfOpen: true,
       socket: {
+        // Plain Uint8Array views: the splice never needs Buffer methods, and Bun can skip creating them.
+        binaryType: 'uint8array',
         open(s) {
           s.setNoDelay(true);
           const c: Conn = {
@@ -247,14 +249,15 @@ export class TcpServicePort {
       c.attempt++; // a late open or connectError of this attempt is ignored
       this.failedDial(c, ep, `connect timeout after ${this.o.connectTimeoutMs} ms`);
     }, this.o.connectTimeoutMs);
-    Bun.connect<Dial>({ hostname: ep.ip, port: ep.port, allowHalfOpen: true, data: { c, ep, attempt }, socket: this.upstreamHandlers }).catch(() => {});
+    Bun.connect<Dial>({ hostname: ep.ip, port: ep.port, allowHalfOpen: true, data: { c, ep, attempt }, socket: this.upstreamHandlers as unknown as Bun.SocketHandler<Dial> }).catch(() => {}); // typings only allow "buffer" here
   }
 
   /**
    * One handler object for every upstream socket (state lives in socket.data): building a fresh set of closures
    * per connection is measurable at tens of thousands of new connections per second.
    */
-  private readonly upstreamHandlers: Bun.SocketHandler<Dial> = {
+  private readonly upstreamHandlers: Bun.SocketHandler<Dial, 'uint8array'> = {
+    binaryType: 'uint8array',
     open: (u) => {
       const { c, ep, attempt } = u.data;
       if (attempt !== c.attempt || c.closed || c.upstream) {
