@@ -1,0 +1,221 @@
+/**
+ * `edgemesh bench proxy` and `edgemesh bench dns`: profile this node with nothing but the binary, each against a
+ * baseline measured in the same run (the machine may be busy: compare ratios, not absolutes).
+ * - proxy: bulk throughput and small request/response latency through a TcpServicePort vs a direct connection
+ *   to the same local echo server;
+ * - dns: query rate and latency of the DNS server (1,000 services) vs a bare UDP echo server on the same event
+ *   loop, the floor for any UDP service on this runtime.
+ * Everything listens on 127.0.0.1 and stops by itself. Client, server and proxy share this one process (and
+ * its event loop), so the ratios are a self-check of this node's runtime, pessimistic for the proxy; the
+ * deployment figures against haproxy and dnsmasq come from bench/proxy-*.ts and bench/dns.ts.
+ */
+import { Catalog } from '../src/catalog/catalog.ts';
+import { Zone } from '../src/dns/zone.ts';
+import { DnsServer } from '../src/dns/server.ts';
+import { Forwarder } from '../src/dns/forwarder.ts';
+import { Balancer } from '../src/lb/balancer.ts';
+import { createLogger } from '../src/obs/logger.ts';
+import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { syntheticObjects } from './catalog.ts';
+import type { Scenario } from './scenarios.ts';
+
+const logger = createLogger('bench', { level: 'error' });
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+
+/** An echo server with real backpressure: what the socket does not take now waits, and reading pauses. */
+function echoServer(): Bun.TCPSocketListener<{ rest: Uint8Array | null }> {
+  return Bun.listen<{ rest: Uint8Array | null }>({
+    hostname: '127.0.0.1',
+    port: 0,
+    socket: {
+      open(s) {
+        s.data = { rest: null };
+      },
+      data(s, d) {
+        const n = s.write(d);
+        if (n < d.length) {
+          s.data.rest = d.subarray(Math.max(0, n));
+          s.pause();
+        }
+      },
+      drain(s) {
+        const r = s.data.rest;
+        if (!r) return;
+        const n = s.write(r);
+        if (n < r.length) {
+          s.data.rest = r.subarray(Math.max(0, n));
+          return;
+        }
+        s.data.rest = null;
+        s.resume();
+      },
+    },
+  });
+}
+
+/** Send `bytes` as fast as the socket takes them and count what is echoed back; MB/s. */
+async function bulk(port: number, bytes: number): Promise<number> {
+  const chunk = new Uint8Array(256 * 1024);
+  let sent = 0;
+  let got = 0;
+  const t0 = performance.now();
+  await new Promise<void>((resolve) => {
+    const pump = (s: { write(b: Uint8Array): number }) => {
+      while (sent < bytes) {
+        const n = s.write(chunk);
+        if (n > 0) sent += n;
+        if (n < chunk.length) return;
+      }
+    };
+    void Bun.connect({ hostname: '127.0.0.1', port, socket: {
+      open: pump,
+      drain: pump,
+      data(s, d) {
+        got += d.length;
+        if (got >= bytes) {
+          s.end();
+          resolve();
+        }
+      },
+    } });
+  });
+  return bytes / 1e6 / ((performance.now() - t0) / 1000);
+}
+
+/** Sequential 64-byte round trips on one connection; latencies in µs. */
+async function pingPong(port: number, n: number): Promise<number[]> {
+  const lat: number[] = [];
+  const msg = new Uint8Array(64);
+  await new Promise<void>((resolve) => {
+    let t = 0;
+    let got = 0;
+    void Bun.connect({ hostname: '127.0.0.1', port, socket: {
+      open(s) {
+        t = performance.now();
+        s.write(msg);
+      },
+      data(s, d) {
+        got += d.length;
+        if (got < 64) return;
+        got = 0;
+        lat.push((performance.now() - t) * 1000);
+        if (lat.length >= n) {
+          s.end();
+          resolve();
+          return;
+        }
+        t = performance.now();
+        s.write(msg);
+      },
+    } });
+  });
+  return lat;
+}
+
+export const proxyScenario: Scenario = {
+  name: 'proxy',
+  description: 'TCP through a proxied service port vs direct, all in this process: bulk MB/s and 64-byte round trips',
+  async run(progress) {
+    const echo = echoServer();
+    const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
+    balancer.setEndpoints([{ key: `127.0.0.1:${echo.port}`, ip: '127.0.0.1', port: echo.port, nodeName: '', podName: '' }]);
+    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1 });
+    proxy.start();
+    try {
+      const size = 512 * 1024 * 1024;
+      await bulk(echo.port, 32 * 1024 * 1024); // warm-up
+      await bulk(proxy.port, 32 * 1024 * 1024);
+      const direct = await bulk(echo.port, size);
+      progress(`bulk direct: ${direct.toFixed(0)} MB/s`);
+      const via = await bulk(proxy.port, size);
+      progress(`bulk through the proxy: ${via.toFixed(0)} MB/s`);
+      const ld = await pingPong(echo.port, 20_000);
+      const lp = await pingPong(proxy.port, 20_000);
+      const rows = [
+        { metric: 'bulk echo (MB/s, 512 MiB each way)', direct: +direct.toFixed(0), proxy: +via.toFixed(0), ratio: +(via / direct).toFixed(2) },
+        { metric: 'round trip p50 (µs)', direct: +pct(ld, 50).toFixed(1), proxy: +pct(lp, 50).toFixed(1), ratio: +(pct(lp, 50) / pct(ld, 50)).toFixed(2) },
+        { metric: 'round trip p99 (µs)', direct: +pct(ld, 99).toFixed(1), proxy: +pct(lp, 99).toFixed(1), ratio: +(pct(lp, 99) / pct(ld, 99)).toFixed(2) },
+      ];
+      const table = ['| metric | direct | through the proxy | ratio |', '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.direct} | ${r.proxy} | ${r.ratio} |`)].join('\n');
+      return { table, rows };
+    } finally {
+      proxy.stop();
+      echo.stop(true);
+    }
+  },
+};
+
+/** Fire `total` queries with `window` outstanding from one socket; QPS and latencies (µs). */
+async function udpLoad(port: number, queries: Uint8Array[], total: number, window: number): Promise<{ qps: number; lat: number[] }> {
+  const sentAt = new Float64Array(65536);
+  const lat: number[] = [];
+  let next = 0;
+  let done = 0;
+  let finish: () => void = () => {};
+  const finished = new Promise<void>((r) => (finish = r));
+  const send = (s: { send(b: Uint8Array, p: number, a: string): boolean }) => {
+    const q = queries[next % queries.length]!;
+    const id = next & 0xffff;
+    q[0] = id >> 8;
+    q[1] = id & 0xff;
+    sentAt[id] = performance.now();
+    next++;
+    s.send(q, port, '127.0.0.1');
+  };
+  const sock = await Bun.udpSocket({ hostname: '127.0.0.1', socket: {
+    data(s, b) {
+      const id = (b[0]! << 8) | b[1]!;
+      lat.push((performance.now() - sentAt[id]!) * 1000);
+      done++;
+      if (done >= total) finish();
+      else if (next < total) send(s);
+    },
+    error() {},
+  } });
+  const t0 = performance.now();
+  for (let i = 0; i < window; i++) send(sock);
+  // Lost datagrams (a full kernel buffer) would stall the window: top it up if nothing came back for a while.
+  const guard = setInterval(() => { if (next < total) for (let i = 0; i < window / 4; i++) send(sock); else finish(); }, 200);
+  await finished;
+  clearInterval(guard);
+  const secs = (performance.now() - t0) / 1000;
+  sock.close();
+  return { qps: done / secs, lat };
+}
+
+export const dnsScenario: Scenario = {
+  name: 'dns',
+  description: 'DNS answers for 1,000 services vs a bare UDP echo server, all in this process: queries/s and latency',
+  async run(progress) {
+    const catalog = new Catalog({ logger });
+    catalog.replace(syntheticObjects(1000), 'file');
+    catalog.flush();
+    const zone = new Zone('cluster.local', 30);
+    zone.rebuild(catalog.snapshot());
+    const forwarder = new Forwarder({ upstreams: () => [], logger, timeoutMs: 500, cacheSize: 100, maxNegativeTTL: 5 });
+    const dns = new DnsServer({ host: '127.0.0.1', port: 0, logger, zone: () => zone, forwarder, forwardAll: false, tcpIdleTimeoutSec: 5, rateLimit: 0 });
+    await dns.start();
+    const echo = await Bun.udpSocket({ hostname: '127.0.0.1', socket: { data(s, b, p, a) { s.send(b, p, a); }, error() {} } });
+    try {
+      const dnsPacket = (await import('dns-packet')).default;
+      const queries = Array.from({ length: 1000 }, (_, i) => new Uint8Array(dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: `svc-${i}.ns${i % 50}.svc.cluster.local`, type: 'A', class: 'IN' }] })));
+      await udpLoad(dns.port, queries, 20_000, 64); // warm-up
+      await udpLoad(echo.port, queries, 20_000, 64);
+      const base = await udpLoad(echo.port, queries, 200_000, 64);
+      progress(`UDP echo baseline: ${base.qps.toFixed(0)} queries/s`);
+      const ours = await udpLoad(dns.port, queries, 200_000, 64);
+      progress(`DNS: ${ours.qps.toFixed(0)} queries/s`);
+      const rows = [
+        { metric: 'queries/s (64 outstanding, one client)', baseline: +base.qps.toFixed(0), dns: +ours.qps.toFixed(0), ratio: +(ours.qps / base.qps).toFixed(2) },
+        { metric: 'latency p50 (µs)', baseline: +pct(base.lat, 50).toFixed(1), dns: +pct(ours.lat, 50).toFixed(1), ratio: +(pct(ours.lat, 50) / pct(base.lat, 50)).toFixed(2) },
+        { metric: 'latency p99 (µs)', baseline: +pct(base.lat, 99).toFixed(1), dns: +pct(ours.lat, 99).toFixed(1), ratio: +(pct(ours.lat, 99) / pct(base.lat, 99)).toFixed(2) },
+      ];
+      const table = ['| metric | UDP echo | DNS | ratio |', '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.baseline} | ${r.dns} | ${r.ratio} |`)].join('\n');
+      return { table, rows };
+    } finally {
+      echo.close();
+      await dns.stop();
+      await forwarder.stop();
+    }
+  },
+};
