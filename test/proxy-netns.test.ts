@@ -12,6 +12,21 @@ const NODE = `emnode${process.pid}`;
 const POD = `empod${process.pid}`;
 const tools = ['ip', 'nft', 'iptables-save', 'curl'].every((t) => Bun.which(t));
 const ip = (args: string[]) => runCli(args, { bin: ['ip'] });
+
+/** name, cluster IP, protocol, service port, backend port (the backends listen on the node's loopback). */
+type Svc = [string, string, 'TCP' | 'UDP', number, number];
+const BASE: Svc[] = [['web', '10.96.0.10', 'TCP', 80, 18080], ['echo', '10.96.0.20', 'UDP', 5353, 18053]];
+const catalogYaml = (svcs: Svc[]) =>
+  svcs.map(([name, clusterIP, protocol, port, target]) => `apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: shop }
+spec: { clusterIP: ${clusterIP}, ports: [{ name: p, port: ${port}, protocol: ${protocol} }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: ${name}, namespace: shop }
+subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: p, port: ${target}, protocol: ${protocol} }] }]
+`).join('---\n');
 const inNs = (ns: string, args: string[]) => runCli(args, { bin: ['ip', 'netns', 'exec', ns] });
 
 describe.skipIf(!isRoot || !tools)('proxy interception in network namespaces (root)', () => {
@@ -49,26 +64,7 @@ s.close();
 `);
     backend = new AgentProcess([server], { bin: ['ip', 'netns', 'exec', NODE, process.execPath] });
     await backend.waitForLog(/serving/);
-    writeFileSync(catalog, `apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: web, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18080 }] }]
----
-apiVersion: v1
-kind: Service
-metadata: { name: echo, namespace: shop }
-spec: { clusterIP: 10.96.0.20, ports: [{ name: dns, port: 5353, protocol: UDP }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: echo, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: dns, port: 18053, protocol: UDP }] }]
-`);
+    writeFileSync(catalog, catalogYaml(BASE));
   });
 
   afterAll(async () => {
@@ -107,21 +103,11 @@ subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: dns, port: 18053, pr
         expect(await rulesNow()).toBe(before);
         expect((await curl(POD)).stdout).toBe('hello from the backend');
         // A new service in the catalog gets its rule within a second.
-        writeFileSync(catalog, (await Bun.file(catalog).text()) + `---
-apiVersion: v1
-kind: Service
-metadata: { name: api, namespace: shop }
-spec: { clusterIP: 10.96.0.11, ports: [{ name: http, port: 80 }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: api, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18080 }] }]
-`);
+        writeFileSync(catalog, catalogYaml([...BASE, ['api', '10.96.0.11', 'TCP', 80, 18080]]));
         await waitFor(async () => (await inNs(POD, ['curl', '-s', '--max-time', '1', 'http://10.96.0.11/'])).stdout === 'hello from the backend', 'new service reachable', 3000, 100);
       } finally {
         expect(await agent.stop()).toBe(0);
-        writeFileSync(catalog, (await Bun.file(catalog).text()).split('---\napiVersion: v1\nkind: Service\nmetadata: { name: api')[0]!);
+        writeFileSync(catalog, catalogYaml(BASE));
       }
       const leftovers = backendName === 'nftables' ? (await inNs(NODE, ['nft', 'list', 'tables'])).stdout : (await inNs(NODE, ['iptables-save', '-t', 'nat'])).stdout;
       expect(leftovers).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
