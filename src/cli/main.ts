@@ -10,6 +10,7 @@ import { EdgeMeshError, describeError, exitCodeFor } from '../errors.ts';
 import { VERSION } from '../version.ts';
 import { runBench } from './bench.ts';
 import { configCheck, configDefaults } from './config.ts';
+import { showIdentity } from './identity.ts';
 import { pskGenerate } from './psk.ts';
 import { runNode } from './run.ts';
 import { showStatus } from './status.ts';
@@ -66,6 +67,14 @@ export function buildProgram(): Command {
     .option('-o, --out <file>', 'write it to this file with mode 0600 instead of printing it')
     .option('--force', 'overwrite an existing file')
     .action((o: { out?: string; force?: boolean }) => pskGenerate(o));
+
+  program
+    .command('identity')
+    .description('show this node\'s peer ID (its Ed25519 key is created in the state directory on first use)')
+    .option('-c, --config <file>', 'agent config file (for commonConfig.stateDir)')
+    .option('--node-name <name>', 'this node\'s name (default: $NODE_NAME, else the hostname)')
+    .option('--json', 'as JSON')
+    .action((o: { config?: string; nodeName?: string; json?: boolean }) => showIdentity(o));
 
   program
     .command('version')

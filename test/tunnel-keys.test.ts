@@ -1,0 +1,87 @@
+/** The node identity and the pre-shared key (groundwork of the tunnel, issue 5). */
+import { describe, expect, test } from 'bun:test';
+import { statSync, writeFileSync, chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import { createMemoryLogger } from '../src/obs/logger.ts';
+import { IDENTITY_FILE, loadOrCreateIdentity } from '../src/tunnel/identity.ts';
+import { derivePsk, loadPsk, pskDocument } from '../src/tunnel/psk.ts';
+import { runCli, tempDir, writeAgentConfig } from './helpers.ts';
+
+describe('node identity', () => {
+  test('created once with mode 0600, the same peer ID on every load, never silently replaced', async () => {
+    const t = tempDir();
+    try {
+      const log = createMemoryLogger();
+      const a = await loadOrCreateIdentity(t.path, log);
+      expect(a.created).toBe(true);
+      expect(a.peerId).toMatch(/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/);
+      expect(statSync(a.path).mode & 0o777).toBe(0o600);
+      const b = await loadOrCreateIdentity(t.path, log);
+      expect(b.created).toBe(false);
+      expect(b.peerId).toBe(a.peerId);
+      // Concurrent first starts agree on one identity.
+      const u = tempDir();
+      const both = await Promise.all([loadOrCreateIdentity(u.path, log), loadOrCreateIdentity(u.path, log)]);
+      expect(both[0].peerId).toBe(both[1].peerId);
+      u.cleanup();
+      // Too open: tightened, with a warning.
+      chmodSync(a.path, 0o644);
+      await loadOrCreateIdentity(t.path, log);
+      expect(statSync(a.path).mode & 0o777).toBe(0o600);
+      expect(log.lines.join('\n')).toContain('its mode is now 0600');
+      // Damaged: a clear error, and the file is left alone.
+      writeFileSync(join(t.path, IDENTITY_FILE), 'edgemesh-identity-v1\nnot-base64!!\n');
+      await expect(loadOrCreateIdentity(t.path, log)).rejects.toThrow('It is not replaced automatically');
+      writeFileSync(join(t.path, IDENTITY_FILE), 'something else\n');
+      await expect(loadOrCreateIdentity(t.path, log)).rejects.toThrow('first line is not');
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('`edgemesh identity` prints the node name and peer ID, the same each time', async () => {
+    const t = tempDir();
+    try {
+      const cfg = await writeAgentConfig(t.path, '');
+      const a = JSON.parse((await runCli(['identity', '--json', '--config', cfg.path], { env: { NODE_NAME: 'edge-7' } })).stdout);
+      const b = JSON.parse((await runCli(['identity', '--json', '--config', cfg.path], { env: { NODE_NAME: 'edge-7' } })).stdout);
+      expect(a).toMatchObject({ nodeName: 'edge-7', created: true });
+      expect(b).toMatchObject({ nodeName: 'edge-7', created: false, peerId: a.peerId });
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('pre-shared key', () => {
+  // The sample key the original ships in its manifests.
+  const sample = new TextEncoder().encode('JugH9HP1XBouyO5pWGeZa8LtipDURrf17EJvUHcJGuQ=');
+
+  test('the original derivation: base64Decode(hex(sha256(file)))[0:32], and the v1 document around it', () => {
+    const key = derivePsk(sample);
+    expect(key.length).toBe(32);
+    // Regression vector, computed once from the SPEC §5.3 formula.
+    expect(Buffer.from(key).toString('hex')).toBe(SAMPLE_KEY_HEX);
+    const doc = new TextDecoder().decode(pskDocument(sample)).split('\n');
+    expect(doc.slice(0, 2)).toEqual(['/key/swarm/psk/1.0.0/', '/base64/']);
+    expect(Buffer.from(doc[2]!, 'base64').subarray(0, 32)).toEqual(Buffer.from(key));
+    // Exact bytes matter: a trailing newline is a different key (as on Go nodes).
+    expect(Buffer.from(derivePsk(new TextEncoder().encode('JugH9HP1XBouyO5pWGeZa8LtipDURrf17EJvUHcJGuQ=\n'))).toString('hex')).not.toBe(SAMPLE_KEY_HEX);
+  });
+
+  test('missing and empty files say what to do', async () => {
+    const t = tempDir();
+    try {
+      await expect(loadPsk(join(t.path, 'psk'))).rejects.toThrow('edgemesh psk generate --out');
+      writeFileSync(join(t.path, 'empty'), '');
+      await expect(loadPsk(join(t.path, 'empty'))).rejects.toThrow('is empty');
+      writeFileSync(join(t.path, 'psk'), sample);
+      expect(Buffer.from(await loadPsk(join(t.path, 'psk'))).toString('hex')).toBe(SAMPLE_KEY_HEX);
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+// base64Decode("701f220b…" = hex(sha256(sample)))[0:32]; by hand: "701f" decodes to ef 4d 5f.
+const SAMPLE_KEY_HEX = 'ef4d5fdb6d1b75ad1b7bc79a7b7f5e69ed77ddfdf8ddee3579de5bf35d1b7bdd';
