@@ -13,7 +13,7 @@ import { isIP } from 'node:net';
 type UdpSocket<T extends 'buffer'> = Bun.udp.Socket<T>;
 import { describeError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
-import { RCODE, errorResponse, questionEnd, readU16, ttlOffsets, writeU16 } from './wire.ts';
+import { RCODE, RD, errorResponse, questionEnd, readU16, ttlOffsets, writeU16 } from './wire.ts';
 
 export interface Upstream {
   host: string;
@@ -21,7 +21,7 @@ export interface Upstream {
 }
 
 /** Count the TTLs of a copy of a cached answer down by the whole seconds it has been cached. */
-export function ageTTLs(out: Uint8Array, e: CacheEntry, now: number): void {
+function ageTTLs(out: Uint8Array, e: CacheEntry, now: number): void {
   const aged = Math.floor((now - e.storedAt) / 1000);
   if (aged <= 0) return;
   for (const o of e.offsets) {
@@ -130,20 +130,32 @@ export class Forwarder {
     return e && this.now() < e.expiresAt ? e : null;
   }
 
-  /** Count a hit served by the server's hot table from an entry of this cache. */
-  countHit(): void {
-    this.stats.queries++;
-    this.stats.cacheHits++;
-  }
-
-  /** A cached answer for this client, without going async (the server's hot path); null on a miss. */
-  cached(key: string, query: Uint8Array, qEnd: number): Uint8Array | null {
-    const hit = this.fromCache(key, query, qEnd);
-    if (hit) {
+  /**
+   * A cached answer for this client, without going async (the server's hot path); null on a miss.
+   * `e` skips the lookup when the caller already holds the entry (the server's hot table, which passes no key).
+   */
+  cached(key: string | null, query: Uint8Array, qEnd: number, e: CacheEntry | null = key === null ? null : (this.cache.get(key) ?? null)): Uint8Array | null {
+    const out = this.answerFrom(key, e, query, qEnd);
+    if (out) {
       this.stats.queries++;
       this.stats.cacheHits++;
     }
-    return hit;
+    return out;
+  }
+
+  /** Entry `e` of `key` answered for this client with its TTLs aged; null when absent or expired. */
+  private answerFrom(key: string | null, e: CacheEntry | null, query: Uint8Array, qEnd: number): Uint8Array | null {
+    if (!e) return null;
+    const now = this.now();
+    if (now >= e.expiresAt) {
+      if (key !== null && this.cache.get(key) === e) this.cache.delete(key);
+      return null;
+    }
+    // Eviction is by insertion order (oldest first) plus TTL expiry: re-inserting on every hit would cost two
+    // Map operations per query on the hottest forwarded names for little gain.
+    const out = this.rewrite(e.bytes, e.qEnd, query, qEnd);
+    ageTTLs(out, e, now);
+    return out;
   }
 
   /**
@@ -151,45 +163,28 @@ export class Forwarder {
    * question, or SERVFAIL when no upstream answers.
    */
   async resolve(query: Uint8Array, key: string): Promise<Uint8Array> {
-    this.stats.queries++;
     const qEnd = questionEnd(query);
-    const hit = this.fromCache(key, query, qEnd);
-    if (hit) {
-      this.stats.cacheHits++;
-      return hit;
-    }
+    const hit = this.cached(key, query, qEnd);
+    if (hit) return hit;
     let p = this.inflight.get(key);
     if (!p) {
       p = this.ask(query, qEnd).finally(() => this.inflight.delete(key));
       this.inflight.set(key, p);
     }
     const upstreamBytes = await p;
+    this.stats.queries++;
     if (!upstreamBytes) return errorResponse(query, RCODE.SERVFAIL, true);
     this.store(key, upstreamBytes);
-    return this.fromCache(key, query, qEnd) ?? this.rewrite(upstreamBytes, query, qEnd);
+    return this.answerFrom(key, this.cache.get(key) ?? null, query, qEnd) ?? this.rewrite(upstreamBytes, questionEnd(upstreamBytes), query, qEnd);
   }
 
-  /** Copy an upstream answer for this client: its ID, its question bytes (letter case), its RD bit. */
-  private rewrite(src: Uint8Array, query: Uint8Array, qEnd: number): Uint8Array {
+  /** Copy an answer for this client: its ID, its RD bit, its question bytes (letter case). */
+  private rewrite(src: Uint8Array, srcQEnd: number, query: Uint8Array, qEnd: number): Uint8Array {
     const out = new Uint8Array(src);
     out[0] = query[0]!;
     out[1] = query[1]!;
-    if (qEnd > 12 && questionEnd(src) === qEnd) out.set(query.subarray(12, qEnd), 12);
-    return out;
-  }
-
-  private fromCache(key: string, query: Uint8Array, qEnd: number): Uint8Array | null {
-    const e = this.cache.get(key);
-    if (!e) return null;
-    const now = this.now();
-    if (now >= e.expiresAt) {
-      this.cache.delete(key);
-      return null;
-    }
-    // Eviction is by insertion order (oldest first) plus TTL expiry: re-inserting on every hit would cost two
-    // Map operations per query on the hottest forwarded names for little gain.
-    const out = this.rewrite(e.bytes, query, qEnd);
-    ageTTLs(out, e, now);
+    out[2] = (out[2]! & ~(RD >> 8)) | (query[2]! & (RD >> 8));
+    if (qEnd > 12 && srcQEnd === qEnd) out.set(query.subarray(12, qEnd), 12);
     return out;
   }
 

@@ -10,8 +10,8 @@
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
-import { type CacheEntry, type Forwarder, ageTTLs } from './forwarder.ts';
-import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, type SimpleQuery, compressOwners, errorResponse, fastKey, optRecord, parseSimpleQuery, questionEnd, readU16, writeU16 } from './wire.ts';
+import type { CacheEntry, Forwarder } from './forwarder.ts';
+import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, type SimpleQuery, compressOwners, errorResponse, optRecord, parseSimpleQuery, questionKey, questionEnd, readU16, writeU16 } from './wire.ts';
 import type { Zone } from './zone.ts';
 
 /** Our advertised EDNS UDP payload size (the DNS Flag Day 2020 value: avoids IP fragmentation). */
@@ -88,7 +88,7 @@ export class DnsServer {
         hostname: host,
         port,
         socket: {
-          data: (sock, buf, rport, raddr) => this.onDatagram(sock, buf, rport, raddr),
+          data: (_sock, buf, rport, raddr) => this.onDatagram(buf, rport, raddr),
           // ECONNREFUSED from a client that went away must not take the process down (TESTING.md).
           error: (_s, err) => logger.debug('udp socket error', { error: describeError(err) }),
         },
@@ -151,7 +151,7 @@ export class DnsServer {
     return true;
   }
 
-  private onDatagram(sock: Bun.udp.Socket<'buffer'>, buf: Buffer, port: number, addr: string): void {
+  private onDatagram(buf: Buffer, port: number, addr: string): void {
     this.stats.udpQueries++;
     if (!this.allowed(addr)) return;
     let r: Uint8Array | Promise<Uint8Array | null> | null;
@@ -163,10 +163,10 @@ export class DnsServer {
     }
     if (r === null) return;
     if (r instanceof Uint8Array) {
-      this.sendUdp(sock, r, port, addr);
+      this.sendUdp(r, port, addr);
       return;
     }
-    r.then((x) => x && this.udp && this.sendUdp(this.udp, x, port, addr)).catch((err) => this.deps.logger.error('DNS forward failed', { error: describeError(err) }));
+    r.then((x) => x && this.sendUdp(x, port, addr)).catch((err) => this.deps.logger.error('DNS forward failed', { error: describeError(err) }));
   }
 
   /**
@@ -174,7 +174,7 @@ export class DnsServer {
    * answer (TESTING.md measured ~12% less CPU per packet). A pending ICMP error (a client that went away) makes
    * the send throw; that costs the rest of this batch, which UDP clients retry.
    */
-  private sendUdp(_sock: Bun.udp.Socket<'buffer'>, msg: Uint8Array, port: number, addr: string): void {
+  private sendUdp(msg: Uint8Array, port: number, addr: string): void {
     const q = this.outQ;
     q.push(msg, port, addr);
     if (q.length >= 3 * 128) this.flushUdp();
@@ -263,45 +263,42 @@ export class DnsServer {
       this.hot = new Map();
       this.preparedFor = zone;
     }
-    // Hottest path: a prepared zone answer found by a hash of the question bytes, no allocation but the reply.
-    if (this.scan(buf)) {
+    // Hottest path: a prepared zone answer or a cached forwarded one, found by a hash of the question bytes;
+    // no allocation but the reply.
+    const simple = this.scan(buf);
+    let key: string | null = null;
+    if (simple) {
       for (let e: HotEntry | null | undefined = this.hot.get(this.sHash); e; e = e.next) {
         if (!this.sameQuestion(e.question, buf)) continue;
         if (e.prepared) {
           this.stats.zoneAnswers++;
           return this.serve(e.prepared, buf, this.sQEnd, this.sEdns, transport);
         }
-        const f = e.forwarded!;
-        const now = performance.now();
-        if (now >= f.expiresAt) {
-          this.hot.delete(this.sHash); // expired: drop the chain, the general path refills it
+        const out = this.deps.forwarder.cached(null, buf, this.sQEnd, e.forwarded);
+        if (!out) {
+          this.hot.delete(this.sHash); // expired: drop the chain, the paths below refill it
           break;
         }
         this.stats.forwarded++;
-        this.deps.forwarder.countHit();
-        const out = this.serve({ bytes: f.bytes, qEnd: f.qEnd, truncated: f.bytes }, buf, this.sQEnd, 0, 'tcp');
-        ageTTLs(out, f, now);
         return transport === 'udp' ? this.fitUdp(out, this.sEdns) : out;
       }
-    }
-    // Hot path: a prepared zone answer or a cached forwarded one, found by the raw question bytes.
-    const fk = fastKey(b);
-    if (fk) {
-      const p = this.prepared.get(fk.key);
+      // Hot path: the same answers found by a string key of the raw question bytes.
+      key = questionKey(b, this.sQEnd, this.sTag);
+      const p = this.prepared.get(key);
       if (p) {
         this.stats.zoneAnswers++;
         this.remember(buf, p, null);
-        return this.serve(p, buf, fk.qEnd, fk.ednsSize, transport);
+        return this.serve(p, buf, this.sQEnd, this.sEdns, transport);
       }
       // Names under the cluster domain never reach the forwarder's cache (unless forwardAll); a reverse name can
       // become ours when a service IP appears, so only those are checked against the zone.
-      const reverse = fk.key.includes('\x04arpa\x00');
-      const hit = !reverse || this.deps.forwardAll || !zone?.owns(this.nameOf(b, fk.qEnd)) ? this.deps.forwarder.cached(fk.key, buf, fk.qEnd) : null;
+      const reverse = key.includes('\x04arpa\x00');
+      const hit = !reverse || this.deps.forwardAll || !zone?.owns(this.nameOf(b, this.sQEnd)) ? this.deps.forwarder.cached(key, buf, this.sQEnd) : null;
       if (hit) {
         this.stats.forwarded++;
-        const entry = this.deps.forwarder.entry(fk.key);
+        const entry = this.deps.forwarder.entry(key);
         if (entry) this.remember(buf, null, entry);
-        return transport === 'udp' ? this.fitUdp(hit, fk.ednsSize) : hit;
+        return transport === 'udp' ? this.fitUdp(hit, this.sEdns) : hit;
       }
     }
 
@@ -323,7 +320,7 @@ export class DnsServer {
     if (q.qclass !== CLASS_IN && q.qclass !== CLASS_ANY) return errorResponse(buf, RCODE.NOTIMP, true);
     if (q.qtype === TYPE.AXFR || q.qtype === 251) return errorResponse(buf, RCODE.REFUSED, true);
 
-    const key = fk?.key ?? `${q.name}|${q.qtype}|${q.qclass}|${q.ednsSize ? (q.dnssecOk ? 'D' : 'E') : ''}`;
+    key ??= `${q.name}|${q.qtype}|${q.qclass}|${q.ednsSize ? (q.dnssecOk ? 'D' : 'E') : ''}`;
     if (zone && !this.deps.forwardAll && zone.owns(q.name)) {
       this.stats.zoneAnswers++;
       const p = this.prepare(zone, q);
@@ -333,7 +330,7 @@ export class DnsServer {
         this.hot.clear();
       }
       this.prepared.set(key, p);
-      this.remember(buf, p, null);
+      if (simple) this.remember(buf, p, null);
       return this.serve(p, buf, q.qEnd, q.ednsSize, transport);
     }
     this.stats.forwarded++;
@@ -342,7 +339,7 @@ export class DnsServer {
 
   /**
    * Walk a query of the simple shape, hashing (FNV-1a) its lower-cased question bytes and EDNS state into
-   * sHash/sQEnd/sTag/sEdns. False for any other shape (fastKey and the general path then decide).
+   * sHash/sQEnd/sTag/sEdns. False for any other shape (the general path then decides).
    */
   private scan(b: Uint8Array): boolean {
     const len = b.length;
@@ -396,9 +393,11 @@ export class DnsServer {
     return true;
   }
 
-  /** Put a prepared zone answer or a forwarder cache entry into the hot table under this query's question. */
+  /**
+   * Put a prepared zone answer or a forwarder cache entry into the hot table under the question that the last
+   * successful scan() (of this same query) described.
+   */
   private remember(b: Uint8Array, p: Prepared | null, f: CacheEntry | null): void {
-    if (!this.scan(b)) return;
     const n = this.sQEnd - 12;
     const q = new Uint8Array(n + 1);
     for (let i = 0; i < n; i++) {
@@ -412,7 +411,7 @@ export class DnsServer {
     this.hot.set(this.sHash, { question: q, prepared: p, forwarded: f, next: this.hot.get(this.sHash) ?? null });
   }
 
-  /** The lower-case dotted name of a question whose bytes fastKey accepted (only on cache misses). */
+  /** The lower-case dotted name of a question whose bytes scan() accepted (only on cache misses). */
   private nameOf(b: Buffer, qEnd: number): string {
     const labels: string[] = [];
     for (let o = 12; o < qEnd - 5; o += 1 + b[o]!) labels.push(b.toString('latin1', o + 1, o + 1 + b[o]!));

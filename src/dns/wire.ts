@@ -224,45 +224,12 @@ export function compressOwners(b: Uint8Array): Uint8Array {
   return out;
 }
 
-/** The hot-path key of a simple query, and where its question ends. */
-export interface FastKey {
-  key: string;
-  qEnd: number;
-  ednsSize: number;
-}
-
 /**
- * For a query of the common shape, a string key made from the raw question bytes (name lower-cased, type and
- * class verbatim) plus the EDNS state: two native slices, no per-character work. Null for anything else; the
- * general path then decides. Label lengths are at most 63, below 'A' (65), so lower-casing the name bytes can
- * only change letters.
+ * The string key of a question whose extent a scan already checked: the name bytes lower-cased, type and class
+ * verbatim, and the EDNS state (0 none, 1 EDNS, 2 EDNS with DNSSEC OK). Two native slices, no per-character
+ * work. Label lengths are at most 63, below 'A' (65), so lower-casing the name bytes can only change letters.
  */
-export function fastKey(b: Buffer): FastKey | null {
-  const len = b.length;
-  if (len < 17 || b[4] !== 0 || b[5] !== 1 || b[6] !== 0 || b[7] !== 0 || b[8] !== 0 || b[9] !== 0 || b[10] !== 0) return null;
-  if ((b[2]! & 0xf8) !== 0) return null; // QR=0, opcode QUERY (AA/TC ignored as in a query)
-  const ar = b[11]!;
-  if (ar > 1) return null;
-  let o = 12;
-  for (;;) {
-    const l = b[o]!;
-    if (l === 0) break;
-    if (l > 63) return null;
-    o += 1 + l;
-    if (o >= len || o - 12 > 255) return null;
-  }
-  const nameEnd = o + 1;
-  const qEnd = nameEnd + 4;
-  if (qEnd > len) return null;
-  let ednsSize = 0;
-  let tag = '';
-  if (ar === 1) {
-    if (qEnd + 11 > len || b[qEnd] !== 0 || b[qEnd + 1] !== 0 || b[qEnd + 2] !== TYPE.OPT || b[qEnd + 6] !== 0) return null;
-    if (qEnd + 11 + ((b[qEnd + 9]! << 8) | b[qEnd + 10]!) !== len) return null;
-    ednsSize = Math.max(512, (b[qEnd + 3]! << 8) | b[qEnd + 4]!);
-    tag = b[qEnd + 7]! & 0x80 ? 'D' : 'E';
-  } else if (qEnd !== len) {
-    return null;
-  }
-  return { key: b.toString('latin1', 12, nameEnd).toLowerCase() + b.toString('latin1', nameEnd, qEnd) + tag, qEnd, ednsSize };
+export function questionKey(b: Buffer, qEnd: number, edns: number): string {
+  const nameEnd = qEnd - 4;
+  return b.toString('latin1', 12, nameEnd).toLowerCase() + b.toString('latin1', nameEnd, qEnd) + ['', 'E', 'D'][edns];
 }
