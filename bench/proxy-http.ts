@@ -8,10 +8,8 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Balancer } from '../src/lb/balancer.ts';
-import { createLogger } from '../src/obs/logger.ts';
-import { TcpServicePort } from '../src/proxy/tcp.ts';
 import { freePort } from '../test/helpers.ts';
+import { spawnPinned, startHaproxy, startProxy } from './tools.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -27,14 +25,9 @@ const procs: ReturnType<typeof Bun.spawn>[] = [];
 try {
   const [pNginx, pHa] = [await freePort(), await freePort()];
   writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:${pNginx}; location / { return 200 "hello\\n"; } }\n}\n`);
-  // Real /dev/null fds: with 'ignore' the fds stay closed and nginx's own sockets collide with fd 1/2.
-  procs.push(Bun.spawn(['taskset', '-c', '1', 'nginx', '-c', join(dir, 'nginx.conf'), '-p', dir], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
-  writeFileSync(join(dir, 'haproxy.cfg'), `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten p\n  bind 127.0.0.1:${pHa}\n  server s 127.0.0.1:${pNginx}\n`);
-  procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', join(dir, 'haproxy.cfg')], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
-  const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
-  balancer.setEndpoints([{ key: `127.0.0.1:${pNginx}`, ip: '127.0.0.1', port: pNginx, nodeName: '', podName: '' }]);
-  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3 });
-  proxy.start();
+  procs.push(spawnPinned('1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir]));
+  procs.push(startHaproxy(dir, pHa, pNginx));
+  const proxy = startProxy(pNginx);
   await Bun.sleep(500);
   log(`nginx :${pNginx}, edgemesh :${proxy.port}, haproxy :${pHa}`);
 

@@ -5,13 +5,11 @@
  * CPU 0; iperf3 client and server to CPU 1.
  * Usage: bun bench/proxy-tcp.ts [--seconds=5]   (needs iperf3 and haproxy)
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Balancer } from '../src/lb/balancer.ts';
-import { createLogger } from '../src/obs/logger.ts';
-import { TcpServicePort } from '../src/proxy/tcp.ts';
 import { freePort } from '../test/helpers.ts';
+import { startHaproxy, startProxy } from './tools.ts';
 
 const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -24,13 +22,8 @@ const procs: ReturnType<typeof Bun.spawn>[] = [];
 try {
   const [pServer, pHa] = [await freePort(), await freePort()];
   procs.push(Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1', '--forceflush'], { stdout: 'ignore', stderr: 'ignore' }));
-  const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
-  balancer.setEndpoints([{ key: `127.0.0.1:${pServer}`, ip: '127.0.0.1', port: pServer, nodeName: '', podName: '' }]);
-  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3 });
-  proxy.start();
-  const cfg = join(dir, 'haproxy.cfg');
-  writeFileSync(cfg, `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten p\n  bind 127.0.0.1:${pHa}\n  server s 127.0.0.1:${pServer}\n`);
-  procs.push(Bun.spawn(['taskset', '-c', '0', 'haproxy', '-f', cfg], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }));
+  const proxy = startProxy(pServer);
+  procs.push(startHaproxy(dir, pHa, pServer));
   await Bun.sleep(500);
 
   const haPid = procs[1]!.pid;

@@ -1,0 +1,30 @@
+/** Pieces the comparison benchmarks share: pinned servers, the haproxy baseline, the proxy under test. */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Balancer } from '../src/lb/balancer.ts';
+import { createLogger } from '../src/obs/logger.ts';
+import { TcpServicePort } from '../src/proxy/tcp.ts';
+
+/**
+ * A server pinned to `cpu`, its output discarded through real /dev/null fds: with Bun's 'ignore' the fds stay
+ * closed and servers that write to them (nginx) collide with their own sockets.
+ */
+export function spawnPinned(cpu: string, cmd: string[]): ReturnType<typeof Bun.spawn> {
+  return Bun.spawn(['taskset', '-c', cpu, ...cmd], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
+}
+
+/** haproxy in TCP mode on CPU 0, from `bindPort` to `targetPort` on loopback (config written into `dir`). */
+export function startHaproxy(dir: string, bindPort: number, targetPort: number): ReturnType<typeof Bun.spawn> {
+  const cfg = join(dir, 'haproxy.cfg');
+  writeFileSync(cfg, `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten p\n  bind 127.0.0.1:${bindPort}\n  server s 127.0.0.1:${targetPort}\n`);
+  return spawnPinned('0', ['haproxy', '-f', cfg]);
+}
+
+/** The shipped TCP data path in this process, one local endpoint. */
+export function startProxy(targetPort: number): TcpServicePort {
+  const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
+  balancer.setEndpoints([{ key: `127.0.0.1:${targetPort}`, ip: '127.0.0.1', port: targetPort, nodeName: '', podName: '' }]);
+  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3 });
+  proxy.start();
+  return proxy;
+}
