@@ -5,7 +5,7 @@
  */
 import { isIP } from 'node:net';
 import type {
-  Endpoint, EndpointPort, EndpointSliceInfo, IstioObject, JsonObject, Kind, NodeInfo, Protocol, SecretInfo, Service,
+  Endpoint, EndpointPort, EndpointSliceInfo, IstioObject, JsonObject, NodeInfo, Protocol, SecretInfo, Service,
   ServiceEndpoints, ServicePort,
 } from './model.ts';
 
@@ -282,4 +282,3 @@ export function convertObject(o: unknown, opts: ConvertOptions): Converted | { i
   return { ignored: `${apiVersion || '(no apiVersion)'} ${kind}` };
 }
 
-export type { Kind };

@@ -177,5 +177,3 @@ export const gatewaySchema = obj({
 export type AgentConfig = Infer<typeof agentSchema>;
 export type GatewayConfig = Infer<typeof gatewaySchema>;
 export type KubeAPIConfig = Infer<typeof kubeAPIConfig>;
-export type CommonConfig = AgentConfig['commonConfig'];
-export type CatalogConfig = AgentConfig['catalog'];

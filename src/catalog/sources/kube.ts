@@ -12,7 +12,6 @@
  *   empty, are reported once, and are retried slowly, so a cluster without istio works (the original logs
  *   list errors forever there).
  */
-import { readFileSync } from 'node:fs';
 import {
   CoreV1Api, CustomObjectsApi, DiscoveryV1Api, type Informer, KubeConfig, type KubernetesObject, type ObjectCache, makeInformer,
 } from '@kubernetes/client-node';
@@ -25,7 +24,7 @@ import {
   type ConvertOptions, type Converted, convertEndpointSlice, convertEndpoints, convertIstio, convertNode, convertSecret,
   convertService,
 } from '../convert.ts';
-import { type CatalogObjects, type Kind, emptyObjects, keyOf } from '../model.ts';
+import { type Kind, emptyObjects, keyOf } from '../model.ts';
 
 const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -323,4 +322,3 @@ export class KubeSource {
   }
 }
 
-export type { CatalogObjects };
