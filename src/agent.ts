@@ -18,6 +18,9 @@ import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { DnsModule } from './dns/index.ts';
 import { ProxyModule } from './proxy/index.ts';
+import { loadOrCreateIdentity } from './tunnel/identity.ts';
+import { TunnelModule, type TunnelStatus } from './tunnel/index.ts';
+import { loadPsk } from './tunnel/psk.ts';
 import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
 import type { Logger } from './obs/logger.ts';
@@ -48,6 +51,7 @@ export interface AgentStatus {
   modules: ModuleStatus[];
   /** The proxy's service ports, when the proxy runs. */
   proxy?: ReturnType<ProxyModule['ports']>;
+  tunnel?: TunnelStatus;
 }
 
 export interface AgentDeps {
@@ -88,6 +92,7 @@ export class Agent {
   private admin: AdminServer | null = null;
   private dns: DnsModule | null = null;
   private proxy: ProxyModule | null = null;
+  private tunnel: TunnelModule | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
   private readonly ac = new AbortController();
@@ -124,7 +129,7 @@ export class Agent {
         readiness: () => this.readiness(),
         status: () => this.status(),
         catalog: () => this.catalog.snapshot(),
-        debug: { '/debug/proxy': () => this.proxy?.ports() ?? [] },
+        debug: { '/debug/proxy': () => this.proxy?.ports() ?? [], '/debug/tunnel': () => this.tunnel?.describe() ?? null },
       });
       this.admin.start();
     }
@@ -152,8 +157,19 @@ export class Agent {
 
     if (loaded.role === 'agent') {
       const cfg = loaded.config as AgentConfig;
+      const tc = cfg.modules.edgeTunnel;
+      if (tc.enable) {
+        const id = await loadOrCreateIdentity(loaded.stateDir, this.log.child('identity'));
+        const psk = tc.psk.enable ? await loadPsk(tc.psk.path) : null;
+        if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
+        this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
+        await this.tunnel.start();
+      }
       if (cfg.modules.edgeProxy.enable) {
-        this.proxy = new ProxyModule({ config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics });
+        this.proxy = new ProxyModule({
+          config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics,
+          remote: this.tunnel ?? undefined, directCIDRs: tc.directCIDRs,
+        });
         await this.proxy.start();
       }
       if (cfg.modules.edgeDNS.enable) {
@@ -173,6 +189,7 @@ export class Agent {
     const steps: [string, () => Promise<void> | void][] = [
       ['dns', async () => { await this.dns?.stop(); }],
       ['proxy', async () => { await this.proxy?.stop(); }],
+      ['tunnel', async () => { await this.tunnel?.stop(); }],
       ['catalog source', async () => { await this.fileSource?.stop(); await this.kubeSource?.stop(); }],
       ['snapshot', async () => { await this.snapshotWriter?.stop(); }],
       ['admin', async () => { await this.admin?.stop(); }],
@@ -184,7 +201,7 @@ export class Agent {
         this.log.error(`stopping ${name} failed`, { error: describeError(err) });
       }
     }
-    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = null;
+    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = this.tunnel = null;
     if (this.started) this.log.info('stopped');
     this.started = false;
   }
@@ -217,6 +234,7 @@ export class Agent {
       },
       modules: this.modules(),
       ...(this.proxy ? { proxy: this.proxy.ports() } : {}),
+      ...(this.tunnel ? { tunnel: this.tunnel.describe() } : {}),
     };
   }
 
@@ -245,7 +263,7 @@ export class Agent {
       enabled,
       ...(mod?.status() ?? { state: 'stopped' as const, detail: enabled ? 'not started' : 'disabled' }),
     });
-    return [one('edgeDNS', m.edgeDNS.enable, this.dns), one('edgeProxy', m.edgeProxy.enable, this.proxy)];
+    return [one('edgeDNS', m.edgeDNS.enable, this.dns), one('edgeProxy', m.edgeProxy.enable, this.proxy), one('edgeTunnel', m.edgeTunnel.enable, this.tunnel)];
   }
 
   private warnUnbuiltModules(): void {

@@ -17,6 +17,11 @@ export type ErrorCode =
   | 'ADMIN_UNREACHABLE'
   | 'STATE_DIR'
   | 'BUILD'
+  | 'TUNNEL_START'
+  | 'TUNNEL_DOWN'
+  | 'TUNNEL_NO_PEER'
+  | 'TUNNEL_DIAL'
+  | 'TUNNEL_REFUSED'
   | 'INTERNAL';
 
 export class EdgeMeshError extends Error {

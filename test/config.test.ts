@@ -106,7 +106,7 @@ describe('config', () => {
     });
     const lines = issues.map((i) => `${i.path}: ${i.message}`);
     expect(lines).toContain('modules.edgeTunnel.listenPort: "abc" is not a port (1-65535)');
-    expect(lines).toContain('modules.edgeTunnel.relayNodes[0].advertiseAddress[0]: "not-an-ip" is not an IP address');
+    expect(lines).toContain('modules.edgeTunnel.relayNodes[0].advertiseAddress[0]: "not-an-ip" is not an IP address, IP:port or multiaddr');
     expect(lines).toContain('modules.edgeDNS.listenPrt: unknown key (did you mean "listenPort"?)');
     expect(lines.some((l) => l.startsWith('commonConfig.adminAddress: "localhost" is not an address of the form IP:PORT'))).toBe(true);
     expect(issues.length).toBe(4);

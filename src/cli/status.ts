@@ -41,6 +41,17 @@ export function formatStatus(st: AgentStatus): string {
     }
     if (st.proxy.length > shown.length) lines.push(`  … ${st.proxy.length - shown.length} more: /debug/proxy`);
   }
+  if (st.tunnel) {
+    const t = st.tunnel;
+    lines.push(`tunnel:    peer ${t.peerId}${t.relay ? ' (relay)' : ''}`);
+    lines.push(`           encryption ${t.encryption}`);
+    lines.push(`           listening ${t.listen.join(' ') || 'nowhere'}`);
+    lines.push(`peers (${t.peers.length}):`);
+    for (const p of t.peers) {
+      const path = p.path === 'relayed' ? `relayed via ${p.relay ?? '?'}` : 'direct';
+      lines.push(`  ${p.node.padEnd(20)} ${path.padEnd(24)} rtt ${p.rttMs === undefined ? '?' : `${p.rttMs} ms`}  ${p.streams} streams  ${p.peerId}`);
+    }
+  }
   return lines.join('\n') + '\n';
 }
 

@@ -3,9 +3,10 @@
  * additions (catalog, stateDir, adminAddress, edgeDNS.listenAddress, logging). Keys the original marks "do not
  * configure" are accepted (real ConfigMaps contain them) and overwritten at run time.
  */
+import { multiaddr } from '@multiformats/multiaddr';
 import { isIP } from 'node:net';
 import {
-  bool, checkAbsPathOrEmpty, checkCIDR, checkHostPort, checkIP, checkIPv4, int, list, num, obj, oneOf, port, str,
+  bool, checkAbsPathOrEmpty, checkCIDR, checkHostPort, checkIP, checkIPv4, int, parseHostPort, list, num, obj, oneOf, port, str,
   type Infer,
 } from './schema.ts';
 
@@ -57,9 +58,23 @@ const consistentHash = obj({
   load: num(1.25, 1, 100),
 });
 
+function checkRelayAddress(v: string): string | null {
+  if (checkIP(v) === null || parseHostPort(v)) return null;
+  if (v.startsWith('/')) {
+    try {
+      multiaddr(v);
+      return null;
+    } catch (e) {
+      return `is not a valid multiaddr (${(e as Error).message})`;
+    }
+  }
+  return 'is not an IP address, IP:port or multiaddr';
+}
+
 const relayNode = obj({
   nodeName: str('', { check: (v) => (v ? null : 'is empty (a relay needs its node name)') }),
-  advertiseAddress: list(str('', { check: checkIP, allowed: 'an IP address' })),
+  /** The original takes IP literals (port = listenPort); we also take `IP:port` and full multiaddrs. */
+  advertiseAddress: list(str('', { check: checkRelayAddress, allowed: 'an IP address, IP:port or a /ip4/.../tcp/... multiaddr' })),
 });
 
 const edgeTunnel = (listenPort: number) =>
@@ -87,6 +102,15 @@ const edgeTunnel = (listenPort: number) =>
     listenInterfaces: str('*'),
     extraFilteredInterfaces: str(''),
     metricConfig: obj({ enable: bool(false), port: port(9999) }),
+    // Our additions.
+    /** XSalsa20 engine of the PSK layer: auto = libsodium when loadable, else the pure-JS engine. */
+    cipher: oneOf('auto', ['auto', 'libsodium', 'noble']),
+    /** Deadline for a new peer connection's PSK and TLS handshakes and for a tunnel protocol handshake. */
+    handshakeTimeoutMs: int(10000, 100, 600000),
+    /** Endpoint addresses this node reaches without the tunnel (e.g. hostNetwork endpoints in its own LAN). */
+    directCIDRs: list(str('', { check: checkCIDR, allowed: 'a CIDR' })),
+    /** LAN discovery by multicast DNS under `rendezvous`. */
+    mdns: bool(true),
   });
 
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */

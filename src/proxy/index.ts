@@ -19,8 +19,9 @@ import { ensureListenAddress } from '../net/bridge.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import { type RulesBackend, chooseRules } from './rules.ts';
-import { TcpServicePort } from './tcp.ts';
-import { UdpServicePort } from './udp.ts';
+import { type TcpRemoteDialer, TcpServicePort } from './tcp.ts';
+import { type UdpRemoteDialer, UdpServicePort } from './udp.ts';
+import { cidrMatcher } from '../net/cidr.ts';
 import { socks5Route } from './socks5.ts';
 
 export interface ProxyModuleDeps {
@@ -29,6 +30,10 @@ export interface ProxyModuleDeps {
   nodeName: string;
   logger: Logger;
   metrics?: MetricsRegistry;
+  /** The tunnel, for endpoints on other nodes; absent when edgeTunnel is off. */
+  remote?: TcpRemoteDialer & UdpRemoteDialer;
+  /** Endpoint addresses reached directly even when their node is another one (edgeTunnel.directCIDRs). */
+  directCIDRs?: readonly string[];
 }
 
 /** What a listener serves; the rules backends turn these into DNAT rules. */
@@ -57,6 +62,9 @@ interface Entry {
 
 export class ProxyModule {
   readonly name = 'edgeProxy';
+  private readonly direct: (ip: string) => boolean;
+  /** The dialer's one decision (DESIGN.md): this node's endpoints, unplaced ones and directCIDRs are dialed here. */
+  private readonly isLocal = (ep: LbEndpoint): boolean => ep.nodeName === '' || ep.nodeName === this.deps.nodeName || this.direct(ep.ip);
   private entries = new Map<string, Entry>();
   private unsubscribe: (() => void) | null = null;
   private state: 'stopped' | 'running' | 'failed' = 'stopped';
@@ -75,6 +83,7 @@ export class ProxyModule {
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
     this.host = proxyListenAddress(deps.config);
+    this.direct = cidrMatcher(deps.directCIDRs ?? []);
   }
 
   async start(): Promise<void> {
@@ -97,8 +106,9 @@ export class ProxyModule {
           port: this.cfg.socks5Proxy.listenPort,
           balancer: new Balancer({ ring: this.cfg.loadBalancer.consistentHash }),
           logger: logger.child('socks5'),
-          // Nodes are dialed directly until the tunnel exists.
-          isLocal: () => true,
+          // A node is reached through the tunnel when there is one (its agent then dials its own address).
+          isLocal: (ep: LbEndpoint) => !this.deps.remote || this.isLocal(ep),
+          remote: this.deps.remote,
           connectTimeoutMs: this.cfg.connectTimeoutMs,
           idleTimeoutSec: this.cfg.tcpIdleTimeout,
           maxAttempts: 1,
@@ -187,9 +197,9 @@ export class ProxyModule {
         }
         if (!e) {
           const balancer = new Balancer({ ring: this.cfg.loadBalancer.consistentHash });
-          const common = { host: this.host, port: 0, balancer, logger: this.deps.logger.child(key), isLocal: (ep: LbEndpoint) => ep.nodeName === '' || ep.nodeName === this.deps.nodeName };
+          const common = { host: this.host, port: 0, balancer, logger: this.deps.logger.child(key), isLocal: this.isLocal, remote: this.deps.remote };
           const listener = sp.protocol === 'UDP'
-            ? new UdpServicePort({ ...common, idleTimeoutMs: this.cfg.udpIdleTimeout * 1000, maxSessions: this.cfg.udpMaxSessions })
+            ? new UdpServicePort({ ...common, idleTimeoutMs: this.cfg.udpIdleTimeout * 1000, maxSessions: this.cfg.udpMaxSessions, connectTimeoutMs: this.cfg.connectTimeoutMs })
             : new TcpServicePort({ ...common, connectTimeoutMs: this.cfg.connectTimeoutMs, idleTimeoutSec: this.cfg.tcpIdleTimeout, maxAttempts: this.cfg.maxDialAttempts });
           try {
             await listener.start();

@@ -19,6 +19,7 @@ import type { Socket, TCPSocketListener } from 'bun';
 import { randomBytes } from 'node:crypto';
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
 import type { Logger } from '../obs/logger.ts';
+import type { Pipe, PipeHandlers } from '../tunnel/pipe.ts';
 import { MAX_HEAD, headEnd, insertIntoHead, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
 
 const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
@@ -50,8 +51,10 @@ export interface TcpPortOptions {
   port: number;
   balancer: Balancer;
   logger: Logger;
-  /** Whether an endpoint can be dialed from here; false sends the dial to `remote` (the tunnel, later). */
+  /** Whether an endpoint can be dialed from here; false sends the dial to `remote` (the tunnel). */
   isLocal: (ep: LbEndpoint) => boolean;
+  /** Opens a byte pipe to an endpoint on another node; absent = such endpoints count as failed dials. */
+  remote?: TcpRemoteDialer;
   connectTimeoutMs: number;
   /** Seconds without traffic in either direction before both sides are closed; 0 = never. */
   idleTimeoutSec: number;
@@ -62,11 +65,16 @@ export interface TcpPortOptions {
   route?: RouteHook;
 }
 
+export interface TcpRemoteDialer {
+  open(t: { nodeName: string; protocol: 'tcp'; ip: string; port: number }, h: PipeHandlers, signal: AbortSignal): Promise<Pipe>;
+}
+
 export interface TcpPortStats {
   accepted: number;
   active: number;
   dialFailures: number;
   noEndpoint: number;
+  remoteDials: number;
   bytesUp: number;
   bytesDown: number;
 }
@@ -82,7 +90,8 @@ interface Dial {
 
 interface Conn {
   client: Socket<Conn>;
-  upstream: Socket<Dial> | null;
+  /** A Bun socket to a local endpoint, or a tunnel stream to a remote one. */
+  upstream: Pipe | null;
   ep: LbEndpoint | null;
   tried: Set<string>;
   /** Bytes accepted from one side that the other side's socket has not taken yet. */
@@ -110,7 +119,7 @@ interface Conn {
 export class TcpServicePort {
   private listener: TCPSocketListener<Conn> | null = null;
   private readonly conns = new Set<Conn>();
-  readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, bytesUp: 0, bytesDown: 0 };
+  readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, remoteDials: 0, bytesUp: 0, bytesDown: 0 };
 
   constructor(private readonly o: TcpPortOptions) {}
 
@@ -239,8 +248,7 @@ export class TcpServicePort {
     }
     c.tried.add(ep.key);
     if (!this.o.isLocal(ep)) {
-      // The tunnel dialer arrives with the tunnel module; until then a remote endpoint counts as failed.
-      this.failedDial(c, ep, 'endpoint is on another node and the tunnel is not available');
+      this.dialRemote(c, ep);
       return;
     }
     const attempt = ++c.attempt;
@@ -250,6 +258,69 @@ export class TcpServicePort {
       this.failedDial(c, ep, `connect timeout after ${this.o.connectTimeoutMs} ms`);
     }, this.o.connectTimeoutMs);
     Bun.connect<Dial>({ hostname: ep.ip, port: ep.port, allowHalfOpen: true, data: { c, ep, attempt }, socket: this.upstreamHandlers as unknown as Bun.SocketHandler<Dial> }).catch(() => {}); // typings only allow "buffer" here
+  }
+
+  /** An endpoint on another node: a tunnel stream, driven like a socket. */
+  private dialRemote(c: Conn, ep: LbEndpoint): void {
+    const remote = this.o.remote;
+    if (!remote) {
+      this.failedDial(c, ep, 'endpoint is on another node and the tunnel is not enabled (modules.edgeTunnel.enable)');
+      return;
+    }
+    const attempt = ++c.attempt;
+    const abort = new AbortController();
+    c.dialTimer = setTimeout(() => {
+      if (c.attempt !== attempt || c.upstream) return;
+      c.attempt++;
+      abort.abort(new Error(`tunnel dial timeout after ${this.o.connectTimeoutMs} ms`));
+      this.failedDial(c, ep, `tunnel dial timeout after ${this.o.connectTimeoutMs} ms`);
+    }, this.o.connectTimeoutMs);
+    this.stats.remoteDials++;
+    let pipe: Pipe | null = null;
+    const live = (): boolean => pipe !== null && c.upstream === pipe;
+    const handlers: PipeHandlers = {
+      data: (d) => live() && this.forward(c, 'upstream', d),
+      drain: () => live() && this.drained(c, 'upstream'),
+      end: () => live() && this.ended(c, 'upstream'),
+      close: (reset) => live() && this.close(c, reset),
+    };
+    remote.open({ nodeName: ep.nodeName, protocol: 'tcp', ip: ep.ip, port: ep.port }, handlers, abort.signal).then(
+      (p) => {
+        if (attempt !== c.attempt || c.closed || c.upstream) {
+          p.terminate();
+          return;
+        }
+        clearTimeout(c.dialTimer!);
+        pipe = p;
+        this.joined(c, ep, p);
+        p.resume();
+      },
+      (err: Error) => {
+        if (attempt !== c.attempt || c.upstream || c.closed) return;
+        clearTimeout(c.dialTimer!);
+        this.failedDial(c, ep, err.message);
+      },
+    );
+  }
+
+  /** The upstream is connected: pair it with the client and let the early bytes through. */
+  private joined(c: Conn, ep: LbEndpoint, u: Pipe): void {
+    c.upstream = u;
+    c.ep = ep;
+    this.o.balancer.acquire(ep.key);
+    if (c.fixedTarget) this.o.route?.connected?.(c.client as Socket<unknown>);
+    const early = c.early;
+    c.early = null;
+    if (early) {
+      this.stats.bytesUp += early.length;
+      const n = u.write(early);
+      if (n < early.length) {
+        c.pendingToUpstream = early.subarray(Math.max(0, n)); // drained() resumes the client
+        return;
+      }
+    }
+    if (c.clientEnded) u.shutdown();
+    else c.client.resume();
   }
 
   /**
@@ -265,24 +336,9 @@ export class TcpServicePort {
         return;
       }
       clearTimeout(c.dialTimer!);
-      c.upstream = u;
-      c.ep = ep;
       u.setNoDelay(true);
       if (this.o.idleTimeoutSec > 0) u.timeout(this.o.idleTimeoutSec);
-      this.o.balancer.acquire(ep.key);
-      if (c.fixedTarget) this.o.route?.connected?.(c.client as Socket<unknown>);
-      const early = c.early;
-      c.early = null;
-      if (early) {
-        this.stats.bytesUp += early.length;
-        const n = u.write(early);
-        if (n < early.length) {
-          c.pendingToUpstream = early.subarray(Math.max(0, n)); // drained() resumes the client
-          return;
-        }
-      }
-      if (c.clientEnded) u.shutdown();
-      else c.client.resume();
+      this.joined(c, ep, u);
     },
     data: (u, chunk) => this.forward(u.data.c, 'upstream', chunk),
     drain: (u) => this.drained(u.data.c, 'upstream'),
@@ -329,6 +385,13 @@ export class TcpServicePort {
     }
     if (from === 'client') this.stats.bytesUp += chunk.length;
     else this.stats.bytesDown += chunk.length;
+    const held = from === 'client' ? c.pendingToUpstream : c.pendingToClient;
+    if (held) {
+      // A tunnel stream may deliver what it had already queued after pause(): keep order, write after the rest.
+      if (from === 'client') c.pendingToUpstream = concat(held, chunk);
+      else c.pendingToClient = concat(held, chunk);
+      return;
+    }
     const n = to.write(chunk);
     if (n < chunk.length) {
       const rest = chunk.subarray(Math.max(0, n));

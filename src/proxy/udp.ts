@@ -11,12 +11,30 @@
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
 import type { Logger } from '../obs/logger.ts';
 
+/** A datagram channel to an endpoint on another node (the tunnel frames datagrams inside one stream). */
+export interface DatagramChannel {
+  send(d: Uint8Array): void;
+  close(): void;
+}
+
+export interface UdpRemoteDialer {
+  openDatagrams(
+    t: { nodeName: string; protocol: 'udp'; ip: string; port: number },
+    h: { datagram(d: Uint8Array): void; closed(): void },
+    signal: AbortSignal,
+  ): Promise<DatagramChannel>;
+}
+
 export interface UdpPortOptions {
   host: string;
   port: number;
   balancer: Balancer;
   logger: Logger;
   isLocal: (ep: LbEndpoint) => boolean;
+  /** Endpoints on other nodes; absent = their datagrams are dropped. */
+  remote?: UdpRemoteDialer;
+  /** How long opening a tunnel channel may take. */
+  connectTimeoutMs?: number;
   idleTimeoutMs: number;
   maxSessions: number;
 }
@@ -26,7 +44,7 @@ interface Session {
   addr: string;
   port: number;
   ep: LbEndpoint;
-  upstream: Bun.udp.ConnectedSocket<'buffer'> | null;
+  upstream: DatagramChannel | null;
   queue: Uint8Array[];
   queuedBytes: number;
   lastActive: number;
@@ -78,8 +96,8 @@ export class UdpServicePort {
         return;
       }
       const ep = this.o.balancer.pick({ clientIP: addr });
-      if (!ep || !this.o.isLocal(ep)) {
-        // Remote endpoints go through the tunnel, which arrives with its own module.
+      const local = ep ? this.o.isLocal(ep) : false;
+      if (!ep || (!local && !this.o.remote)) {
         this.stats[ep ? 'dropped' : 'noEndpoint']++;
         return;
       }
@@ -88,7 +106,8 @@ export class UdpServicePort {
       this.stats.accepted++;
       this.stats.active++;
       this.o.balancer.acquire(ep.key);
-      this.open(s);
+      if (local) this.open(s);
+      else this.openRemote(s);
     }
     s.lastActive = performance.now();
     this.stats.datagramsUp++;
@@ -120,21 +139,44 @@ export class UdpServicePort {
         error: () => {},
       },
     }).then(
-      (u) => {
-        if (s.closed) {
-          u.close();
-          return;
-        }
-        s.upstream = u;
-        for (const q of s.queue) this.sendUp(s, q);
-        s.queue = [];
-        s.queuedBytes = 0;
-      },
+      (u) => this.opened(s, u),
       (err) => {
         this.o.logger.debug('cannot open an upstream UDP socket', { endpoint: s.ep.key, error: String(err) });
         this.end(s);
       },
     );
+  }
+
+  private openRemote(s: Session): void {
+    const toClient = (reply: Uint8Array): void => {
+      if (s.closed || !this.sock) return;
+      s.lastActive = performance.now();
+      this.stats.datagramsDown++;
+      try {
+        this.sock.send(reply, s.port, s.addr);
+      } catch {
+        this.stats.dropped++;
+      }
+    };
+    const t = { nodeName: s.ep.nodeName, protocol: 'udp' as const, ip: s.ep.ip, port: s.ep.port };
+    this.o.remote!.openDatagrams(t, { datagram: toClient, closed: () => this.end(s) }, AbortSignal.timeout(this.o.connectTimeoutMs ?? 5000)).then(
+      (ch) => this.opened(s, ch),
+      (err) => {
+        this.o.logger.debug('cannot open a tunnel channel for UDP', { endpoint: s.ep.key, node: s.ep.nodeName, error: String(err) });
+        this.end(s);
+      },
+    );
+  }
+
+  private opened(s: Session, u: DatagramChannel): void {
+    if (s.closed) {
+      u.close();
+      return;
+    }
+    s.upstream = u;
+    for (const q of s.queue) this.sendUp(s, q);
+    s.queue = [];
+    s.queuedBytes = 0;
   }
 
   private sendUp(s: Session, buf: Uint8Array): void {

@@ -1,0 +1,635 @@
+/**
+ * tunnel/ — EdgeTunnel: the libp2p node that carries proxied connections to endpoints on other nodes.
+ *
+ *   const tunnel = new TunnelModule({ config, nodeName, catalog, privateKey, psk, logger, metrics });
+ *   await tunnel.start();
+ *   const stream = await tunnel.open({ nodeName: 'edge-b', protocol: 'tcp', ip: '10.244.1.7', port: 80 }, signal);
+ *   // `stream` is now a byte pipe to 10.244.1.7:80, dialed by edge-b's agent
+ *
+ * Stack per connection: TCP → pnet (PSK, XSalsa20; cipher.ts picks libsodium or pure JS) → TLS 1.3 (peer
+ * authenticated by its key; tls.ts) → yamux; one yamux stream per proxied connection. Relayed connections
+ * (circuit relay v2) work the same; DCUtR may upgrade them to direct ones.
+ *
+ * Who is who: a node's peer ID is bound to its node name in the catalog (Node annotation `edgemesh.io/peer-id`,
+ * published by each agent in Kubernetes mode, written in the catalog file in standalone mode). The dialer only
+ * dials the bound peer ID, and TLS proves the key, so a peer cannot answer for a name it is not bound to. The
+ * discovery handshake checks a peer's claimed name against the binding and refuses mismatches.
+ *
+ * What the receiving side dials: only endpoints that its catalog places on this node (or this node's own
+ * addresses, for SOCKS5), and only for peers bound to some node; anything else gets FAILED. The original dials
+ * whatever it is asked to (an open proxy into every node's network).
+ */
+import { identify } from '@libp2p/identify';
+import type { Connection, Libp2p, PeerId, PrivateKey, Stream } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { ping } from '@libp2p/ping';
+import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
+import { dcutr } from '@libp2p/dcutr';
+import { mdns } from '@libp2p/mdns';
+import { tcp } from '@libp2p/tcp';
+import { yamux } from '@libp2p/yamux';
+import { lpStream } from '@libp2p/utils';
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr';
+import type { Socket } from 'bun';
+import { createLibp2p } from 'libp2p';
+import { networkInterfaces } from 'node:os';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { AgentConfig } from '../config/schema-edgemesh.ts';
+import { parseHostPort } from '../config/schema.ts';
+import { EdgeMeshError } from '../errors.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { MetricsRegistry } from '../obs/metrics.ts';
+import { type CipherChoice, chooseXSalsa20 } from './cipher.ts';
+import type { DatagramChannel } from '../proxy/udp.ts';
+import { type Pipe, type PipeHandlers, StreamPipe } from './pipe.ts';
+import { pnet } from './pnet.ts';
+import {
+  DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
+  encodeProxy, frameDatagram,
+} from './protocol.ts';
+import { Splice } from './splice.ts';
+import { bunTls } from './tls.ts';
+
+export type TunnelConfig = AgentConfig['modules']['edgeTunnel'];
+
+/** Node annotation binding a node name to its tunnel peer ID. */
+export const PEER_ID_ANNOTATION = 'edgemesh.io/peer-id';
+/** Node annotation listing where a node's tunnel listens (comma-separated multiaddrs); optional. */
+export const ADDRESSES_ANNOTATION = 'edgemesh.io/tunnel-addresses';
+
+/** Interface name prefixes never listened on (SPEC §5.1), plus extraFilteredInterfaces. */
+const FILTERED_PREFIXES = ['docker', 'edgemesh', 'tunl', 'flannel', 'cni', 'br', 'kube-ipvs'];
+/** How long a UDP flow through the tunnel lives without datagrams in either direction. */
+const UDP_IDLE_MS = 60_000;
+const PING_EVERY_MS = 10_000;
+
+export interface RemoteTarget {
+  nodeName: string;
+  protocol: 'tcp' | 'udp';
+  ip: string;
+  port: number;
+}
+
+/** What the proxy needs from the tunnel. */
+export interface RemoteDialer {
+  /** A TCP byte pipe to an endpoint on another node; it delivers nothing until resume(). */
+  open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal): Promise<Pipe>;
+  /** Datagrams to a UDP endpoint on another node, framed inside one stream (boundaries kept). */
+  openDatagrams(t: RemoteTarget, h: { datagram(d: Uint8Array): void; closed(): void }, signal: AbortSignal): Promise<DatagramChannel>;
+}
+
+export interface TunnelDeps {
+  config: TunnelConfig;
+  nodeName: string;
+  catalog: Catalog;
+  privateKey: PrivateKey;
+  /** The 32-byte private-network key, or null when psk.enable is false. */
+  psk: Uint8Array | null;
+  logger: Logger;
+  metrics?: MetricsRegistry;
+}
+
+export interface PeerStatus {
+  node: string;
+  peerId: string;
+  path: 'direct' | 'relayed';
+  relay?: string;
+  remoteAddr: string;
+  streams: number;
+  rttMs?: number;
+}
+
+export interface TunnelStatus {
+  peerId: string;
+  encryption: string;
+  listen: string[];
+  relay: boolean;
+  peers: PeerStatus[];
+}
+
+interface TunnelStats {
+  streamsOut: number;
+  streamsIn: number;
+  refused: number;
+  dialFailures: number;
+  discoveryRefused: number;
+  pskFailures: number;
+}
+
+export class TunnelModule implements RemoteDialer {
+  private node: Libp2p | null = null;
+  private encryption = '';
+  private readonly stats: TunnelStats = { streamsOut: 0, streamsIn: 0, refused: 0, dialFailures: 0, discoveryRefused: 0, pskFailures: 0 };
+  private readonly active = new Set<{ close(): void }>();
+  private isRelay = false;
+  private readonly rtt = new Map<string, number>();
+  private pinger: ReturnType<typeof setInterval> | null = null;
+
+  constructor(private readonly d: TunnelDeps) {}
+
+  get peerId(): string {
+    return this.node?.peerId.toString() ?? '';
+  }
+
+  async start(): Promise<void> {
+    const c = this.d.config;
+    const log = this.d.logger;
+    const listen = listenAddresses(c);
+    this.isRelay = c.relayNodes.some((r) => r.nodeName === this.d.nodeName);
+    let protector;
+    if (this.d.psk) {
+      const chosen = chooseXSalsa20(c.cipher as CipherChoice);
+      if (chosen.fallbackReason) log.warn('PSK cipher: using the pure-JS engine', { reason: chosen.fallbackReason });
+      this.encryption = `pnet/xsalsa20 (${chosen.engine.name}) + ${'/tls/1.0.0'}`;
+      protector = pnet({ key: this.d.psk, engine: chosen.engine, timeoutMs: c.handshakeTimeoutMs, onFailure: () => this.stats.pskFailures++ });
+    } else {
+      this.encryption = '/tls/1.0.0 (no PSK: psk.enable is false)';
+    }
+    const limits = c.tunnelLimitConfig;
+    const maxIn = limits.enable ? limits.tunnelPeerBaseStreamIn : 1 << 20;
+    const maxOut = limits.enable ? limits.tunnelPeerBaseStreamOut : 1 << 20;
+    const services: Record<string, (components: never) => unknown> = {
+      identify: identify({ runOnLimitedConnection: true }) as never,
+      ping: ping({ runOnLimitedConnection: true }) as never,
+      dcutr: dcutr() as never,
+    };
+    if (this.isRelay) {
+      // Proxied streams live for hours: no per-circuit duration or data limits (the defaults, 2 min and
+      // 128 KiB, would cut every real connection), like the original.
+      services.relay = circuitRelayServer({ reservations: { maxReservations: 4096, applyDefaultLimit: false } }) as never;
+    }
+    try {
+      this.node = await createLibp2p({
+        privateKey: this.d.privateKey,
+        addresses: { listen: [...listen, ...this.relayListen()] },
+        transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
+        connectionProtector: protector,
+        connectionEncrypters: [bunTls()],
+        streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
+        peerDiscovery: c.mdns ? [mdns({ serviceTag: c.rendezvous })] : [],
+        connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs },
+        services: services as never,
+      });
+    } catch (e) {
+      throw new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
+    }
+    const node = this.node;
+    await node.handle(PROXY_PROTOCOL, (s, conn) => this.onProxy(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
+    await node.handle(DISCOVERY_PROTOCOL, (s, conn) => this.onDiscovery(s, conn), { runOnLimitedConnection: true });
+    node.addEventListener('peer:discovery', (evt) => {
+      const id = evt.detail.id;
+      if (node.getConnections(id).length === 0) this.discover(id, 'MDNS').catch(() => {});
+    });
+    node.addEventListener('connection:open', (evt) => {
+      if (evt.detail.direction === 'outbound') this.discover(evt.detail.remotePeer, 'DHT').catch(() => {});
+    });
+    this.registerMetrics();
+    log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay });
+    this.connectRelays();
+    this.pinger = setInterval(() => void this.pingPeers(), PING_EVERY_MS);
+    this.pinger.unref?.();
+    node.addEventListener('peer:connect', () => void this.pingPeers());
+  }
+
+  async stop(): Promise<void> {
+    if (this.pinger) clearInterval(this.pinger);
+    for (const a of [...this.active]) a.close();
+    const node = this.node;
+    this.node = null;
+    if (node) await node.stop();
+  }
+
+  // ---- who is who ----
+
+  /** The peer ID the catalog binds to `nodeName`, or null. */
+  peerOf(nodeName: string): PeerId | null {
+    const id = this.d.catalog.snapshot().nodes.get(nodeName)?.annotations[PEER_ID_ANNOTATION];
+    if (!id) return null;
+    try {
+      return peerIdFromString(id);
+    } catch {
+      return null;
+    }
+  }
+
+  /** The node name bound to a peer ID, or null. */
+  nodeOf(peer: PeerId): string | null {
+    const id = peer.toString();
+    for (const n of this.d.catalog.snapshot().nodes.values()) if (n.annotations[PEER_ID_ANNOTATION] === id) return n.name;
+    return null;
+  }
+
+  /** Where a node's tunnel can be reached: its annotation, its node addresses at our port, via every relay. */
+  private addressesOf(nodeName: string, peer: PeerId): Multiaddr[] {
+    const out: Multiaddr[] = [];
+    const n = this.d.catalog.snapshot().nodes.get(nodeName);
+    const ann = n?.annotations[ADDRESSES_ANNOTATION];
+    if (ann) for (const a of ann.split(',')) tryPush(out, a.trim());
+    const relay = this.d.config.relayNodes.find((r) => r.nodeName === nodeName);
+    if (relay) for (const a of relay.advertiseAddress) tryPush(out, toMultiaddr(a, this.d.config.listenPort));
+    if (!ann && n) for (const a of n.addresses) if (a.type === 'InternalIP' || a.type === 'ExternalIP') tryPush(out, toMultiaddr(a.address, this.d.config.listenPort));
+    for (const r of this.relays()) {
+      if (r.peer.equals(peer)) continue;
+      for (const a of r.addrs) tryPush(out, `${a.toString()}/p2p/${r.peer.toString()}/p2p-circuit`);
+    }
+    return out;
+  }
+
+  private relays(): { name: string; peer: PeerId; addrs: Multiaddr[] }[] {
+    const out = [];
+    for (const r of this.d.config.relayNodes) {
+      if (r.nodeName === this.d.nodeName) continue;
+      const peer = this.peerOf(r.nodeName);
+      if (!peer) continue;
+      const addrs: Multiaddr[] = [];
+      for (const a of r.advertiseAddress) tryPush(addrs, toMultiaddr(a, this.d.config.listenPort));
+      out.push({ name: r.nodeName, peer, addrs });
+    }
+    return out;
+  }
+
+  /** Reservations on every configured relay, so that peers behind other NATs can reach us through them. */
+  private relayListen(): string[] {
+    return this.relays().flatMap((r) => r.addrs.map((a) => `${a.toString()}/p2p/${r.peer.toString()}/p2p-circuit`));
+  }
+
+  private connectRelays(): void {
+    const node = this.node;
+    if (!node) return;
+    for (const r of this.relays()) {
+      node.dial(r.addrs.map((a) => a.encapsulate(`/p2p/${r.peer.toString()}`)), { signal: AbortSignal.timeout(this.d.config.handshakeTimeoutMs) }).catch((e: Error) => {
+        this.d.logger.warn('relay not reachable', { relay: r.name, error: e.message });
+      });
+    }
+  }
+
+  // ---- discovery handshake ----
+
+  private async discover(peer: PeerId, how: 'MDNS' | 'DHT'): Promise<void> {
+    const node = this.node;
+    if (!node) return;
+    const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
+    const s = await node.dialProtocol(peer, DISCOVERY_PROTOCOL, { signal, runOnLimitedConnection: true });
+    try {
+      const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
+      await lp.write(encodeDiscovery({ type: MsgType.CONNECT, protocol: how, nodeName: this.d.nodeName }), { signal });
+      const reply = decodeDiscovery((await lp.read({ signal })).subarray());
+      if (reply.type !== MsgType.SUCCESS) {
+        this.d.logger.warn('peer refused our discovery handshake', { peer: peer.toString() });
+      } else if (!this.claimMatches(reply.nodeName, peer)) {
+        this.stats.discoveryRefused++;
+        this.d.logger.warn('peer claims a node name that the catalog binds to another peer; ignored', { peer: peer.toString(), claimed: reply.nodeName });
+      }
+    } finally {
+      s.abort(new Error('discovery done')); // the original resets the stream after the handshake
+    }
+  }
+
+  private claimMatches(nodeName: string, peer: PeerId): boolean {
+    const bound = this.peerOf(nodeName);
+    return bound !== null && bound.equals(peer);
+  }
+
+  private async onDiscovery(s: Stream, conn: Connection): Promise<void> {
+    const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
+    const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
+    try {
+      const req = decodeDiscovery((await lp.read({ signal })).subarray());
+      if (req.type !== MsgType.CONNECT) throw new Error('not a CONNECT');
+      if (!this.claimMatches(req.nodeName, conn.remotePeer)) {
+        this.stats.discoveryRefused++;
+        this.d.logger.warn('refused a peer claiming a node name it is not bound to', {
+          peer: conn.remotePeer.toString(), claimed: req.nodeName, bound: this.peerOf(req.nodeName)?.toString() ?? 'none',
+        });
+        await lp.write(encodeDiscovery({ type: MsgType.FAILED, protocol: req.protocol, nodeName: this.d.nodeName }), { signal });
+        await s.close({ signal }).catch(() => {});
+        await conn.close().catch(() => {});
+        return;
+      }
+      await lp.write(encodeDiscovery({ type: MsgType.SUCCESS, protocol: req.protocol, nodeName: this.d.nodeName }), { signal });
+      await s.close({ signal }).catch(() => {});
+    } catch (e) {
+      s.abort(e as Error);
+    }
+  }
+
+  // ---- proxy protocol, sending side ----
+
+  async open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+    const stream = await this.openStream(t, signal);
+    stream.pause(); // the caller resumes once it has paired the pipe with its client
+    return new StreamPipe(stream, h);
+  }
+
+  async openDatagrams(t: RemoteTarget, h: { datagram(d: Uint8Array): void; closed(): void }, signal: AbortSignal): Promise<DatagramChannel> {
+    const stream = await this.openStream(t, signal);
+    const deframer = new DatagramDeframer();
+    stream.addEventListener('message', (evt) => {
+      const d = evt.data;
+      for (const c of d instanceof Uint8Array ? [d] : d) deframer.push(c, h.datagram);
+    });
+    stream.addEventListener('close', () => h.closed());
+    stream.addEventListener('remoteCloseWrite', () => stream.close().catch(() => {}));
+    return {
+      // UDP may drop: a stream that cannot keep up loses datagrams rather than buffering without bound.
+      send: (d) => {
+        if (stream.writeStatus === 'writable' && stream.writeBufferLength < 1024 * 1024 && d.length <= MAX_DATAGRAM) stream.send(frameDatagram(d));
+      },
+      close: () => {
+        stream.close().catch(() => stream.abort(new Error('closing')));
+      },
+    };
+  }
+
+  async openStream(t: RemoteTarget, signal: AbortSignal): Promise<Stream> {
+    const node = this.node;
+    if (!node) throw new EdgeMeshError('TUNNEL_DOWN', 'the tunnel is not running');
+    const peer = this.peerOf(t.nodeName);
+    if (!peer) {
+      this.stats.dialFailures++;
+      throw new EdgeMeshError('TUNNEL_NO_PEER', `node ${t.nodeName} has no ${PEER_ID_ANNOTATION} annotation in the catalog; it cannot be reached through the tunnel`);
+    }
+    if (node.getConnections(peer).length === 0) await node.peerStore.merge(peer, { multiaddrs: this.addressesOf(t.nodeName, peer) });
+    let s: Stream;
+    try {
+      s = await node.dialProtocol(peer, PROXY_PROTOCOL, { signal, runOnLimitedConnection: true });
+    } catch (e) {
+      this.stats.dialFailures++;
+      throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel to node ${t.nodeName}: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
+      await lp.write(encodeProxy({ type: MsgType.CONNECT, protocol: t.protocol, nodeName: t.nodeName, ip: t.ip, port: t.port }), { signal });
+      const reply = decodeProxy((await lp.read({ signal })).subarray());
+      if (reply.type !== MsgType.SUCCESS) throw new EdgeMeshError('TUNNEL_REFUSED', `node ${t.nodeName} could not connect ${t.protocol} ${t.ip}:${t.port}`);
+      this.stats.streamsOut++;
+      return lp.unwrap();
+    } catch (e) {
+      this.stats.dialFailures++;
+      s.abort(e as Error);
+      throw e;
+    }
+  }
+
+  // ---- proxy protocol, receiving side ----
+
+  /** Why a CONNECT must be refused, or null when it names an endpoint this node may dial. */
+  private refusal(from: PeerId, protocol: string, ip: string, port: number): string | null {
+    if (protocol !== 'tcp' && protocol !== 'udp') return `unknown protocol ${JSON.stringify(protocol)}`;
+    if (!(port > 0 && port < 65536)) return `bad port ${port}`;
+    if (this.nodeOf(from) === null) return 'the requesting peer is not bound to any node in the catalog';
+    const snap = this.d.catalog.snapshot();
+    const proto = protocol === 'tcp' ? 'TCP' : 'UDP';
+    for (const se of snap.endpoints.values()) {
+      for (const ep of se.endpoints) {
+        if (ep.ip !== ip || ep.nodeName !== this.d.nodeName) continue;
+        if (ep.ports.some((p) => p.port === port && p.protocol === proto)) return null;
+      }
+    }
+    // SOCKS5 reaches a node itself (e.g. ssh): any port on this node's own addresses.
+    const self = snap.nodes.get(this.d.nodeName);
+    if (protocol === 'tcp' && self?.addresses.some((a) => a.address === ip)) return null;
+    return `${protocol} ${ip}:${port} is not an endpoint on node ${this.d.nodeName}`;
+  }
+
+  private async onProxy(s: Stream, conn: Connection): Promise<void> {
+    const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
+    const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
+    let req;
+    try {
+      req = decodeProxy((await lp.read({ signal })).subarray());
+      if (req.type !== MsgType.CONNECT) throw new Error('expected CONNECT');
+    } catch (e) {
+      s.abort(e as Error);
+      return;
+    }
+    const why = this.refusal(conn.remotePeer, req.protocol, req.ip, req.port);
+    const fail = async (reason: string): Promise<void> => {
+      this.stats.refused++;
+      this.d.logger.warn('refused a tunnel CONNECT', { peer: conn.remotePeer.toString(), node: this.nodeOf(conn.remotePeer) ?? '?', target: `${req.protocol} ${req.ip}:${req.port}`, reason });
+      try {
+        await lp.write(encodeProxy({ type: MsgType.FAILED }), { signal });
+        await s.close({ signal });
+      } catch {
+        s.abort(new Error(reason));
+      }
+    };
+    if (why) return fail(why);
+    const success = encodeProxy({ ...req, type: MsgType.SUCCESS });
+    if (req.protocol === 'udp') return this.serveUdp(lp.unwrap(), req.ip, req.port, success, fail);
+    const socket = await connectWithRetry(req.ip, req.port, 3, 5000);
+    if (typeof socket === 'string') return fail(`connect failed: ${socket}`);
+    this.stats.streamsIn++;
+    const raw = lp.unwrap();
+    raw.send(lengthPrefixed(success));
+    this.spliceTcp(raw, socket);
+  }
+
+  private spliceTcp(stream: Stream, socket: Socket<Splice | null>): void {
+    const entry = { close: () => splice.close(true) };
+    const splice = new Splice(() => this.active.delete(entry));
+    this.active.add(entry);
+    socket.data = splice;
+    splice.set(0, socket);
+    splice.set(1, new StreamPipe(stream, {
+      data: (d) => splice.data(1, d),
+      drain: () => splice.drain(1),
+      end: () => splice.end(1),
+      close: (reset) => splice.close(reset),
+    }));
+    socket.resume();
+  }
+
+  private async serveUdp(stream: Stream, ip: string, port: number, success: Uint8Array, fail: (why: string) => Promise<void>): Promise<void> {
+    let idle: ReturnType<typeof setTimeout>;
+    let closed = false;
+    const entry = { close: () => finish() };
+    const finish = (): void => {
+      if (closed) return;
+      closed = true;
+      clearTimeout(idle);
+      this.active.delete(entry);
+      sock?.close();
+      stream.close().catch(() => stream.abort(new Error('closing')));
+    };
+    const touch = (): void => {
+      clearTimeout(idle);
+      idle = setTimeout(finish, UDP_IDLE_MS);
+    };
+    let sock: Awaited<ReturnType<typeof Bun.udpSocket>> | null = null;
+    try {
+      sock = await Bun.udpSocket({
+        connect: { hostname: ip, port },
+        socket: {
+          data: (_s, buf) => {
+            touch();
+            if (buf.length <= MAX_DATAGRAM) stream.send(frameDatagram(buf));
+          },
+        },
+      });
+    } catch (e) {
+      return fail(`udp socket: ${(e as Error).message}`);
+    }
+    this.stats.streamsIn++;
+    this.active.add(entry);
+    stream.send(lengthPrefixed(success));
+    const deframer = new DatagramDeframer();
+    stream.addEventListener('message', (evt) => {
+      touch();
+      const d = evt.data;
+      for (const c of d instanceof Uint8Array ? [d] : d) deframer.push(c, (dg) => sock!.send(dg));
+    });
+    stream.addEventListener('remoteCloseWrite', finish);
+    stream.addEventListener('close', finish);
+    touch();
+  }
+
+  // ---- status and metrics ----
+
+  /** For the agent's module list. */
+  status(): { state: 'running' | 'stopped'; detail: string } {
+    const node = this.node;
+    if (!node) return { state: 'stopped', detail: 'not started' };
+    return { state: 'running', detail: `peer ${node.peerId.toString()}, ${node.getConnections().length} peer connection(s), ${this.encryption}` };
+  }
+
+  /** Each connected peer with its path and last measured round trip (pinged every PING_EVERY_MS). */
+  describe(): TunnelStatus {
+    const node = this.node;
+    if (!node) return { peerId: '', encryption: this.encryption, listen: [], relay: this.isRelay, peers: [] };
+    const peers: PeerStatus[] = [];
+    for (const conn of node.getConnections()) {
+      const addr = conn.remoteAddr.toString();
+      const relayed = addr.includes('/p2p-circuit');
+      const relayId = relayed ? /\/p2p\/([^/]+)\/p2p-circuit/.exec(addr)?.[1] : undefined;
+      let relay: string | undefined;
+      if (relayId) {
+        try {
+          relay = this.nodeOf(peerIdFromString(relayId)) ?? relayId;
+        } catch {
+          relay = relayId;
+        }
+      }
+      const rttMs = this.rtt.get(conn.remotePeer.toString());
+      peers.push({ node: this.nodeOf(conn.remotePeer) ?? '?', peerId: conn.remotePeer.toString(), path: relayed ? 'relayed' : 'direct', relay, remoteAddr: addr, streams: conn.streams.length, rttMs });
+    }
+    return { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay, peers };
+  }
+
+  /** Round trips to every connected peer, kept for status (the ping also keeps idle NAT mappings alive). */
+  private async pingPeers(): Promise<void> {
+    const node = this.node;
+    if (!node) return;
+    const svc = (node.services as { ping: { ping(p: PeerId, o: { signal: AbortSignal }): Promise<number> } }).ping;
+    const seen = new Set<string>();
+    await Promise.all(node.getPeers().map(async (p) => {
+      seen.add(p.toString());
+      try {
+        this.rtt.set(p.toString(), await svc.ping(p, { signal: AbortSignal.timeout(5000) }));
+      } catch {
+        this.rtt.delete(p.toString());
+      }
+    }));
+    for (const k of this.rtt.keys()) if (!seen.has(k)) this.rtt.delete(k);
+  }
+
+  private registerMetrics(): void {
+    const m = this.d.metrics;
+    if (!m) return;
+    const st = this.stats;
+    m.counterFrom('edgemesh_tunnel_streams_out_total', 'Proxied connections sent through the tunnel').set(() => st.streamsOut);
+    m.counterFrom('edgemesh_tunnel_streams_in_total', 'Proxied connections received through the tunnel and dialed here').set(() => st.streamsIn);
+    m.counterFrom('edgemesh_tunnel_refused_total', 'Tunnel CONNECTs refused (not a local endpoint, unbound peer, dial failed)').set(() => st.refused);
+    m.counterFrom('edgemesh_tunnel_dial_failures_total', 'Tunnel streams that could not be opened to another node').set(() => st.dialFailures);
+    m.counterFrom('edgemesh_tunnel_discovery_refused_total', 'Peers refused for claiming a node name bound to another peer').set(() => st.discoveryRefused);
+    m.counterFrom('edgemesh_tunnel_psk_failures_total', 'Connections that failed the private-network (PSK) handshake').set(() => st.pskFailures);
+    m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => !c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'direct' });
+    m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'relayed' });
+  }
+}
+
+function tryPush(out: Multiaddr[], a: string): void {
+  try {
+    out.push(multiaddr(a));
+  } catch {
+    // a bad annotation or address costs that address only
+  }
+}
+
+/** IP → /ip4/IP/tcp/port; IP:port → /ip4/IP/tcp/port; a multiaddr as is. */
+export function toMultiaddr(a: string, port: number): string {
+  if (a.startsWith('/')) return a;
+  const hp = parseHostPort(a);
+  const host = hp?.host ?? a;
+  const p = hp?.port ?? port;
+  return `/${host.includes(':') ? 'ip6' : 'ip4'}/${host}/tcp/${p}`;
+}
+
+/** SPEC §5.1: one TCP multiaddr per IPv4 of each selected interface. */
+export function listenAddresses(c: TunnelConfig, ifaces = networkInterfaces()): string[] {
+  const wanted = c.listenInterfaces.trim();
+  const names = wanted === '' || wanted === '*' ? null : wanted.split(',').map((s) => s.trim()).filter(Boolean);
+  const extra = c.extraFilteredInterfaces.split(',').map((s) => s.trim()).filter(Boolean);
+  if (names) {
+    const missing = names.filter((n) => !ifaces[n]);
+    if (missing.length) throw new EdgeMeshError('CONFIG_INVALID', `modules.edgeTunnel.listenInterfaces: ${missing.join(', ')} ${missing.length > 1 ? 'are not interfaces' : 'is not an interface'} of this host (have: ${Object.keys(ifaces).join(', ')})`);
+  }
+  const out: string[] = [];
+  for (const [name, addrs] of Object.entries(ifaces)) {
+    if (names ? !names.includes(name) : [...FILTERED_PREFIXES, ...extra].some((p) => name.startsWith(p))) continue;
+    for (const a of addrs ?? []) if (a.family === 'IPv4') out.push(`/ip4/${a.address}/tcp/${c.listenPort}`);
+  }
+  if (out.length === 0) throw new EdgeMeshError('CONFIG_INVALID', `modules.edgeTunnel.listenInterfaces: ${JSON.stringify(c.listenInterfaces)} selects no IPv4 address to listen on`);
+  return out;
+}
+
+function lengthPrefixed(msg: Uint8Array): Uint8Array {
+  const out: number[] = [];
+  let n = msg.length;
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n >>>= 7;
+  }
+  out.push(n);
+  const b = new Uint8Array(out.length + msg.length);
+  b.set(out);
+  b.set(msg, out.length);
+  return b;
+}
+
+/** The original tries three times; a refused port fails fast, a black hole waits for the timeout. */
+async function connectWithRetry(ip: string, port: number, attempts: number, timeoutMs: number): Promise<Socket<Splice | null> | string> {
+  let last = '';
+  for (let i = 0; i < attempts; i++) {
+    if (i > 0) await Bun.sleep(100);
+    try {
+      const sock = await Promise.race([
+        Bun.connect<Splice | null>({
+          hostname: ip,
+          port,
+          allowHalfOpen: true,
+          data: null,
+          socket: {
+            binaryType: 'uint8array',
+            open: (s) => {
+              s.setNoDelay(true);
+              s.pause(); // until the splice is attached
+            },
+            data: (s, d) => s.data?.data(0, d),
+            drain: (s) => s.data?.drain(0),
+            end: (s) => s.data?.end(0),
+            error: (s) => s.data?.close(true),
+            close: (s, err) => s.data?.close(!!err),
+          },
+        }),
+        Bun.sleep(timeoutMs).then(() => {
+          throw new Error(`timeout after ${timeoutMs} ms`);
+        }),
+      ]);
+      return sock as Socket<Splice | null>;
+    } catch (e) {
+      last = (e as Error).message;
+    }
+  }
+  return last;
+}

@@ -1,0 +1,104 @@
+/**
+ * tunnel/ — a libp2p stream seen as a socket, so the proxy's splice (proxy/tcp.ts) and the tunnel's receiving
+ * end drive a tunnel stream exactly like a Bun socket: `write()` returns how much was taken, `drain` says when to
+ * write again, `pause()`/`resume()` stop and start the other side's sends, FIN and reset map to close/abort.
+ *
+ * Backpressure: a libp2p stream accepts any amount into its own write buffer and its `drain` only means the
+ * muxer can take more (../shared/TESTING.md: a splice fed by 512 KiB socket reads then buffered without bound).
+ * So `write()` refuses bytes while the stream's buffer holds more than HIGH_WATER, and `drain` is reported once
+ * the buffer is under LOW_WATER (checked on the stream's 'drain' and 'idle' events): memory per stream stays
+ * bounded, and the buffer never runs dry while the socket has data.
+ */
+import type { Stream } from '@libp2p/interface';
+import type { Uint8ArrayList } from 'uint8arraylist';
+
+const HIGH_WATER = 1024 * 1024;
+const LOW_WATER = 256 * 1024;
+
+export interface PipeHandlers {
+  data(chunk: Uint8Array): void;
+  /** A refused write can be retried. */
+  drain(): void;
+  /** The remote closed its writing side (FIN). */
+  end(): void;
+  /** The stream is gone; `reset` when it ended with an error (RST semantics). */
+  close(reset: boolean): void;
+}
+
+/** The socket-shaped subset the splices use (Bun's Socket has all of it). */
+export interface Pipe {
+  write(chunk: Uint8Array): number;
+  shutdown(): void;
+  end(): void;
+  terminate(): void;
+  pause(): void;
+  resume(): void;
+}
+
+export class StreamPipe implements Pipe {
+  private refused = false;
+  private done = false;
+
+  constructor(readonly stream: Stream, private readonly h: PipeHandlers) {
+    stream.maxReadBufferLength = 4 * 1024 * 1024;
+    stream.addEventListener('message', (evt) => {
+      const d = evt.data as Uint8Array | Uint8ArrayList;
+      if (d instanceof Uint8Array) h.data(d);
+      else for (const b of d) h.data(b);
+    });
+    const maybeDrain = (): void => {
+      if (this.refused && stream.writeBufferLength <= LOW_WATER) {
+        this.refused = false;
+        h.drain();
+      }
+    };
+    stream.addEventListener('drain', maybeDrain);
+    stream.addEventListener('idle', maybeDrain);
+    stream.addEventListener('remoteCloseWrite', () => h.end());
+    stream.addEventListener('close', (evt) => {
+      if (this.done) return;
+      this.done = true;
+      h.close(evt.error != null);
+    });
+  }
+
+  write(chunk: Uint8Array): number {
+    if (this.done || this.stream.writeStatus !== 'writable') return chunk.length; // nowhere to go; close follows
+    if (this.stream.writeBufferLength > HIGH_WATER) {
+      this.refused = true;
+      return 0;
+    }
+    this.stream.send(chunk);
+    return chunk.length;
+  }
+
+  /** FIN: our writing side ends once the buffered bytes are sent; reading continues. */
+  shutdown(): void {
+    if (this.stream.writeStatus === 'writable') this.stream.close().catch(() => {});
+  }
+
+  /** Both directions are done (or the other side gave up): close, and reset if the remote still sends. */
+  end(): void {
+    if (this.done) return;
+    const s = this.stream;
+    s.close()
+      .then(() => {
+        if (s.status !== 'closed' && s.remoteWriteStatus === 'writable') s.abort(new Error('closed while the remote was still sending'));
+      })
+      .catch(() => {});
+  }
+
+  terminate(): void {
+    if (this.done) return;
+    this.done = true;
+    this.stream.abort(new Error('the other side of the tunnelled connection was reset'));
+  }
+
+  pause(): void {
+    this.stream.pause();
+  }
+
+  resume(): void {
+    this.stream.resume();
+  }
+}

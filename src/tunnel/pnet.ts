@@ -1,0 +1,113 @@
+/**
+ * tunnel/ — the libp2p private network ("pnet", /key/swarm/psk/1.0.0/): every raw connection is XORed with
+ * XSalsa20 keyed by the pre-shared key, each direction with the nonce its sender chose. Wire-compatible with
+ * go-libp2p's and js-libp2p's protector, so the Go original's nodes can join with the same PSK file.
+ *
+ * Our own component instead of @libp2p/pnet because that one's WASM cipher dies after ~16 MiB of bulk traffic
+ * (../shared/TESTING.md) and is 4x slower than libsodium; the engine comes from cipher.ts.
+ *
+ * The PSK is a confidentiality/admission layer only: it has no MAC, so integrity and peer authentication are
+ * the job of the TLS layer above it (docs/security.md).
+ */
+import type { AbortOptions, ConnectionProtector, MultiaddrConnection } from '@libp2p/interface';
+import { AbstractMultiaddrConnection, byteStream } from '@libp2p/utils';
+import type { Uint8ArrayList } from 'uint8arraylist';
+import { type XSalsa20Engine, XSalsa20Stream } from './cipher.ts';
+
+const NONCE_LENGTH = 24;
+
+export interface PnetInit {
+  /** The 32-byte key (psk.ts derives it the original's way). */
+  key: Uint8Array;
+  engine: XSalsa20Engine;
+  /** Nonce exchange deadline: a peer without the PSK may never answer. */
+  timeoutMs: number;
+  /** Counts connections refused or timed out at this layer. */
+  onFailure?: (why: string) => void;
+}
+
+class PnetConnection extends AbstractMultiaddrConnection {
+  private readonly inbound: XSalsa20Stream;
+  private readonly outbound: XSalsa20Stream;
+
+  constructor(private readonly inner: MultiaddrConnection, init: PnetInit, localNonce: Uint8Array, remoteNonce: Uint8Array) {
+    super({ remoteAddr: inner.remoteAddr, direction: inner.direction, log: inner.log.newScope('pnet') });
+    this.inbound = new XSalsa20Stream(init.engine, init.key, remoteNonce);
+    this.outbound = new XSalsa20Stream(init.engine, init.key, localNonce);
+    inner.addEventListener('message', (evt) => {
+      const data = evt.data;
+      if (data instanceof Uint8Array) {
+        // The transport hands us a buffer of its own for each read: decrypt in place, no copy.
+        this.inbound.xor(data);
+        this.onData(data);
+      } else {
+        for (const buf of data) {
+          this.inbound.xor(buf);
+          this.onData(buf);
+        }
+      }
+    });
+    inner.addEventListener('drain', () => this.onMuxerDrain());
+    inner.addEventListener('close', (evt) => {
+      if (evt.error != null) {
+        if (evt.local) this.abort(evt.error);
+        else this.onRemoteReset();
+      } else {
+        this.onTransportClosed();
+      }
+    });
+  }
+
+  async sendClose(options?: AbortOptions): Promise<void> {
+    await this.inner.close(options);
+  }
+
+  sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean } {
+    // One contiguous copy: the muxer may still hold the plaintext views (we must not XOR them in place), and
+    // the copy gives the cipher and the socket a single large buffer to work on.
+    const buf = new Uint8Array(data.byteLength);
+    let o = 0;
+    for (const b of data) {
+      buf.set(b, o);
+      o += b.length;
+    }
+    this.outbound.xor(buf);
+    return { sentBytes: buf.byteLength, canSendMore: this.inner.send(buf) };
+  }
+
+  sendReset(err: Error): void {
+    this.inner.abort(err);
+  }
+
+  sendPause(): void {
+    this.inner.pause();
+  }
+
+  sendResume(): void {
+    this.inner.resume();
+  }
+}
+
+class PnetProtector implements ConnectionProtector {
+  readonly [Symbol.toStringTag] = 'edgemesh/pnet';
+  constructor(private readonly init: PnetInit) {}
+
+  async protect(connection: MultiaddrConnection, options?: AbortOptions): Promise<MultiaddrConnection> {
+    const localNonce = crypto.getRandomValues(new Uint8Array(NONCE_LENGTH));
+    const signal = options?.signal ? AbortSignal.any([options.signal, AbortSignal.timeout(this.init.timeoutMs)]) : AbortSignal.timeout(this.init.timeoutMs);
+    const bytes = byteStream(connection);
+    let remote: Uint8ArrayList;
+    try {
+      [remote] = await Promise.all([bytes.read({ bytes: NONCE_LENGTH, signal }), bytes.write(localNonce, { signal })]);
+    } catch (e) {
+      this.init.onFailure?.((e as Error).name === 'TimeoutError' || signal.aborted ? 'timeout' : 'error');
+      throw e;
+    }
+    return new PnetConnection(bytes.unwrap(), this.init, localNonce, remote.subarray());
+  }
+}
+
+/** A libp2p `connectionProtector` factory. */
+export function pnet(init: PnetInit): () => ConnectionProtector {
+  return () => new PnetProtector(init);
+}

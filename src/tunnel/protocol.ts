@@ -1,0 +1,189 @@
+/**
+ * tunnel/ — the wire messages of the original's two protocols (SPEC §5.4, §5.6), byte-compatible with its Go
+ * protobuf (proto2, varint-length-delimited on the stream):
+ *
+ *   Discovery { type=1 enum CONNECT|SUCCESS|FAILED; protocol=2 string ("MDNS"|"DHT"); node_name=3 string }
+ *   Proxy     { type=1 enum; protocol=2 string ("tcp"|"udp"); node_name=3 string; ip=4 string; port=5 int32 }
+ *
+ * Hand-written: five scalar fields do not justify a code generator, and decoding must never throw past the
+ * stream that sent the bytes (a bad message costs that stream only). Unknown fields are skipped as protobuf
+ * requires. UDP payloads after a Proxy SUCCESS are framed here too (our fix: the original loses datagram
+ * boundaries), as a 2-byte big-endian length before each datagram.
+ */
+
+export const DISCOVERY_PROTOCOL = '/libp2p/tunnel-discovery/1.0.0';
+export const PROXY_PROTOCOL = '/libp2p/tunnel-proxy/1.0.0';
+/** The original's reader limit for one message. */
+export const MAX_MESSAGE = 4096;
+
+export enum MsgType {
+  CONNECT = 0,
+  SUCCESS = 1,
+  FAILED = 2,
+}
+
+export interface DiscoveryMsg {
+  type: MsgType;
+  protocol: string;
+  nodeName: string;
+}
+
+export interface ProxyMsg {
+  type: MsgType;
+  protocol: string;
+  nodeName: string;
+  ip: string;
+  port: number;
+}
+
+const te = new TextEncoder();
+const td = new TextDecoder('utf-8', { fatal: true });
+
+function varint(out: number[], v: number): void {
+  // int32 negatives are encoded as 10-byte two's complement in protobuf; ports and enums are never negative.
+  let n = v >>> 0;
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n >>>= 7;
+  }
+  out.push(n);
+}
+
+function field(out: number[], no: number, value: number | string | undefined): void {
+  if (value === undefined) return;
+  if (typeof value === 'number') {
+    varint(out, (no << 3) | 0);
+    varint(out, value);
+  } else {
+    const b = te.encode(value);
+    varint(out, (no << 3) | 2);
+    varint(out, b.length);
+    for (const x of b) out.push(x);
+  }
+}
+
+export class DecodeError extends Error {
+  override name = 'DecodeError';
+}
+
+/** Decode fields 1..5 of either message; throws DecodeError on malformed input. */
+function decodeFields(buf: Uint8Array): Map<number, number | string> {
+  const fields = new Map<number, number | string>();
+  let i = 0;
+  const readVarint = (): number => {
+    let result = 0;
+    let shift = 0;
+    for (;;) {
+      if (i >= buf.length) throw new DecodeError('truncated varint');
+      const b = buf[i++]!;
+      if (shift < 32) result += (b & 0x7f) * 2 ** shift;
+      if ((b & 0x80) === 0) return result;
+      shift += 7;
+      if (shift > 63) throw new DecodeError('varint too long');
+    }
+  };
+  while (i < buf.length) {
+    const tag = readVarint();
+    const no = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (no === 0) throw new DecodeError('field number 0');
+    if (wt === 0) {
+      const v = readVarint();
+      fields.set(no, v > 0x7fffffff ? v - 2 ** 32 : v);
+    } else if (wt === 2) {
+      const len = readVarint();
+      if (i + len > buf.length) throw new DecodeError('truncated field');
+      const bytes = buf.subarray(i, i + len);
+      i += len;
+      if (no >= 2 && no <= 4) {
+        try {
+          fields.set(no, td.decode(bytes));
+        } catch {
+          throw new DecodeError(`field ${no} is not UTF-8`);
+        }
+      }
+    } else if (wt === 1) {
+      i += 8;
+    } else if (wt === 5) {
+      i += 4;
+    } else {
+      throw new DecodeError(`unsupported wire type ${wt}`);
+    }
+    if (i > buf.length) throw new DecodeError('truncated field');
+  }
+  return fields;
+}
+
+function msgType(v: number | string | undefined): MsgType {
+  if (v === undefined) return MsgType.CONNECT; // proto2 default
+  if (v === 0 || v === 1 || v === 2) return v;
+  throw new DecodeError(`unknown message type ${String(v)}`);
+}
+
+const str = (v: number | string | undefined): string => (typeof v === 'string' ? v : '');
+
+export function encodeDiscovery(m: DiscoveryMsg): Uint8Array {
+  const out: number[] = [];
+  field(out, 1, m.type);
+  field(out, 2, m.protocol);
+  field(out, 3, m.nodeName);
+  return Uint8Array.from(out);
+}
+
+export function decodeDiscovery(buf: Uint8Array): DiscoveryMsg {
+  const f = decodeFields(buf);
+  return { type: msgType(f.get(1)), protocol: str(f.get(2)), nodeName: str(f.get(3)) };
+}
+
+export function encodeProxy(m: Partial<ProxyMsg> & { type: MsgType }): Uint8Array {
+  const out: number[] = [];
+  field(out, 1, m.type);
+  field(out, 2, m.protocol);
+  field(out, 3, m.nodeName);
+  field(out, 4, m.ip);
+  field(out, 5, m.port);
+  return Uint8Array.from(out);
+}
+
+export function decodeProxy(buf: Uint8Array): ProxyMsg {
+  const f = decodeFields(buf);
+  const port = f.get(5);
+  return { type: msgType(f.get(1)), protocol: str(f.get(2)), nodeName: str(f.get(3)), ip: str(f.get(4)), port: typeof port === 'number' ? port : 0 };
+}
+
+/** The most a UDP datagram can carry; also the frame limit on the stream. */
+export const MAX_DATAGRAM = 65535;
+
+/** Prefix one datagram with its length for the stream. */
+export function frameDatagram(d: Uint8Array): Uint8Array {
+  const out = new Uint8Array(2 + d.length);
+  out[0] = d.length >>> 8;
+  out[1] = d.length & 0xff;
+  out.set(d, 2);
+  return out;
+}
+
+/** Reassembles datagrams from stream chunks cut anywhere. */
+export class DatagramDeframer {
+  private buf: Uint8Array | null = null;
+
+  /** Feed bytes from the stream; `emit` is called once per whole datagram, in order. */
+  push(chunk: Uint8Array, emit: (d: Uint8Array) => void): void {
+    let b = chunk;
+    if (this.buf) {
+      const joined = new Uint8Array(this.buf.length + chunk.length);
+      joined.set(this.buf);
+      joined.set(chunk, this.buf.length);
+      b = joined;
+      this.buf = null;
+    }
+    let i = 0;
+    while (b.length - i >= 2) {
+      const len = (b[i]! << 8) | b[i + 1]!;
+      if (b.length - i - 2 < len) break;
+      emit(b.subarray(i + 2, i + 2 + len));
+      i += 2 + len;
+    }
+    if (i < b.length) this.buf = b.slice(i);
+  }
+}

@@ -1,0 +1,365 @@
+/**
+ * The tunnel end to end: two agent processes on loopback ("a" and "b"), each with its own identity, a shared
+ * catalog file binding their node names to their peer IDs, the PSK on. A client of a's proxy reaches a service
+ * whose endpoint is on node b: a's proxy → tunnel stream → b's agent → the backend.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { createHash, randomBytes } from 'node:crypto';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { PrivateKey } from '@libp2p/interface';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Catalog } from '../src/catalog/catalog.ts';
+import { FileSource } from '../src/catalog/sources/file.ts';
+import { defaultConfig } from '../src/config/load.ts';
+import { createMemoryLogger } from '../src/obs/logger.ts';
+import { TunnelModule } from '../src/tunnel/index.ts';
+import { derivePsk } from '../src/tunnel/psk.ts';
+import { AgentProcess, freePort, getJson, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+
+interface Node {
+  name: string;
+  dir: string;
+  stateDir: string;
+  peerId: string;
+  port: number;
+  admin: string;
+  agent: AgentProcess | null;
+}
+
+let sinkConnections = 0;
+
+/** A TCP backend: "sink" answers, on FIN, the byte count and SHA-256 of what it got; "source:N" sends N random bytes and their hash. */
+function sinkServer() {
+  return Bun.listen<{ n: number; h: ReturnType<typeof createHash> }>({
+    hostname: '127.0.0.1',
+    port: 0,
+    allowHalfOpen: true,
+    socket: {
+      binaryType: 'uint8array',
+      open(s) {
+        sinkConnections++;
+        s.data = { n: 0, h: createHash('sha256') };
+      },
+      data(s, d) {
+        s.data.n += d.length;
+        s.data.h.update(d);
+      },
+      end(s) {
+        s.end(`${s.data.n} ${s.data.h.digest('hex')}`);
+      },
+    },
+  });
+}
+
+function echoServer() {
+  return Bun.listen<{ rest: Uint8Array[] }>({
+    hostname: '127.0.0.1',
+    port: 0,
+    allowHalfOpen: true,
+    socket: {
+      binaryType: 'uint8array',
+      open(s) {
+        s.data = { rest: [] };
+      },
+      data(s, d) {
+        if (s.data.rest.length) {
+          s.data.rest.push(d.slice());
+          return;
+        }
+        const n = s.write(d);
+        if (n < d.length) {
+          s.data.rest.push(d.slice(Math.max(0, n)));
+          s.pause();
+        }
+      },
+      drain(s) {
+        const q = s.data.rest;
+        while (q.length) {
+          const n = s.write(q[0]!);
+          if (n < q[0]!.length) {
+            q[0] = q[0]!.subarray(Math.max(0, n));
+            return;
+          }
+          q.shift();
+        }
+        s.resume();
+      },
+      end(s) {
+        if (!s.data.rest.length) s.end();
+      },
+    },
+  });
+}
+
+/** Send `total` random bytes in `chunk`-sized writes (with backpressure), FIN, and return the reply. */
+function upload(port: number, total: number, chunk = 256 * 1024): Promise<{ sent: string; reply: string }> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    const block = randomBytes(chunk);
+    let sent = 0;
+    let reply = '';
+    const pump = (s: import('bun').Socket<undefined>) => {
+      while (sent < total) {
+        const part = block.subarray(0, Math.min(chunk, total - sent));
+        const n = s.write(part);
+        if (n > 0) {
+          h.update(part.subarray(0, n));
+          sent += n;
+        }
+        if (n < part.length) return;
+      }
+      s.shutdown();
+    };
+    void Bun.connect({
+      hostname: '127.0.0.1',
+      port,
+      allowHalfOpen: true,
+      socket: {
+        open: pump,
+        drain: pump,
+        data(_s, d) {
+          reply += Buffer.from(d).toString();
+        },
+        close(_s, err) {
+          if (err) reject(err);
+          else resolve({ sent: `${sent} ${h.digest('hex')}`, reply });
+        },
+        error(_s, e) {
+          reject(e);
+        },
+      },
+    }).catch(reject);
+  });
+}
+
+/** Send one message, read back the same number of bytes. */
+function echoOnce(port: number, msg: Uint8Array): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let got = 0;
+    void Bun.connect({
+      hostname: '127.0.0.1',
+      port,
+      socket: {
+        open(s) {
+          s.write(msg);
+        },
+        data(s, d) {
+          parts.push(Buffer.from(d));
+          got += d.length;
+          if (got >= msg.length) {
+            s.end();
+            resolve(Buffer.concat(parts));
+          }
+        },
+        close() {
+          if (got < msg.length) reject(new Error(`closed after ${got} of ${msg.length} bytes`));
+        },
+        error(_s, e) {
+          reject(e);
+        },
+      },
+    }).catch(reject);
+  });
+}
+
+function catalogYaml(nodes: Node[], extra: { node: string; ip: string; port: number; protocol: 'TCP' | 'UDP'; name: string; clusterIP: string }[]): string {
+  const docs: string[] = [];
+  for (const n of nodes) {
+    docs.push(`apiVersion: v1
+kind: Node
+metadata:
+  name: ${n.name}
+  annotations:
+    edgemesh.io/peer-id: ${n.peerId}
+    edgemesh.io/tunnel-addresses: /ip4/127.0.0.1/tcp/${n.port}
+status:
+  addresses: [{ type: InternalIP, address: 127.0.0.${10 + nodes.indexOf(n)} }]`);
+  }
+  for (const s of extra) {
+    docs.push(`apiVersion: v1
+kind: Service
+metadata: { name: ${s.name}, namespace: default }
+spec:
+  clusterIP: ${s.clusterIP}
+  ports: [{ name: p, port: 80, protocol: ${s.protocol} }]`);
+    docs.push(`apiVersion: v1
+kind: Endpoints
+metadata: { name: ${s.name}, namespace: default }
+subsets:
+  - addresses: [{ ip: ${s.ip}, nodeName: ${s.node} }]
+    ports: [{ name: p, port: ${s.port}, protocol: ${s.protocol} }]`);
+  }
+  return docs.join('\n---\n') + '\n';
+}
+
+describe('tunnel between two agents on loopback (PSK on)', () => {
+  const t = tempDir('edgemesh-tunnel-');
+  const pskPath = join(t.path, 'psk');
+  const catalogPath = join(t.path, 'catalog.yaml');
+  const nodes: Node[] = [];
+  const sink = sinkServer();
+  const echo = echoServer();
+  let udpEcho: Bun.udp.Socket<'buffer'>;
+  let thirdKey: PrivateKey;
+  let thirdPort = 0;
+  const services = () => [
+    { name: 'sink', node: 'b', ip: '127.0.0.1', port: sink.port, protocol: 'TCP' as const, clusterIP: '10.96.1.1' },
+    { name: 'echo', node: 'b', ip: '127.0.0.1', port: echo.port, protocol: 'TCP' as const, clusterIP: '10.96.1.2' },
+    { name: 'uecho', node: 'b', ip: '127.0.0.1', port: udpEcho.port, protocol: 'UDP' as const, clusterIP: '10.96.1.3' },
+    // An endpoint on node a: b must not dial it for anyone.
+    { name: 'elsewhere', node: 'a', ip: '127.0.0.2', port: sink.port, protocol: 'TCP' as const, clusterIP: '10.96.1.4' },
+  ];
+
+  async function startNode(n: Node, psk = pskPath): Promise<void> {
+    const cfg = await writeAgentConfig(n.dir, `
+catalog: { file: ${catalogPath} }
+commonConfig: { stateDir: ${n.stateDir} }
+modules:
+  edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }
+  edgeTunnel: { enable: true, listenPort: ${n.port}, listenInterfaces: lo, mdns: false, psk: { path: ${psk} } }
+`);
+    n.admin = cfg.admin;
+    n.agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', n.name]);
+    await waitFor(async () => (await fetch(`${n.admin}/readyz`).catch(() => null))?.status === 200, () => `${n.name} ready\n${n.agent!.logs}`, 15_000);
+  }
+
+  async function proxyPort(n: Node, service: string): Promise<number> {
+    const ports = await waitFor(async () => {
+      const p = await getJson<{ service: string; listenPort: number; endpoints: number }[]>(`${n.admin}/debug/proxy`);
+      return p.find((x) => x.service === service && x.endpoints > 0);
+    }, `${service} on ${n.name}`);
+    return ports.listenPort;
+  }
+
+  beforeAll(async () => {
+    udpEcho = await Bun.udpSocket({ hostname: '127.0.0.1', port: 0, socket: { data: (s, d, port, addr) => void s.send(d, port, addr) } });
+    writeFileSync(pskPath, randomBytes(32).toString('base64') + '\n');
+    for (const name of ['a', 'b']) {
+      const dir = join(t.path, name);
+      mkdirSync(dir);
+      const stateDir = join(dir, 'state');
+      const cfg = await writeAgentConfig(dir, `commonConfig: { stateDir: ${stateDir} }\n`);
+      const r = await runCli(['identity', '--json', '--config', cfg.path, '--node-name', name]);
+      expect(r.code).toBe(0);
+      nodes.push({ name, dir, stateDir, peerId: (JSON.parse(r.stdout) as { peerId: string }).peerId, port: await freePort(), admin: '', agent: null });
+    }
+    thirdKey = await generateKeyPair('Ed25519');
+    thirdPort = await freePort();
+    const third: Node = { name: 'c', dir: '', stateDir: '', peerId: peerIdFromPrivateKey(thirdKey).toString(), port: thirdPort, admin: '', agent: null };
+    writeFileSync(catalogPath, catalogYaml([...nodes, third], services()));
+    await Promise.all(nodes.map((n) => startNode(n)));
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const n of nodes) await n.agent?.stop();
+    sink.stop(true);
+    echo.stop(true);
+    udpEcho?.close();
+    t.cleanup();
+  });
+
+  test('TCP to an endpoint on the other node: 64 MiB up intact, echo both ways, status shows a direct peer', async () => {
+    const [a] = nodes;
+    const port = await proxyPort(a!, 'default/sink:p');
+    const r = await upload(port, 64 * 1024 * 1024);
+    expect(r.reply).toBe(r.sent);
+    const ep = await proxyPort(a!, 'default/echo:p');
+    const msg = randomBytes(3 * 1024 * 1024 + 17);
+    expect((await echoOnce(ep, msg)).equals(msg)).toBe(true);
+    const st = await getJson<{ tunnel: { encryption: string; peers: { node: string; path: string }[] } }>(`${a!.admin}/status`);
+    expect(st.tunnel.encryption).toContain('pnet/xsalsa20');
+    expect(st.tunnel.peers.find((p) => p.node === 'b')?.path).toBe('direct');
+    const status = await runCli(['status', '--admin', a!.admin.replace('http://', '')]);
+    expect(status.stdout).toMatch(/b\s+direct\s+rtt/);
+  }, 60_000);
+
+  test('UDP through the tunnel keeps datagram boundaries: 500 datagrams of varied sizes', async () => {
+    const port = await proxyPort(nodes[0]!, 'default/uecho:p');
+    const got: number[] = [];
+    const c = await Bun.udpSocket({ hostname: '127.0.0.1', port: 0, socket: { data: (_s, d) => void got.push(d.length) } });
+    try {
+      // The first datagram opens the session (and the tunnel stream); the rest follow in paced bursts, as a
+      // real client would: a burst larger than the receiver's kernel buffer is lost with or without a tunnel.
+      c.send(new Uint8Array(7), port, '127.0.0.1');
+      await waitFor(() => got.length === 1 || null, 'the first datagram back');
+      got.length = 0;
+      const sizes = Array.from({ length: 500 }, (_, i) => 1 + ((i * 997) % 1400));
+      for (let i = 0; i < sizes.length; i += 20) {
+        for (const n of sizes.slice(i, i + 20)) c.send(new Uint8Array(n).fill(n & 0xff), port, '127.0.0.1');
+        await Bun.sleep(2);
+      }
+      await waitFor(() => got.length >= sizes.length || null, () => `${got.length} of ${sizes.length} datagrams back`, 10_000);
+      expect(got.sort((x, y) => x - y)).toEqual(sizes.sort((x, y) => x - y));
+    } finally {
+      c.close();
+    }
+  }, 30_000);
+
+  test('200 concurrent connections through one peer connection all complete', async () => {
+    const port = await proxyPort(nodes[0]!, 'default/echo:p');
+    const msgs = Array.from({ length: 200 }, (_, i) => randomBytes(1000 + i * 50));
+    const back = await Promise.all(msgs.map((m) => echoOnce(port, m)));
+    back.forEach((b, i) => expect(b.equals(msgs[i]!)).toBe(true));
+    const st = await getJson<{ tunnel: { peers: { node: string }[] } }>(`${nodes[0]!.admin}/status`);
+    expect(st.tunnel.peers.filter((p) => p.node === 'b').length).toBe(1);
+  }, 60_000);
+
+  /** A tunnel node inside the test process, reading the same catalog file: a third party for the refusal tests. */
+  async function inProcessNode(name: string, key: PrivateKey, psk: Uint8Array): Promise<{ tunnel: TunnelModule; stop: () => Promise<void> }> {
+    const catalog = new Catalog({ logger: createMemoryLogger('warn') });
+    const src = new FileSource({ path: catalogPath, catalog, logger: createMemoryLogger('warn'), convert: { serviceFilterMode: 'FilterIfLabelExists' } });
+    await src.start();
+    catalog.flush();
+    const config = defaultConfig('agent', 'edge').modules.edgeTunnel;
+    Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false });
+    const tunnel = new TunnelModule({ config, nodeName: name, catalog, privateKey: key, psk, logger: createMemoryLogger('warn') });
+    await tunnel.start();
+    return { tunnel, stop: async () => { await tunnel.stop(); await src.stop(); } };
+  }
+  const pskOf = () => derivePsk(readFileSync(pskPath));
+  const target = (ip: string, port: number) => ({ nodeName: 'b', protocol: 'tcp' as const, ip, port });
+
+  test('the receiving node dials only its own endpoints: anything else gets FAILED', async () => {
+    const c = await inProcessNode('c', thirdKey, pskOf());
+    try {
+      const signal = () => AbortSignal.timeout(5000);
+      // A real endpoint on b: allowed.
+      const ok = await c.tunnel.openStream(target('127.0.0.1', sink.port), signal());
+      ok.abort(new Error('done'));
+      // Not an endpoint at all (ssh on b's loopback), and an endpoint the catalog places on node a: refused.
+      await expect(c.tunnel.openStream(target('127.0.0.1', 22), signal())).rejects.toMatchObject({ code: 'TUNNEL_REFUSED' });
+      await expect(c.tunnel.openStream(target('127.0.0.2', sink.port), signal())).rejects.toMatchObject({ code: 'TUNNEL_REFUSED' });
+      await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*127\.0\.0\.1:22.*is not an endpoint on node b/);
+      await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*127\.0\.0\.2:\d+.*is not an endpoint on node b/);
+    } finally {
+      await c.stop();
+    }
+  }, 30_000);
+
+  test('a peer claiming another node\'s name is refused, and cannot use the tunnel', async () => {
+    const x = await inProcessNode('a', await generateKeyPair('Ed25519'), pskOf());
+    const before = sinkConnections;
+    try {
+      // b either answers FAILED (unbound peer) or has already dropped the connection over the false claim.
+      await expect(x.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000))).rejects.toThrow();
+      await nodes[1]!.agent!.waitForLog(/refused a peer claiming a node name it is not bound to.*claimed=a/);
+      expect(sinkConnections).toBe(before);
+    } finally {
+      await x.stop();
+    }
+  }, 30_000);
+
+  test('a node with the wrong PSK cannot connect', async () => {
+    const w = await inProcessNode('c', thirdKey, derivePsk(randomBytes(32)));
+    try {
+      await expect(w.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(4000))).rejects.toMatchObject({ code: 'TUNNEL_DIAL' });
+      const st = await getJson<{ tunnel: { peers: { peerId: string }[] } }>(`${nodes[1]!.admin}/status`);
+      expect(st.tunnel.peers.some((p) => p.peerId === w.tunnel.peerId)).toBe(false);
+    } finally {
+      await w.stop();
+    }
+  }, 30_000);
+});
