@@ -1,0 +1,166 @@
+#!/usr/bin/env bun
+/**
+ * The tunnel, same run, ratios to direct: two agent processes ("a" on CPU 0, "b" on CPU 1) with the PSK on; a
+ * client of a's proxy reaches a service whose endpoint is on b, so every byte crosses a → libp2p → b.
+ *   - iperf3 with 1 and 4 streams, direct vs through the tunnel, and the agents' CPU per Gbit/s;
+ *   - wrk (nginx on b's side) keep-alive and a new connection per request, req/s and p50/p99;
+ *   - time to first byte to a new peer (first request after start: dial + PSK + TLS + yamux + proxy handshake);
+ *   - the PSK cipher engines' own speed.
+ * Usage: bun bench/tunnel.ts [--seconds=5] [--connections=50] [--cipher=auto|noble]   (needs iperf3, wrk, nginx)
+ */
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MAIN, freePort } from '../test/helpers.ts';
+import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/cipher.ts';
+import { spawnPinned } from './tools.ts';
+
+const argOf = (k: string, d: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d;
+const seconds = Number(argOf('seconds', '5'));
+const conns = Number(argOf('connections', '50'));
+const cipher = argOf('cipher', 'auto');
+const log = (s: string) => process.stderr.write(s + '\n');
+for (const t of ['iperf3', 'wrk', 'nginx', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light`); process.exit(1); }
+
+const dir = mkdtempSync(join(tmpdir(), 'edgemesh-tunnelbench-'));
+chmodSync(dir, 0o755);
+const procs: ReturnType<typeof Bun.spawn>[] = [];
+const run = (args: string[]) => Bun.spawnSync([process.execPath, MAIN, ...args], { stdout: 'pipe', stderr: 'pipe' });
+
+try {
+  // ---- the cipher's own speed ----
+  const cipherRows: Record<string, number> = {};
+  for (const c of ['libsodium', 'noble'] as const) {
+    let engine;
+    try {
+      engine = chooseXSalsa20(c).engine;
+    } catch {
+      log(`cipher ${c}: not available here`);
+      continue;
+    }
+    const s = new XSalsa20Stream(engine, randomBytes(32), randomBytes(24));
+    const buf = new Uint8Array(256 * 1024);
+    const t0 = performance.now();
+    let n = 0;
+    while (performance.now() - t0 < 1000) {
+      s.xor(buf);
+      n += buf.length;
+    }
+    cipherRows[c] = n / 1e6 / ((performance.now() - t0) / 1000);
+    log(`cipher ${c}: ${cipherRows[c]!.toFixed(0)} MB/s (one core)`);
+  }
+
+  // ---- two agents ----
+  const [pIperf, pNginx, pA, pB, adminA, adminB] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+  writeFileSync(join(dir, 'psk'), randomBytes(32).toString('base64') + '\n');
+  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:${pNginx}; location / { return 200 "hello\\n"; } }\n}\n`);
+  procs.push(spawnPinned('1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir]));
+  writeFileSync(join(dir, 'catalog.yaml'), ''); // written for real once the peer IDs are known
+  const nodes = [
+    { name: 'a', port: pA, admin: adminA, cpu: '0' },
+    { name: 'b', port: pB, admin: adminB, cpu: '1' },
+  ].map((n) => {
+    const cfg = join(dir, `${n.name}.yaml`);
+    writeFileSync(cfg, JSON.stringify({
+      catalog: { file: join(dir, 'catalog.yaml') },
+      commonConfig: { stateDir: join(dir, n.name), adminAddress: `127.0.0.1:${n.admin}`, logLevel: 'warn' },
+      modules: {
+        edgeDNS: { enable: false },
+        edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none' },
+        edgeTunnel: { enable: true, listenPort: n.port, listenInterfaces: 'lo', mdns: false, cipher, psk: { path: join(dir, 'psk') } },
+      },
+    }));
+    const id = run(['identity', '--json', '--config', cfg, '--node-name', n.name]);
+    if (id.exitCode !== 0) throw new Error(`edgemesh identity: ${id.stderr.toString()}`);
+    return { ...n, cfg, peerId: (JSON.parse(id.stdout.toString()) as { peerId: string }).peerId };
+  });
+  const svc = (name: string, ip: string, port: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: default }\nspec: { clusterIP: 10.96.7.${port % 250}, ports: [{ name: p, port: 80 }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: default }\nsubsets: [{ addresses: [{ ip: ${ip}, nodeName: b }], ports: [{ name: p, port: ${port} }] }]\n`;
+  writeFileSync(join(dir, 'catalog.yaml'), [
+    ...nodes.map((n) => `apiVersion: v1\nkind: Node\nmetadata:\n  name: ${n.name}\n  annotations: { edgemesh.io/peer-id: ${n.peerId}, edgemesh.io/tunnel-addresses: /ip4/127.0.0.1/tcp/${n.port} }\n`),
+    svc('iperf', '127.0.0.1', pIperf),
+    svc('web', '127.0.0.1', pNginx),
+  ].join('---\n'));
+  const agents = nodes.map((n) => spawnPinned(n.cpu, [process.execPath, MAIN, 'agent', '--config', n.cfg, '--node-name', n.name]));
+  procs.push(...agents);
+  for (const n of nodes) {
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`http://127.0.0.1:${n.admin}/readyz`).then((r) => r.ok, () => false);
+      if (ok) break;
+      if (i > 100) throw new Error(`agent ${n.name} did not become ready`);
+      await Bun.sleep(100);
+    }
+  }
+  const ports = (await (await fetch(`http://127.0.0.1:${adminA}/debug/proxy`)).json()) as { service: string; listenPort: number }[];
+  const viaIperf = ports.find((p) => p.service === 'default/iperf:p')!.listenPort;
+  const viaWeb = ports.find((p) => p.service === 'default/web:p')!.listenPort;
+
+  // ---- time to first byte to a new peer ----
+  const ttfb = async (port: number): Promise<number> => {
+    const t0 = performance.now();
+    const r = await fetch(`http://127.0.0.1:${port}/`, { headers: { connection: 'close' } });
+    await r.text();
+    return performance.now() - t0;
+  };
+  const first = await ttfb(viaWeb);
+  const warm: number[] = [];
+  for (let i = 0; i < 20; i++) warm.push(await ttfb(viaWeb));
+  warm.sort((x, y) => x - y);
+  log(`time to first byte: new peer ${first.toFixed(1)} ms (dial, PSK, TLS, yamux, proxy handshake); then p50 ${warm[10]!.toFixed(2)} ms per new connection`);
+
+  // ---- CPU accounting ----
+  const cpuOf = async (pid: number): Promise<number> => {
+    const f = (await Bun.file(`/proc/${pid}/stat`).text()).split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  };
+  const agentsCpu = async () => (await cpuOf(agents[0]!.pid)) + (await cpuOf(agents[1]!.pid));
+
+  async function iperf(port: number, streams: number): Promise<number> {
+    const srv = spawnPinned('1', ['iperf3', '-s', '-p', String(pIperf), '-1']);
+    await Bun.sleep(300);
+    const r = Bun.spawn(['taskset', '-c', '0', 'iperf3', '-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
+    const out = await new Response(r.stdout).text();
+    await r.exited;
+    await srv.exited;
+    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
+    if (!j.end?.sum_received) throw new Error(`iperf3: ${j.error ?? out.slice(0, 200)}`);
+    return j.end.sum_received.bits_per_second / 1e9;
+  }
+
+  const rows: Record<string, unknown>[] = [];
+  for (const streams of [1, 4]) {
+    const direct = await iperf(pIperf, streams);
+    const c0 = await agentsCpu();
+    const tunnel = await iperf(viaIperf, streams);
+    const cores = (await agentsCpu()) - c0;
+    const perGbit = cores / (tunnel * seconds);
+    rows.push({ test: `iperf3 ${streams} stream(s)`, direct, tunnel, ratio: tunnel / direct, agentCoresPerGbps: perGbit });
+    log(`iperf3 ${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, tunnel ${tunnel.toFixed(2)} Gbit/s (${(tunnel / direct).toFixed(3)} of direct; both agents ${perGbit.toFixed(3)} cores per Gbit/s)`);
+  }
+
+  async function wrk(port: number, close: boolean): Promise<{ rps: number; p50: number; p99: number }> {
+    const r = Bun.spawn(['taskset', '-c', '0', 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), `http://127.0.0.1:${port}/`], { stdout: 'pipe', stderr: 'pipe' });
+    const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
+    await r.exited;
+    const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
+    const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+    if (!rps) throw new Error(`wrk against port ${port} failed: ${out}${err}`);
+    return { rps, p50: ms(/50%\s+(\S+)/.exec(out)?.[1]), p99: ms(/99%\s+(\S+)/.exec(out)?.[1]) };
+  }
+  for (const close of [false, true]) {
+    const mode = close ? 'HTTP, new connection per request' : 'HTTP keep-alive';
+    const direct = await wrk(pNginx, close);
+    if (close) await Bun.sleep(3000);
+    const tunnel = await wrk(viaWeb, close);
+    if (close) await Bun.sleep(3000);
+    rows.push({ test: mode, direct, tunnel, ratio: tunnel.rps / direct.rps });
+    log(`${mode}: direct ${direct.rps.toFixed(0)} req/s (p50 ${direct.p50.toFixed(2)} ms, p99 ${direct.p99.toFixed(2)} ms); tunnel ${tunnel.rps.toFixed(0)} req/s (${(tunnel.rps / direct.rps).toFixed(3)}, p50 ${tunnel.p50.toFixed(2)} ms, p99 ${tunnel.p99.toFixed(2)} ms)`);
+  }
+  const rss = async (admin: number) => Number(/^process_resident_memory_bytes (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text())?.[1]) / 1048576;
+  log(`agent RSS after the run: a ${(await rss(adminA)).toFixed(0)} MiB, b ${(await rss(adminB)).toFixed(0)} MiB`);
+  console.log(JSON.stringify({ cipher: cipherRows, ttfbMs: { newPeer: first, warmP50: warm[10] }, rows }, null, 2));
+} finally {
+  for (const p of procs) p.kill();
+  await Promise.all(procs.map((p) => p.exited));
+  rmSync(dir, { recursive: true, force: true });
+}
