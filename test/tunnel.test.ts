@@ -282,8 +282,9 @@ modules:
     const ep = await proxyPort(a!, 'default/echo:p');
     const msg = randomBytes(3 * 1024 * 1024 + 17);
     expect((await echoOnce(ep, msg)).equals(msg)).toBe(true);
-    const st = await getJson<{ tunnel: { encryption: string; peers: { node: string; path: string }[] } }>(`${a!.admin}/status`);
+    const st = await getJson<{ tunnel: { encryption: string; peers: { node: string; path: string; encryption: string }[] } }>(`${a!.admin}/status`);
     expect(st.tunnel.encryption).toContain('pnet/xsalsa20');
+    expect(st.tunnel.peers.find((p) => p.node === 'b')?.encryption).toBe('/tls/1.0.0');
     expect(st.tunnel.peers.find((p) => p.node === 'b')?.path).toBe('direct');
     const status = await runCli(['status', '--admin', a!.admin.replace('http://', '')]);
     expect(status.stdout).toMatch(/b\s+direct\s+rtt/);
@@ -327,7 +328,7 @@ modules:
     await src.start();
     catalog.flush();
     const config = defaultConfig('agent', 'edge').modules.edgeTunnel;
-    Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false, cipher });
+    Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false, cipher, encryption: cipher === 'noble' ? 'noise' : 'tls' });
     const tunnel = new TunnelModule({ config, nodeName: name, catalog, privateKey: key, psk, logger: createMemoryLogger('warn') });
     await tunnel.start();
     return { tunnel, stop: async () => { await tunnel.stop(); await src.stop(); } };
@@ -336,13 +337,15 @@ modules:
   const target = (ip: string, port: number) => ({ nodeName: 'b', protocol: 'tcp' as const, ip, port });
 
   test('the receiving node dials only its own endpoints: anything else gets FAILED', async () => {
-    // The in-process node uses the pure-JS cipher against b's libsodium: the fallback engine interoperates.
+    // The in-process node uses the pure-JS engines (XSalsa20 and Noise's ChaCha20-Poly1305) and offers Noise
+    // first, against b's libsodium and TLS preference: the fallback path works and interoperates.
     const c = await inProcessNode('c', thirdKey, pskOf(), 'noble');
     try {
       const signal = () => AbortSignal.timeout(5000);
       // A real endpoint on b: allowed.
       const ok = await c.tunnel.openStream(target('127.0.0.1', sink.port), signal());
-      expect(c.tunnel.describe().encryption).toContain('(noble)');
+      expect(c.tunnel.describe().encryption).toContain('pnet/xsalsa20 (noble) + /noise (chacha20-poly1305: noble)');
+      expect(c.tunnel.describe().peers.find((p) => p.node === 'b')?.encryption).toBe('/noise');
       // 16 MiB through the pure-JS engine, checked by the sink's hash.
       const data = randomBytes(16 * 1024 * 1024);
       const reply = new Promise<string>((res) => ok.addEventListener('message', (e) => res(Buffer.from((e.data as Uint8Array).subarray()).toString())));

@@ -29,41 +29,57 @@ const nobleEngine: XSalsa20Engine = {
 
 const SODIUM_NAMES = ['libsodium.so.23', 'libsodium.so.26', 'libsodium.so'];
 
-/** libsodium through bun:ffi, or null (with the reason) when the host has none. */
-function sodiumEngine(): { engine: XSalsa20Engine } | { error: string } {
+const SODIUM_SYMBOLS = {
+  sodium_init: { args: [], returns: 'i32' },
+  // int crypto_stream_xsalsa20_xor_ic(c, m, mlen, n, ic, k)
+  crypto_stream_xsalsa20_xor_ic: { args: ['ptr', 'ptr', 'u64', 'ptr', 'u64', 'ptr'], returns: 'i32' },
+  // int crypto_aead_chacha20poly1305_ietf_encrypt(c, clen_p, m, mlen, ad, adlen, nsec, npub, k)
+  crypto_aead_chacha20poly1305_ietf_encrypt: { args: ['ptr', 'ptr', 'ptr', 'u64', 'ptr', 'u64', 'ptr', 'ptr', 'ptr'], returns: 'i32' },
+  // int crypto_aead_chacha20poly1305_ietf_decrypt(m, mlen_p, nsec, c, clen, ad, adlen, npub, k)
+  crypto_aead_chacha20poly1305_ietf_decrypt: { args: ['ptr', 'ptr', 'ptr', 'ptr', 'u64', 'ptr', 'u64', 'ptr', 'ptr'], returns: 'i32' },
+} as const;
+
+type SodiumLib = import('bun:ffi').Library<typeof SODIUM_SYMBOLS>['symbols'];
+let sodiumCache: { lib: SodiumLib } | { error: string } | null = null;
+
+/** libsodium through bun:ffi (loaded once), or the reason it is not available on this host. */
+export function sodium(): { lib: SodiumLib } | { error: string } {
+  if (sodiumCache) return sodiumCache;
   let ffi: typeof import('bun:ffi');
   try {
     ffi = require('bun:ffi') as typeof import('bun:ffi');
   } catch (e) {
-    return { error: `bun:ffi unavailable: ${(e as Error).message}` };
+    return (sodiumCache = { error: `bun:ffi unavailable: ${(e as Error).message}` });
   }
   const errors: string[] = [];
   for (const name of SODIUM_NAMES) {
     try {
-      const lib = ffi.dlopen(name, {
-        sodium_init: { args: [], returns: 'i32' },
-        // int crypto_stream_xsalsa20_xor_ic(c, m, mlen, n, ic, k)
-        crypto_stream_xsalsa20_xor_ic: { args: ['ptr', 'ptr', 'u64', 'ptr', 'u64', 'ptr'], returns: 'i32' },
-      });
+      const lib = ffi.dlopen(name, SODIUM_SYMBOLS);
       if (lib.symbols.sodium_init() < 0) {
         errors.push(`${name}: sodium_init failed`);
         continue;
       }
-      const fn = lib.symbols.crypto_stream_xsalsa20_xor_ic;
-      return {
-        engine: {
-          name: 'libsodium',
-          xorBlocks(key, nonce, data, block) {
-            if (data.length === 0) return;
-            fn(data, data, data.length, nonce, block, key);
-          },
-        },
-      };
+      return (sodiumCache = { lib: lib.symbols });
     } catch (e) {
       errors.push(`${name}: ${(e as Error).message.split('\n')[0]}`);
     }
   }
-  return { error: errors.join('; ') };
+  return (sodiumCache = { error: errors.join('; ') });
+}
+
+function sodiumEngine(): { engine: XSalsa20Engine } | { error: string } {
+  const s = sodium();
+  if ('error' in s) return s;
+  const fn = s.lib.crypto_stream_xsalsa20_xor_ic;
+  return {
+    engine: {
+      name: 'libsodium',
+      xorBlocks(key, nonce, data, block) {
+        if (data.length === 0) return;
+        fn(data, data, data.length, nonce, block, key);
+      },
+    },
+  };
 }
 
 /** Both engines must produce the same bytes, including across a block boundary in the middle of a call. */

@@ -26,7 +26,6 @@ import { ping } from '@libp2p/ping';
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
 import { dcutr } from '@libp2p/dcutr';
 import { mdns } from '@libp2p/mdns';
-import { tcp } from '@libp2p/tcp';
 import { yamux } from '@libp2p/yamux';
 import { lpStream } from '@libp2p/utils';
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr';
@@ -48,7 +47,9 @@ import {
   encodeProxy, frameDatagram,
 } from './protocol.ts';
 import { Splice } from './splice.ts';
+import { noiseCrypto, noiseEncrypter } from './noise.ts';
 import { bunTls } from './tls.ts';
+import { bunTcp } from './transport.ts';
 
 export type TunnelConfig = AgentConfig['modules']['edgeTunnel'];
 
@@ -95,6 +96,8 @@ export interface PeerStatus {
   path: 'direct' | 'relayed';
   relay?: string;
   remoteAddr: string;
+  /** The handshake this connection negotiated (/noise or /tls/1.0.0). */
+  encryption: string;
   streams: number;
   rttMs?: number;
 }
@@ -137,13 +140,18 @@ export class TunnelModule implements RemoteDialer {
     const listen = listenAddresses(c);
     this.isRelay = c.relayNodes.some((r) => r.nodeName === this.d.nodeName);
     let protector;
+    const nc = noiseCrypto(c.cipher as CipherChoice);
+    if (nc.fallbackReason) log.warn('Noise AEAD: using the pure-JS engine (slower)', { reason: nc.fallbackReason });
+    // Both handshakes are offered, the configured one first; the peer's choice shows per connection in status.
+    const encrypters = c.encryption === 'noise' ? [noiseEncrypter(nc), bunTls()] : [bunTls(), noiseEncrypter(nc)];
+    const offered = `${c.encryption === 'noise' ? `/noise (chacha20-poly1305: ${nc.aead}), /tls/1.0.0` : `/tls/1.0.0, /noise (chacha20-poly1305: ${nc.aead})`}`;
     if (this.d.psk) {
       const chosen = chooseXSalsa20(c.cipher as CipherChoice);
-      if (chosen.fallbackReason) log.warn('PSK cipher: using the pure-JS engine', { reason: chosen.fallbackReason });
-      this.encryption = `pnet/xsalsa20 (${chosen.engine.name}) + ${'/tls/1.0.0'}`;
+      if (chosen.fallbackReason) log.warn('PSK cipher: using the pure-JS engine (slower)', { reason: chosen.fallbackReason });
+      this.encryption = `pnet/xsalsa20 (${chosen.engine.name}) + ${offered}`;
       protector = pnet({ key: this.d.psk, engine: chosen.engine, timeoutMs: c.handshakeTimeoutMs, onFailure: () => this.stats.pskFailures++ });
     } else {
-      this.encryption = '/tls/1.0.0 (no PSK: psk.enable is false)';
+      this.encryption = `${offered} (no PSK: psk.enable is false)`;
     }
     const limits = c.tunnelLimitConfig;
     const maxIn = limits.enable ? limits.tunnelPeerBaseStreamIn : 1 << 20;
@@ -162,9 +170,9 @@ export class TunnelModule implements RemoteDialer {
       this.node = await createLibp2p({
         privateKey: this.d.privateKey,
         addresses: { listen: [...listen, ...this.relayListen()] },
-        transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
+        transports: [bunTcp(), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
         connectionProtector: protector,
-        connectionEncrypters: [bunTls()],
+        connectionEncrypters: encrypters as never,
         streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
         peerDiscovery: c.mdns ? [mdns({ serviceTag: c.rendezvous })] : [],
         connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs },
@@ -174,6 +182,7 @@ export class TunnelModule implements RemoteDialer {
       throw new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
     }
     const node = this.node;
+    skipRepeatedProtocolMerges(node);
     await node.handle(PROXY_PROTOCOL, (s, conn) => this.onProxy(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
     await node.handle(DISCOVERY_PROTOCOL, (s, conn) => this.onDiscovery(s, conn), { runOnLimitedConnection: true });
     node.addEventListener('peer:discovery', (evt) => {
@@ -527,7 +536,7 @@ export class TunnelModule implements RemoteDialer {
         }
       }
       const rttMs = this.rtt.get(conn.remotePeer.toString());
-      peers.push({ node: this.nodeOf(conn.remotePeer) ?? '?', peerId: conn.remotePeer.toString(), path: relayed ? 'relayed' : 'direct', relay, remoteAddr: addr, streams: conn.streams.length, rttMs });
+      peers.push({ node: this.nodeOf(conn.remotePeer) ?? '?', peerId: conn.remotePeer.toString(), path: relayed ? 'relayed' : 'direct', relay, remoteAddr: addr, encryption: conn.encryption ?? '', streams: conn.streams.length, rttMs });
     }
     return { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay, peers };
   }
@@ -562,6 +571,34 @@ export class TunnelModule implements RemoteDialer {
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => !c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'direct' });
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'relayed' });
   }
+}
+
+/**
+ * libp2p records "this peer speaks protocol P" in the peer store on every stream it opens or accepts (a locked
+ * read-compare-write, ~0.2 ms of CPU on each side per stream here). The answer never changes for a connected
+ * peer, so after the first time per peer and protocol the call is answered at once. Everything else passes.
+ */
+function skipRepeatedProtocolMerges(node: Libp2p): void {
+  const store = node.peerStore as unknown as { merge: (peer: PeerId, data: Record<string, unknown>, options?: unknown) => Promise<unknown> };
+  const merge = store.merge.bind(store);
+  const known = new Set<string>();
+  node.addEventListener('peer:disconnect', (evt) => {
+    const prefix = `${evt.detail.toString()} `;
+    for (const k of known) if (k.startsWith(prefix)) known.delete(k);
+  });
+  store.merge = (peer, data, options) => {
+    const keys = Object.keys(data);
+    const protocols = data.protocols;
+    if (keys.length === 1 && Array.isArray(protocols) && protocols.length === 1) {
+      const k = `${peer.toString()} ${String(protocols[0])}`;
+      if (known.has(k)) return Promise.resolve(undefined);
+      return merge(peer, data, options).then((r) => {
+        known.add(k);
+        return r;
+      });
+    }
+    return merge(peer, data, options);
+  };
 }
 
 function tryPush(out: Multiaddr[], a: string): void {

@@ -47,7 +47,10 @@ class PnetConnection extends AbstractMultiaddrConnection {
         }
       }
     });
-    inner.addEventListener('drain', () => this.onMuxerDrain());
+    inner.addEventListener('drain', () => {
+      this.blocked = false;
+      this.onMuxerDrain();
+    });
     inner.addEventListener('close', (evt) => {
       if (evt.error != null) {
         if (evt.local) this.abort(evt.error);
@@ -59,21 +62,55 @@ class PnetConnection extends AbstractMultiaddrConnection {
   }
 
   async sendClose(options?: AbortOptions): Promise<void> {
+    this.flush();
     await this.inner.close(options);
   }
 
+  /**
+   * Frames written in one turn of the event loop (a yamux header and its data, a window update, several streams'
+   * small messages) are gathered and XORed and written once, in a microtask: one cipher call and one syscall
+   * instead of one per frame, and no added latency (the microtask runs before the loop polls again).
+   */
+  private queued: Uint8Array[] = [];
+  private queuedBytes = 0;
+  private flushScheduled = false;
+  private blocked = false;
+
   sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean } {
-    // One contiguous copy: the muxer may still hold the plaintext views (we must not XOR them in place), and
-    // the copy gives the cipher and the socket a single large buffer to work on.
-    const buf = new Uint8Array(data.byteLength);
-    let o = 0;
+    // Copy: the muxer may still hold the plaintext views, and the cipher works in place.
     for (const b of data) {
-      buf.set(b, o);
-      o += b.length;
+      this.queued.push(b.slice());
+      this.queuedBytes += b.byteLength;
     }
-    this.outbound.xor(buf);
-    return { sentBytes: buf.byteLength, canSendMore: this.inner.send(buf) };
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.flush);
+    }
+    // Past 1 MiB in one turn, flush now and report the transport's backpressure.
+    if (this.queuedBytes >= 1024 * 1024) this.flush();
+    return { sentBytes: data.byteLength, canSendMore: !this.blocked };
   }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.queued.length === 0) return;
+    let buf: Uint8Array;
+    if (this.queued.length === 1) {
+      buf = this.queued[0]!;
+    } else {
+      buf = new Uint8Array(this.queuedBytes);
+      let o = 0;
+      for (const b of this.queued) {
+        buf.set(b, o);
+        o += b.length;
+      }
+    }
+    this.queued = [];
+    this.queuedBytes = 0;
+    this.outbound.xor(buf);
+    if (this.inner.status !== 'open') return;
+    this.blocked = !this.inner.send(buf);
+  };
 
   sendReset(err: Error): void {
     this.inner.abort(err);
