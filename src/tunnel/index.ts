@@ -63,6 +63,7 @@ const FILTERED_PREFIXES = ['docker', 'edgemesh', 'tunl', 'flannel', 'cni', 'br',
 /** How long a UDP flow through the tunnel lives without datagrams in either direction. */
 const UDP_IDLE_MS = 60_000;
 const PING_EVERY_MS = 10_000;
+const RELAY_CHECK_MS = 5_000;
 
 export interface RemoteTarget {
   nodeName: string;
@@ -126,6 +127,8 @@ export class TunnelModule implements RemoteDialer {
   private readonly active = new Set<{ close(): void }>();
   private isRelay = false;
   private readonly rtt = new Map<string, number>();
+  private readonly relayDialing = new Set<string>();
+  private relayTimer: ReturnType<typeof setInterval> | null = null;
   private pinger: ReturnType<typeof setInterval> | null = null;
 
   constructor(private readonly d: TunnelDeps) {}
@@ -195,6 +198,8 @@ export class TunnelModule implements RemoteDialer {
     this.registerMetrics();
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay });
     this.connectRelays();
+    this.relayTimer = setInterval(() => this.connectRelays(), RELAY_CHECK_MS);
+    this.relayTimer.unref?.();
     this.pinger = setInterval(() => void this.pingPeers(), PING_EVERY_MS);
     this.pinger.unref?.();
     node.addEventListener('peer:connect', () => void this.pingPeers());
@@ -202,6 +207,7 @@ export class TunnelModule implements RemoteDialer {
 
   async stop(): Promise<void> {
     if (this.pinger) clearInterval(this.pinger);
+    if (this.relayTimer) clearInterval(this.relayTimer);
     for (const a of [...this.active]) a.close();
     const node = this.node;
     this.node = null;
@@ -257,18 +263,26 @@ export class TunnelModule implements RemoteDialer {
     return out;
   }
 
-  /** Reservations on every configured relay, so that peers behind other NATs can reach us through them. */
+  /**
+   * One `/p2p-circuit` listen address per configured relay: the relay transport then holds a reservation on each
+   * connected relay, so a relay that dies leaves the others already reserved (HA without waiting for a heartbeat).
+   * Reservations are renewed by the transport before they expire.
+   */
   private relayListen(): string[] {
-    return this.relays().flatMap((r) => r.addrs.map((a) => `${a.toString()}/p2p/${r.peer.toString()}/p2p-circuit`));
+    return this.relays().map(() => '/p2p-circuit');
   }
 
+  /** Connect to every relay that is not connected: at start and every RELAY_CHECK_MS (the original: 120 s). */
   private connectRelays(): void {
     const node = this.node;
     if (!node) return;
     for (const r of this.relays()) {
-      node.dial(r.addrs.map((a) => a.encapsulate(`/p2p/${r.peer.toString()}`)), { signal: AbortSignal.timeout(this.d.config.handshakeTimeoutMs) }).catch((e: Error) => {
-        this.d.logger.warn('relay not reachable', { relay: r.name, error: e.message });
-      });
+      if (node.getConnections(r.peer).length > 0 || this.relayDialing.has(r.name)) continue;
+      this.relayDialing.add(r.name);
+      node.dial(r.addrs.map((a) => a.encapsulate(`/p2p/${r.peer.toString()}`)), { signal: AbortSignal.timeout(this.d.config.handshakeTimeoutMs) })
+        .then(() => this.d.logger.info('connected to relay', { relay: r.name }))
+        .catch((e: Error) => this.d.logger.warn('relay not reachable', { relay: r.name, error: e.message }))
+        .finally(() => this.relayDialing.delete(r.name));
     }
   }
 
