@@ -3,10 +3,10 @@
  * Builds go to a temp dir so a developer's dist/ is left alone.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FakeApiServer } from './fixtures/apiserver.ts';
-import { AgentProcess, ROOT, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { AgentProcess, ROOT, freePort, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
 
 const QEMU = ['/usr/bin/qemu-aarch64-static', '/usr/bin/qemu-aarch64'].find((p) => existsSync(p));
 const ARM64_LIBS = '/usr/aarch64-linux-gnu';
@@ -70,6 +70,43 @@ describe('compiled binary (host)', () => {
       t.cleanup();
     }
   });
+});
+
+describe('compiled binary (host): tunnel', () => {
+  test('two compiled agents carry HTTP through the tunnel (libp2p, FFI ciphers and TLS inside the binary)', async () => {
+    const t = tempDir();
+    const web = Bun.serve({ hostname: '127.0.0.1', port: 0, fetch: () => new Response('through the compiled tunnel') });
+    const agents: AgentProcess[] = [];
+    try {
+      writeFileSync(join(t.path, 'psk'), 'binary-test-psk\n');
+      const cat = join(t.path, 'catalog.yaml');
+      writeFileSync(cat, '');
+      const nodes = [];
+      for (const name of ['a', 'b']) {
+        const dir = join(t.path, name);
+        mkdirSync(dir);
+        const port = await freePort();
+        const cfg = await writeAgentConfig(dir, `catalog: { file: ${cat} }\nmodules:\n  edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }\n  edgeTunnel: { enable: true, listenPort: ${port}, listenInterfaces: lo, mdns: false, psk: { path: ${join(t.path, 'psk')} } }\n`);
+        const id = await runCli(['identity', '--json', '--config', cfg.path, '--node-name', name], { bin: [hostBin] });
+        nodes.push({ name, port, cfg, peerId: (JSON.parse(id.stdout) as { peerId: string }).peerId });
+      }
+      writeFileSync(cat, [
+        ...nodes.map((n) => `apiVersion: v1\nkind: Node\nmetadata:\n  name: ${n.name}\n  annotations: { edgemesh.io/peer-id: ${n.peerId}, edgemesh.io/tunnel-addresses: /ip4/127.0.0.1/tcp/${n.port} }\n`),
+        'apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: default }\nspec: { clusterIP: 10.96.9.9, ports: [{ name: p, port: 80 }] }\n',
+        `apiVersion: v1\nkind: Endpoints\nmetadata: { name: web, namespace: default }\nsubsets: [{ addresses: [{ ip: 127.0.0.1, nodeName: b }], ports: [{ name: p, port: ${web.port} }] }]\n`,
+      ].join('---\n'));
+      for (const n of nodes) agents.push(new AgentProcess(['agent', '--config', n.cfg.path, '--node-name', n.name], { bin: [hostBin] }));
+      for (const [i, n] of nodes.entries()) await waitFor(async () => (await getText(`${n.cfg.admin}/readyz`)).status === 200, () => `readyz ${n.name}\n${agents[i]!.logs}`);
+      const ports = await getJson<{ service: string; listenPort: number }[]>(`${nodes[0]!.cfg.admin}/debug/proxy`);
+      const port = ports.find((p) => p.service === 'default/web:p')!.listenPort;
+      expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toBe('through the compiled tunnel');
+      expect(agents[0]!.logs).toContain('pnet/xsalsa20 (libsodium)');
+    } finally {
+      for (const a of agents) await a.stop();
+      web.stop(true);
+      t.cleanup();
+    }
+  }, 60_000);
 });
 
 describe('compiled binary (arm64)', () => {
