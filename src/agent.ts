@@ -19,7 +19,7 @@ import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { DnsModule } from './dns/index.ts';
 import { ProxyModule } from './proxy/index.ts';
 import { loadOrCreateIdentity } from './tunnel/identity.ts';
-import { TunnelModule, type TunnelStatus } from './tunnel/index.ts';
+import { PEER_ID_ANNOTATION, TunnelModule, type TunnelStatus } from './tunnel/index.ts';
 import { loadPsk } from './tunnel/psk.ts';
 import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
@@ -164,6 +164,7 @@ export class Agent {
         if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
         this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
         await this.tunnel.start();
+        if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId);
       }
       if (cfg.modules.edgeProxy.enable) {
         this.proxy = new ProxyModule({
@@ -271,6 +272,29 @@ export class Agent {
     const built = new Set(this.builtModules().map((b) => b.name));
     const on = Object.keys(m).filter((k) => m[k]?.enable && !built.has(k));
     if (on.length) this.log.warn('enabled modules are not in this build yet and will not run', { modules: on.join(',') });
+  }
+
+  /**
+   * Bind this node's name to its tunnel peer ID where everyone reads it: an annotation on our Node object.
+   * Retries with backoff while the API is unreachable; without RBAC for it, says how to do it by hand.
+   */
+  private async publishPeerId(source: KubeSource, nodeName: string, peerId: string): Promise<void> {
+    const log = this.log.child('tunnel');
+    for (let delay = 1000; !this.ac.signal.aborted; delay = Math.min(delay * 2, 60_000)) {
+      const r = await source.annotateNode(nodeName, { [PEER_ID_ANNOTATION]: peerId });
+      if (!r) {
+        log.info('published the tunnel peer ID on this node', { node: nodeName, annotation: PEER_ID_ANNOTATION, peerId });
+        return;
+      }
+      if (r.forbidden) {
+        log.warn('not allowed to annotate this Node: other nodes cannot verify this one until it is done by hand', {
+          error: r.error, fix: `kubectl annotate node ${nodeName} ${PEER_ID_ANNOTATION}=${peerId} (or grant "patch" on nodes)`,
+        });
+        return;
+      }
+      log.warn('could not publish the tunnel peer ID yet; retrying', { error: r.error, retryInMs: delay });
+      await new Promise((res) => setTimeout(res, delay).unref?.());
+    }
   }
 
   private async ensureStateDir(): Promise<void> {

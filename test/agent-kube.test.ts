@@ -4,7 +4,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { FakeApiServer } from './fixtures/apiserver.ts';
-import { AgentProcess, getJson, getText, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentProcess, freePort, getJson, getText, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
 
 type DebugCatalog = {
   services: { namespace: string; name: string; clusterIPs: string[]; proxied: boolean }[];
@@ -235,6 +237,52 @@ describe('ways to reach the API, and the gateway role', () => {
       expect((await getJson<{ role: string }>(`${cfg.admin}/status`)).role).toBe('gateway');
     } finally {
       await agent.stop();
+    }
+  });
+});
+
+describe('tunnel identity published on the Node (Kubernetes mode)', () => {
+  const tunnelCfg = async (dir: string) => {
+    writeFileSync(join(dir, 'psk'), 'kube-test-psk\n');
+    return `modules:\n  edgeTunnel: { enable: true, listenPort: ${await freePort()}, listenInterfaces: lo, mdns: false, psk: { path: ${join(dir, 'psk')} } }\n`;
+  };
+
+  test('the agent merge-patches its peer ID onto its Node, and reads it back through the watch', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0', annotations: { keep: 'me' } } });
+    const a = await startAgent(api, t.path, await tunnelCfg(t.path));
+    try {
+      const peerId = (await a.agent.waitForLog(/tunnel started peerId=(\S+)/))[1]!;
+      const node = await waitFor(async () => {
+        const n = (await getJson<{ nodes: { name: string; annotations: Record<string, string> }[] }>(`${a.cfg.admin}/debug/catalog`)).nodes.find((x) => x.name === 'edge-0');
+        return n?.annotations['edgemesh.io/peer-id'] ? n : null;
+      }, () => `annotation\n${a.agent.logs}`);
+      expect(node.annotations).toEqual({ keep: 'me', 'edgemesh.io/peer-id': peerId });
+      expect(api.patches[0]).toMatchObject({ path: '/api/v1/nodes/edge-0', contentType: 'application/merge-patch+json' });
+      await a.agent.waitForLog(/published the tunnel peer ID on this node/);
+    } finally {
+      await a.agent.stop();
+      await api.stop();
+      t.cleanup();
+    }
+  });
+
+  test('without permission to patch Nodes, the agent keeps running and says how to bind by hand', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.forbidPatch = true;
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0' } });
+    const a = await startAgent(api, t.path, await tunnelCfg(t.path));
+    try {
+      await a.agent.waitForLog(/not allowed to annotate this Node.*kubectl annotate node edge-0 edgemesh\.io\/peer-id=12D3KooW/);
+      expect((await getText(`${a.cfg.admin}/readyz`)).status).toBe(200);
+    } finally {
+      await a.agent.stop();
+      await api.stop();
+      t.cleanup();
     }
   });
 });

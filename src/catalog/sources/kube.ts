@@ -13,7 +13,7 @@
  *   list errors forever there).
  */
 import {
-  CoreV1Api, CustomObjectsApi, DiscoveryV1Api, type Informer, KubeConfig, type KubernetesObject, type ObjectCache, makeInformer,
+  CoreV1Api, CustomObjectsApi, DiscoveryV1Api, type Informer, KubeConfig, type KubernetesObject, type ObjectCache, makeInformer, PatchStrategy, setHeaderOptions,
 } from '@kubernetes/client-node';
 import { EdgeMeshError, describeError } from '../../errors.ts';
 import type { KubeAPIConfig } from '../../config/schema-edgemesh.ts';
@@ -199,6 +199,20 @@ export class KubeSource {
     this.core = this.kc.makeApiClient(CoreV1Api);
     this.custom = this.kc.makeApiClient(CustomObjectsApi);
     this.discovery = this.kc.makeApiClient(DiscoveryV1Api);
+  }
+
+  /**
+   * Merge-patch annotations onto a Node (the tunnel publishes its peer ID this way). Returns null on success, or
+   * the reason; `forbidden` when RBAC does not allow it, so the caller stops retrying and tells the operator.
+   */
+  async annotateNode(name: string, annotations: Record<string, string>): Promise<null | { forbidden: boolean; error: string }> {
+    try {
+      await this.core.patchNode({ name, body: { metadata: { annotations } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      return null;
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      return { forbidden: code === 403 || code === 401, error: describeError(e) };
+    }
   }
 
   get server(): string {
