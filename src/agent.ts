@@ -6,7 +6,7 @@
  *   await agent.start()    // throws EdgeMeshError on a fatal start problem (port in use, bad kubeconfig…)
  *   await agent.stop()     // releases every socket, timer and file watch
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, watch } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Catalog } from './catalog/catalog.ts';
@@ -57,6 +57,8 @@ export interface AgentStatus {
 export interface AgentDeps {
   logger: Logger;
   metrics?: MetricsRegistry;
+  /** Reads the config file again (same flags and environment); enables live reload of the relay list. */
+  reload?: () => LoadedConfig;
 }
 
 /** The example catalog the embedded default starts with, so `edgemesh agent` shows something on a fresh machine. */
@@ -98,7 +100,7 @@ export class Agent {
   private readonly ac = new AbortController();
   private started = false;
 
-  constructor(readonly loaded: LoadedConfig, deps: AgentDeps) {
+  constructor(readonly loaded: LoadedConfig, private readonly deps: AgentDeps) {
     this.log = deps.logger;
     this.metrics = deps.metrics ?? new MetricsRegistry();
     this.catalog = new Catalog({ logger: this.log.child('catalog') });
@@ -165,6 +167,7 @@ export class Agent {
         this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
         await this.tunnel.start();
         if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId);
+        this.watchConfig();
       }
       if (cfg.modules.edgeProxy.enable) {
         this.proxy = new ProxyModule({
@@ -272,6 +275,62 @@ export class Agent {
     const built = new Set(this.builtModules().map((b) => b.name));
     const on = Object.keys(m).filter((k) => m[k]?.enable && !built.has(k));
     if (on.length) this.log.warn('enabled modules are not in this build yet and will not run', { modules: on.join(',') });
+  }
+
+  /**
+   * Live reload of modules.edgeTunnel.relayNodes when the config file changes (the original watches the file for
+   * exactly this). A directory watch catches ConfigMap symlink swaps; a 2 s stat poll catches what it misses.
+   * Other keys need a restart; a broken edit is logged and ignored.
+   */
+  private watchConfig(): void {
+    const path = this.loaded.source;
+    const reload = this.deps.reload;
+    if (!reload || !existsSync(path)) return;
+    let last = '';
+    try {
+      last = readFileSync(path, 'utf8');
+    } catch {
+      return;
+    }
+    let timer: ReturnType<typeof setTimeout> | null = null;
+    const check = (): void => {
+      timer = null;
+      let text: string;
+      try {
+        text = readFileSync(path, 'utf8');
+      } catch {
+        return;
+      }
+      if (text === last) return;
+      last = text;
+      let next: LoadedConfig;
+      try {
+        next = reload();
+      } catch (err) {
+        this.log.warn('config file changed but does not load; keeping the running config', { path, error: describeError(err) });
+        return;
+      }
+      const relays = (next.config as AgentConfig).modules.edgeTunnel.relayNodes;
+      if (JSON.stringify(relays) !== JSON.stringify((this.loaded.config as AgentConfig).modules.edgeTunnel.relayNodes)) {
+        (this.loaded.config as AgentConfig).modules.edgeTunnel.relayNodes = relays;
+        void this.tunnel?.setRelayNodes(relays);
+      }
+    };
+    const schedule = (): void => {
+      if (!timer) timer = setTimeout(check, 200);
+    };
+    try {
+      const w = watch(dirname(path), { signal: this.ac.signal }, schedule);
+      w.on('error', () => {});
+    } catch {
+      // no inotify: the poll below still works
+    }
+    const poll = setInterval(schedule, 2000);
+    poll.unref?.();
+    this.ac.signal.addEventListener('abort', () => {
+      clearInterval(poll);
+      if (timer) clearTimeout(timer);
+    });
   }
 
   /**

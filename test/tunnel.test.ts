@@ -20,6 +20,7 @@ import { AgentProcess, freePort, getJson, runCli, tempDir, waitFor, writeAgentCo
 
 interface Node {
   name: string;
+  config?: string;
   dir: string;
   stateDir: string;
   peerId: string;
@@ -229,6 +230,7 @@ modules:
   edgeTunnel: { enable: true, listenPort: ${n.port}, listenInterfaces: lo, mdns: false, psk: { path: ${psk} } }
 `);
     n.admin = cfg.admin;
+    n.config = cfg.path;
     n.agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', n.name]);
     await waitFor(async () => (await fetch(`${n.admin}/readyz`).catch(() => null))?.status === 200, () => `${n.name} ready\n${n.agent!.logs}`, 15_000);
   }
@@ -385,4 +387,39 @@ modules:
       await w.stop();
     }
   }, 30_000);
+  test('a relay added to the config file is picked up live: the agent connects and reserves on it', async () => {
+    // A third agent, "r", serves as a relay; node a's config gains it while a keeps running.
+    const dir = join(t.path, 'r');
+    mkdirSync(dir);
+    const port = await freePort();
+    const relayNodes = [{ nodeName: 'r', advertiseAddress: [`127.0.0.1:${port}`] }];
+    const cfg = await writeAgentConfig(dir, `commonConfig: { stateDir: ${join(dir, 'state')} }\n`);
+    const id = await runCli(['identity', '--json', '--config', cfg.path, '--node-name', 'r']);
+    const r: Node = { name: 'r', dir, stateDir: join(dir, 'state'), peerId: (JSON.parse(id.stdout) as { peerId: string }).peerId, port, admin: '', agent: null };
+    const third: Node = { name: 'c', dir: '', stateDir: '', peerId: peerIdFromPrivateKey(thirdKey).toString(), port: thirdPort, admin: '', agent: null };
+    writeFileSync(catalogPath, catalogYaml([...nodes, third, r], services()));
+    const rcfg = await writeAgentConfig(dir, `
+catalog: { file: ${catalogPath} }
+commonConfig: { stateDir: ${r.stateDir} }
+modules:
+  edgeProxy: { enable: false }
+  edgeTunnel: { enable: true, listenPort: ${port}, listenInterfaces: lo, mdns: false, psk: { path: ${pskPath} }, relayNodes: ${JSON.stringify(relayNodes)} }
+`);
+    r.agent = new AgentProcess(['agent', '--config', rcfg.path, '--node-name', 'r']);
+    try {
+      await r.agent.waitForLog(/tunnel started .*relay=true/, 15_000);
+      const a = nodes[0]!;
+      const conf = JSON.parse(readFileSync(a.config!, 'utf8')) as { modules: { edgeTunnel: Record<string, unknown> } };
+      conf.modules.edgeTunnel.relayNodes = relayNodes;
+      writeFileSync(a.config!, JSON.stringify(conf, null, 2));
+      await a.agent!.waitForLog(/relay list reloaded from=none to=r/, 10_000);
+      await a.agent!.waitForLog(/connected to relay relay=r/, 10_000);
+      await waitFor(async () => {
+        const st = await getJson<{ tunnel: { peers: { node: string }[]; listen: string[] } }>(`${a.admin}/status`);
+        return st.tunnel.listen.some((l) => l.includes('/p2p-circuit')) || null;
+      }, () => `a reservation on r\n${a.agent!.logs.slice(-2000)}`, 10_000);
+    } finally {
+      await r.agent.stop();
+    }
+  }, 60_000);
 });

@@ -10,10 +10,11 @@ import { createLogger } from '../obs/logger.ts';
 export const STOP_DEADLINE_MS = 2000;
 
 export async function runNode(role: Role, o: { config?: string; catalog?: string; nodeName?: string }): Promise<void> {
-  const loaded = loadConfig({ role, configPath: o.config, catalogFile: o.catalog, nodeName: o.nodeName, env: process.env });
+  const load = () => loadConfig({ role, configPath: o.config, catalogFile: o.catalog, nodeName: o.nodeName, env: process.env });
+  const loaded = load();
   const cc = loaded.config.commonConfig;
   const logger = createLogger('', { level: cc.logLevel, format: cc.logFormat }).child(role);
-  const agent = new Agent(loaded, { logger });
+  const agent = new Agent(loaded, { logger, reload: load });
 
   let stopping = false;
   const onSignal = (sig: NodeJS.Signals) => {

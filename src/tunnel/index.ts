@@ -128,10 +128,15 @@ export class TunnelModule implements RemoteDialer {
   private isRelay = false;
   private readonly rtt = new Map<string, number>();
   private readonly relayDialing = new Set<string>();
+  /** The relay list: from the config at start, replaced live by setRelayNodes() when the config file changes. */
+  private relayNodes: TunnelConfig['relayNodes'];
+  private circuitListens = 0;
   private relayTimer: ReturnType<typeof setInterval> | null = null;
   private pinger: ReturnType<typeof setInterval> | null = null;
 
-  constructor(private readonly d: TunnelDeps) {}
+  constructor(private readonly d: TunnelDeps) {
+    this.relayNodes = d.config.relayNodes;
+  }
 
   get peerId(): string {
     return this.node?.peerId.toString() ?? '';
@@ -142,6 +147,7 @@ export class TunnelModule implements RemoteDialer {
     const log = this.d.logger;
     const listen = listenAddresses(c);
     this.isRelay = c.relayNodes.some((r) => r.nodeName === this.d.nodeName);
+    this.circuitListens = this.relayListen().length;
     let protector;
     const nc = noiseCrypto(c.cipher as CipherChoice);
     if (nc.fallbackReason) log.warn('Noise AEAD: using the pure-JS engine (slower)', { reason: nc.fallbackReason });
@@ -240,7 +246,7 @@ export class TunnelModule implements RemoteDialer {
     const n = this.d.catalog.snapshot().nodes.get(nodeName);
     const ann = n?.annotations[ADDRESSES_ANNOTATION];
     if (ann) for (const a of ann.split(',')) tryPush(out, a.trim());
-    const relay = this.d.config.relayNodes.find((r) => r.nodeName === nodeName);
+    const relay = this.relayNodes.find((r) => r.nodeName === nodeName);
     if (relay) for (const a of relay.advertiseAddress) tryPush(out, toMultiaddr(a, this.d.config.listenPort));
     if (!ann && n) for (const a of n.addresses) if (a.type === 'InternalIP' || a.type === 'ExternalIP') tryPush(out, toMultiaddr(a.address, this.d.config.listenPort));
     for (const r of this.relays()) {
@@ -252,7 +258,7 @@ export class TunnelModule implements RemoteDialer {
 
   private relays(): { name: string; peer: PeerId; addrs: Multiaddr[] }[] {
     const out = [];
-    for (const r of this.d.config.relayNodes) {
+    for (const r of this.relayNodes) {
       if (r.nodeName === this.d.nodeName) continue;
       const peer = this.peerOf(r.nodeName);
       if (!peer) continue;
@@ -270,6 +276,30 @@ export class TunnelModule implements RemoteDialer {
    */
   private relayListen(): string[] {
     return this.relays().map(() => '/p2p-circuit');
+  }
+
+  /**
+   * The relay list changed in the config file (the original's watcher does the same): connect to the new relays
+   * and hold a reservation on each. Becoming or ceasing to be a relay server takes a restart, as in the original.
+   */
+  async setRelayNodes(list: TunnelConfig['relayNodes']): Promise<void> {
+    const was = this.relayNodes.map((r) => r.nodeName).sort().join(',');
+    this.relayNodes = list;
+    const now = list.map((r) => r.nodeName).sort().join(',');
+    this.d.logger.info('relay list reloaded', { from: was || 'none', to: now || 'none' });
+    if (list.some((r) => r.nodeName === this.d.nodeName) !== this.isRelay) {
+      this.d.logger.warn(`this node ${this.isRelay ? 'left' : 'joined'} the relay list; restart the agent to ${this.isRelay ? 'stop' : 'start'} serving as a relay`);
+    }
+    const want = this.relayListen().length;
+    const node = this.node;
+    if (node && want > this.circuitListens) {
+      // libp2p has no public call to add listen addresses to a running node; its transport manager does.
+      const tm = (node as unknown as { components: { transportManager: { listen(a: Multiaddr[]): Promise<void> } } }).components.transportManager;
+      const extra = Array.from({ length: want - this.circuitListens }, () => multiaddr('/p2p-circuit'));
+      this.circuitListens = want;
+      await tm.listen(extra).catch((e: Error) => this.d.logger.warn('could not add a relay reservation', { error: e.message }));
+    }
+    this.connectRelays();
   }
 
   /** Connect to every relay that is not connected: at start and every RELAY_CHECK_MS (the original: 120 s). */
