@@ -6,7 +6,8 @@
  *   - wrk (nginx on b's side) keep-alive and a new connection per request, req/s and p50/p99;
  *   - time to first byte to a new peer (first request after start: dial + PSK + TLS + yamux + proxy handshake);
  *   - the PSK cipher engines' own speed.
- * Usage: bun bench/tunnel.ts [--seconds=5] [--connections=50] [--cipher=auto|noble]   (needs iperf3, wrk, nginx)
+ * Usage: bun bench/tunnel.ts [--seconds=5] [--connections=50] [--cipher=auto|noble] [--encryption=tls|noise]
+ *        [--only=iperf|http|newconn]   (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -81,7 +82,9 @@ try {
     svc('iperf', '127.0.0.1', pIperf),
     svc('web', '127.0.0.1', pNginx),
   ].join('---\n'));
-  const agents = nodes.map((n) => spawnPinned(n.cpu, [process.execPath, MAIN, 'agent', '--config', n.cfg, '--node-name', n.name]));
+  // BENCH_BUN_ARGS passes flags to the agents' Bun (e.g. --cpu-prof-md --cpu-prof-dir=/tmp/prof) for profiling.
+  const bunArgs = (process.env.BENCH_BUN_ARGS ?? '').split(' ').filter(Boolean);
+  const agents = nodes.map((n) => spawnPinned(n.cpu, [process.execPath, ...bunArgs, MAIN, 'agent', '--config', n.cfg, '--node-name', n.name]));
   procs.push(...agents);
   for (const n of nodes) {
     for (let i = 0; ; i++) {
@@ -128,7 +131,9 @@ try {
   }
 
   const rows: Record<string, unknown>[] = [];
-  for (const streams of [1, 4]) {
+  // --only=iperf|http|newconn runs a subset (for profiling one workload).
+  const only = argOf('only', '');
+  for (const streams of only && only !== 'iperf' ? [] : [1, 4]) {
     const direct = await iperf(pIperf, streams);
     const c0 = await agentsCpu();
     const tunnel = await iperf(viaIperf, streams);
@@ -147,7 +152,7 @@ try {
     if (!rps) throw new Error(`wrk against port ${port} failed: ${out}${err}`);
     return { rps, p50: ms(/50%\s+(\S+)/.exec(out)?.[1]), p99: ms(/99%\s+(\S+)/.exec(out)?.[1]) };
   }
-  for (const close of [false, true]) {
+  for (const close of only === 'iperf' ? [] : only === 'newconn' ? [true] : only === 'http' ? [false, true] : [false, true]) {
     const mode = close ? 'HTTP, new connection per request' : 'HTTP keep-alive';
     const direct = await wrk(pNginx, close);
     if (close) await Bun.sleep(3000);

@@ -1,14 +1,17 @@
 /**
  * The tunnel across NATs (needs root): two private LANs behind MASQUERADE routers and two public relays (see
  * fixtures/natlab.ts). A client in LAN A reaches a service whose endpoint is in LAN B through its cluster IP
- * (nftables interception on node ha) over TCP, HTTP, WebSocket and UDP; the path is relayed through r1 or r2;
- * killing that relay moves new connections to the other one within 5 s.
+ * (nftables interception on node ha).
+ * - Hard NATs (RST to unsolicited packets): punching fails, the path stays relayed and carries HTTP, WebSocket and
+ *   UDP; killing the relay in use moves new connections to the other relay within 5 s.
+ * - Punchable NATs (drop unsolicited packets): the relayed connection is upgraded to a direct one by hole punching;
+ *   new connections use it and the relays carry nothing more.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { natLab, type NatLab } from './fixtures/natlab.ts';
+import { natLab, type NatKind, type NatLab } from './fixtures/natlab.ts';
 import { AgentProcess, MAIN, isRoot, runCli, tempDir, waitFor } from './helpers.ts';
 
 const tools = ['ip', 'iptables', 'nft', 'curl'].every((t) => Bun.which(t));
@@ -19,124 +22,193 @@ interface PeerView {
   node: string;
   path: string;
   relay?: string;
+  remoteAddr: string;
 }
 
-describe.skipIf(!isRoot || !tools)('tunnel across NATs with two relays (root)', () => {
-  const t = tempDir('edgemesh-nat-');
-  let lab: NatLab;
+interface Lab {
+  lab: NatLab;
+  agents: Map<Host, AgentProcess>;
+  status(h: Host): Promise<{ tunnel: { peers: PeerView[]; punch: { successes: number } } }>;
+  curl(path?: string, timeoutS?: number): ReturnType<typeof runCli>;
+  down(): Promise<void>;
+}
+
+/** Build the lab, bind identities in a shared catalog, start a backend in LAN B and agents on r1, r2, hb, ha. */
+async function startLab(kind: NatKind): Promise<Lab> {
+  const t = tempDir(`edgemesh-nat-${kind}-`);
+  const lab = await natLab(kind);
   const agents = new Map<Host, AgentProcess>();
-  let backend: AgentProcess;
   const catalog = join(t.path, 'catalog.yaml');
   const peerIds = new Map<Host, string>();
-
   const configOf = (h: Host) => join(t.path, h, 'config.yaml');
-  const status = async (h: Host): Promise<{ tunnel: { peers: PeerView[] } }> => {
-    const r = await lab.exec(h, ['curl', '-s', '-m', '2', 'http://127.0.0.1:10551/status']);
-    return JSON.parse(r.stdout) as { tunnel: { peers: PeerView[] } };
-  };
-  const curl = (path = '/', timeoutS = 2) => lab.exec('ha', ['curl', '-s', '-m', String(timeoutS), `http://10.96.5.1${path}`]);
-
-  beforeAll(async () => {
-    lab = await natLab('drop');
-    writeFileSync(join(t.path, 'psk'), randomBytes(32).toString('base64'));
-    writeFileSync(catalog, '');
-    for (const h of HOSTS) {
-      mkdirSync(join(t.path, h));
-      const proxy = h === 'ha' ? { enable: true, interception: 'nftables' } : { enable: false };
-      writeFileSync(configOf(h), JSON.stringify({
-        catalog: { file: catalog },
-        commonConfig: { stateDir: join(t.path, h, 'state'), adminAddress: '127.0.0.1:10551' },
-        modules: {
-          edgeDNS: { enable: false },
-          edgeProxy: proxy,
-          edgeTunnel: {
-            enable: true,
-            mdns: false,
-            psk: { path: join(t.path, 'psk') },
-            relayNodes: [{ nodeName: 'r1', advertiseAddress: [lab.ip.r1] }, { nodeName: 'r2', advertiseAddress: [lab.ip.r2] }],
-          },
+  writeFileSync(join(t.path, 'psk'), randomBytes(32).toString('base64'));
+  writeFileSync(catalog, '');
+  for (const h of HOSTS) {
+    mkdirSync(join(t.path, h));
+    const proxy = h === 'ha' ? { enable: true, interception: 'nftables' } : { enable: false };
+    writeFileSync(configOf(h), JSON.stringify({
+      catalog: { file: catalog },
+      commonConfig: { stateDir: join(t.path, h, 'state'), adminAddress: '127.0.0.1:10551', logLevel: process.env.NAT_DEBUG ? 'debug' : 'info' },
+      modules: {
+        edgeDNS: { enable: false },
+        edgeProxy: proxy,
+        edgeTunnel: {
+          enable: true,
+          mdns: false,
+          psk: { path: join(t.path, 'psk') },
+          relayNodes: [{ nodeName: 'r1', advertiseAddress: [lab.ip.r1] }, { nodeName: 'r2', advertiseAddress: [lab.ip.r2] }],
         },
-      }));
-      const r = await runCli(['identity', '--json', '--config', configOf(h), '--node-name', h]);
-      expect(r.code).toBe(0);
-      peerIds.set(h, (JSON.parse(r.stdout) as { peerId: string }).peerId);
-    }
-    const node = (h: Host) => `apiVersion: v1\nkind: Node\nmetadata:\n  name: ${h}\n  annotations: { edgemesh.io/peer-id: ${peerIds.get(h)} }\nstatus: { addresses: [{ type: InternalIP, address: ${lab.ip[h]} }] }\n`;
-    const svc = (name: string, ip: string, proto: string, port: number, target: number) =>
-      `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: shop }\nspec: { clusterIP: ${ip}, ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\n` +
-      `apiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: shop }\nsubsets: [{ addresses: [{ ip: ${lab.ip.hb}, nodeName: hb }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n`;
-    writeFileSync(catalog, [...HOSTS.map(node), svc('web', '10.96.5.1', 'TCP', 80, 8080), svc('uecho', '10.96.5.2', 'UDP', 53, 5353)].join('---\n'));
+      },
+    }));
+    const r = await runCli(['identity', '--json', '--config', configOf(h), '--node-name', h]);
+    if (r.code !== 0) throw new Error(`identity: ${r.stderr}`);
+    peerIds.set(h, (JSON.parse(r.stdout) as { peerId: string }).peerId);
+  }
+  const node = (h: Host) => `apiVersion: v1\nkind: Node\nmetadata:\n  name: ${h}\n  annotations: { edgemesh.io/peer-id: ${peerIds.get(h)} }\nstatus: { addresses: [{ type: InternalIP, address: ${lab.ip[h]} }] }\n`;
+  const svc = (name: string, ip: string, proto: string, port: number, target: number) =>
+    `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: shop }\nspec: { clusterIP: ${ip}, ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\n` +
+    `apiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: shop }\nsubsets: [{ addresses: [{ ip: ${lab.ip.hb}, nodeName: hb }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n`;
+  writeFileSync(catalog, [...HOSTS.map(node), svc('web', '10.96.5.1', 'TCP', 80, 8080), svc('uecho', '10.96.5.2', 'UDP', 53, 5353)].join('---\n'));
 
-    // The backend in LAN B: HTTP with a WebSocket echo on /ws, and a UDP echo.
-    const server = join(t.path, 'server.ts');
-    writeFileSync(server, `
+  // The backend in LAN B: HTTP (/big sends 20 MB) with a WebSocket echo on /ws, and a UDP echo.
+  const server = join(t.path, 'server.ts');
+  writeFileSync(server, `
+const big = new Uint8Array(20 * 1024 * 1024);
 Bun.serve({ hostname: '0.0.0.0', port: 8080,
-  fetch(req, srv) { if (new URL(req.url).pathname === '/ws' && srv.upgrade(req)) return; return new Response('hello from LAN B'); },
+  fetch(req, srv) { const p = new URL(req.url).pathname; if (p === '/ws' && srv.upgrade(req)) return; return new Response(p === '/big' ? big : 'hello from LAN B'); },
   websocket: { message(ws, m) { ws.send(m); } } });
 await Bun.udpSocket({ hostname: '0.0.0.0', port: 5353, socket: { data(s, b, port, addr) { s.send(b, port, addr); }, error() {} } });
 console.log('serving');
 `);
-    backend = new AgentProcess([server], { bin: [...lab.prefix('hb'), process.execPath] });
+  const backend = new AgentProcess([server], { bin: [...lab.prefix('hb'), process.execPath] });
+  const down = async () => {
+    for (const a of agents.values()) await a.stop();
+    await backend.stop();
+    await lab.down();
+    t.cleanup();
+  };
+  try {
     await backend.waitForLog(/serving/);
     for (const h of ['r1', 'r2', 'hb', 'ha'] as Host[]) {
       const a = new AgentProcess(['agent', '--config', configOf(h), '--node-name', h], { bin: [...lab.prefix(h), process.execPath, MAIN] });
       agents.set(h, a);
-      await a.waitForLog(/"?started"? admin=|INFO\s+agent: started/, 15_000);
+      await a.waitForLog(/INFO\s+agent: started/, 15_000);
     }
-  }, 90_000);
+  } catch (e) {
+    await down();
+    throw e;
+  }
+  return {
+    lab,
+    agents,
+    status: async (h) => JSON.parse((await lab.exec(h, ['curl', '-s', '-m', '2', 'http://127.0.0.1:10551/status'])).stdout) as { tunnel: { peers: PeerView[]; punch: { successes: number } } },
+    curl: (path = '/', timeoutS = 2) => lab.exec('ha', ['curl', '-s', '-m', String(timeoutS), `http://10.96.5.1${path}`]),
+    down,
+  };
+}
 
+/** Bytes received on a relay's uplink (everything relayed crosses it twice). */
+async function relayBytes(l: Lab): Promise<number> {
+  let sum = 0;
+  for (const h of ['r1', 'r2'] as const) sum += Number((await l.lab.exec(h, ['cat', '/sys/class/net/eth0/statistics/rx_bytes'])).stdout.trim());
+  return sum;
+}
+
+describe.skipIf(!isRoot || !tools)('tunnel across hard NATs: relayed, with failover (root)', () => {
+  let l: Lab;
+  beforeAll(async () => {
+    l = await startLab('reset');
+  }, 90_000);
   afterAll(async () => {
-    for (const a of agents.values()) await a.stop();
-    await backend?.stop();
-    await lab?.down();
-    t.cleanup();
+    await l?.down();
   });
 
-  test('HTTP through the cluster IP from LAN A to an endpoint in LAN B, relayed', async () => {
+  test('HTTP through the cluster IP from LAN A to an endpoint in LAN B stays relayed: punching fails against RST', async () => {
+    const t0 = performance.now();
     const body = await waitFor(async () => {
-      const r = await curl();
+      const r = await l.curl();
       return r.code === 0 && r.stdout ? r.stdout : null;
-    }, () => `curl through the tunnel\n--- ha ---\n${agents.get('ha')!.logs}\n--- hb ---\n${agents.get('hb')!.logs}`, 20_000, 300);
+    }, () => `curl through the tunnel\n--- ha ---\n${l.agents.get('ha')!.logs}\n--- hb ---\n${l.agents.get('hb')!.logs}`, 20_000, 300);
+    console.log(`first response through a relay: ${(performance.now() - t0).toFixed(0)} ms`);
     expect(body).toBe('hello from LAN B');
-    const peer = (await status('ha')).tunnel.peers.find((p) => p.node === 'hb');
+    // Give hole punching time to try (and fail) before checking the path.
+    await Bun.sleep(3000);
+    expect((await l.curl()).stdout).toBe('hello from LAN B');
+    const peer = (await l.status('ha')).tunnel.peers.find((p) => p.node === 'hb');
     expect(peer?.path).toBe('relayed');
     expect(['r1', 'r2']).toContain(peer?.relay ?? '');
   }, 40_000);
 
   test('UDP and a WebSocket through the same path', async () => {
-    const udp = join(t.path, 'udp.ts');
-    writeFileSync(udp, `
+    const dir = tempDir();
+    try {
+      const udp = join(dir.path, 'udp.ts');
+      writeFileSync(udp, `
 const got = new Set(); const s = await Bun.udpSocket({ socket: { data(_s, b) { got.add(b.readUInt32BE(0)); }, error() {} } });
 s.send(Buffer.alloc(4), 53, '10.96.5.2'); for (let i = 0; i < 50 && !got.size; i++) await Bun.sleep(100);
 for (let i = 1; i <= 200; i++) { const d = Buffer.alloc(4 + (i % 900)); d.writeUInt32BE(i, 0); s.send(d, 53, '10.96.5.2'); if (i % 20 === 0) await Bun.sleep(5); }
 await Bun.sleep(1500); console.log(JSON.stringify({ back: got.size - 1 })); s.close();
 `);
-    const u = await runCli([udp], { bin: [...lab.prefix('ha'), process.execPath] });
-    expect(JSON.parse(u.stdout)).toEqual({ back: 200 });
-    const ws = join(t.path, 'ws.ts');
-    writeFileSync(ws, `
+      const u = await runCli([udp], { bin: [...l.lab.prefix('ha'), process.execPath] });
+      expect(JSON.parse(u.stdout)).toEqual({ back: 200 });
+      const ws = join(dir.path, 'ws.ts');
+      writeFileSync(ws, `
 const w = new WebSocket('ws://10.96.5.1/ws'); const echoes = [];
 w.onmessage = (e) => echoes.push(String(e.data));
 await new Promise((r, j) => { w.onopen = r; w.onerror = j; });
 for (let i = 0; i < 5; i++) { w.send('m' + i); await Bun.sleep(400); }
 w.close(); console.log(JSON.stringify(echoes));
 `);
-    const r = await runCli([ws], { bin: [...lab.prefix('ha'), process.execPath] });
-    expect(JSON.parse(r.stdout)).toEqual(['m0', 'm1', 'm2', 'm3', 'm4']);
+      const r = await runCli([ws], { bin: [...l.lab.prefix('ha'), process.execPath] });
+      expect(JSON.parse(r.stdout)).toEqual(['m0', 'm1', 'm2', 'm3', 'm4']);
+    } finally {
+      dir.cleanup();
+    }
   }, 40_000);
 
   test('killing the relay in use moves new connections to the other relay within 5 s', async () => {
-    expect((await curl()).stdout).toBe('hello from LAN B');
-    const used = (await status('ha')).tunnel.peers.find((p) => p.node === 'hb')?.relay as Host;
+    expect((await l.curl()).stdout).toBe('hello from LAN B');
+    const used = (await l.status('ha')).tunnel.peers.find((p) => p.node === 'hb')?.relay as Host;
     expect(['r1', 'r2']).toContain(used);
     const other: Host = used === 'r1' ? 'r2' : 'r1';
     const t0 = performance.now();
-    await agents.get(used)!.stop('SIGKILL');
-    await waitFor(async () => (await curl('/', 1)).stdout === 'hello from LAN B' || null, () => `recovery via ${other}\n${agents.get('ha')!.logs.slice(-3000)}`, 10_000, 100);
+    await l.agents.get(used)!.stop('SIGKILL');
+    await waitFor(async () => (await l.curl('/', 1)).stdout === 'hello from LAN B' || null, () => `recovery via ${other}\n${l.agents.get('ha')!.logs.slice(-3000)}`, 10_000, 100);
     const recoveredMs = performance.now() - t0;
     console.log(`relay ${used} killed; new connections through ${other} after ${recoveredMs.toFixed(0)} ms`);
     expect(recoveredMs).toBeLessThan(5000);
-    const peer = (await status('ha')).tunnel.peers.find((p) => p.node === 'hb');
+    const peer = (await l.status('ha')).tunnel.peers.find((p) => p.node === 'hb');
     expect(peer).toMatchObject({ path: 'relayed', relay: other });
   }, 40_000);
+});
+
+describe.skipIf(!isRoot || !tools)('tunnel across punchable NATs: hole punching (root)', () => {
+  let l: Lab;
+  beforeAll(async () => {
+    l = await startLab('drop');
+  }, 90_000);
+  afterAll(async () => {
+    await l?.down();
+  });
+
+  test('the relayed connection is upgraded to a direct one; new connections use it and the relays carry nothing', async () => {
+    const t0 = performance.now();
+    await waitFor(async () => (await l.curl()).stdout === 'hello from LAN B' || null, () => `first curl\n${l.agents.get('ha')!.logs}`, 20_000, 300);
+    const first = performance.now() - t0;
+    const peer = await waitFor(async () => {
+      const p = (await l.status('ha')).tunnel.peers.find((x) => x.node === 'hb');
+      return p?.path === 'direct' ? p : null;
+    }, () => `a direct path to hb\n--- ha ---\n${l.agents.get('ha')!.logs.slice(-3000)}\n--- hb ---\n${l.agents.get('hb')!.logs.slice(-3000)}`, 10_000, 100);
+    const punched = performance.now() - t0;
+    console.log(`first response (relayed) after ${first.toFixed(0)} ms; direct path after ${punched.toFixed(0)} ms`);
+    // The direct path goes to hb's router's public address (the NAT mapping), not through a relay.
+    expect(peer.remoteAddr).toMatch(/^\/ip4\/10\.99\.0\.2\/tcp\/\d+\//);
+    expect((await l.status('hb')).tunnel.punch.successes).toBeGreaterThanOrEqual(1);
+    const before = await relayBytes(l);
+    const r = await l.lab.exec('ha', ['curl', '-s', '-m', '10', '-o', '/dev/null', '-w', '%{size_download}', 'http://10.96.5.1/big']);
+    expect(r.stdout).toBe(String(20 * 1024 * 1024));
+    const relayed = (await relayBytes(l)) - before;
+    console.log(`20 MB over the punched path; the relays received ${relayed} bytes meanwhile`);
+    expect(relayed).toBeLessThan(1024 * 1024);
+  }, 60_000);
 });

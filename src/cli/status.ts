@@ -46,6 +46,7 @@ export function formatStatus(st: AgentStatus): string {
     lines.push(`tunnel:    peer ${t.peerId}${t.relay ? ' (relay)' : ''}`);
     lines.push(`           encryption ${t.encryption}`);
     lines.push(`           listening ${t.listen.join(' ') || 'nowhere'}`);
+    lines.push(`           hole punching ${t.punch.sourcePort === null ? 'off' : `from port ${t.punch.sourcePort}, seen as ${t.punch.observed.join(' ') || '(not yet)'}, ${t.punch.successes}/${t.punch.attempts} succeeded`}`);
     lines.push(`peers (${t.peers.length}):`);
     for (const p of t.peers) {
       const path = p.path === 'relayed' ? `relayed via ${p.relay ?? '?'}` : 'direct';

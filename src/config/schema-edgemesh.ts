@@ -113,6 +113,8 @@ const edgeTunnel = (listenPort: number) =>
     directCIDRs: list(str('', { check: checkCIDR, allowed: 'a CIDR' })),
     /** LAN discovery by multicast DNS under `rendezvous`. */
     mdns: bool(true),
+    /** Upgrade relayed connections to direct ones by TCP hole punching (DCUtR; all dials leave from one port). */
+    holePunching: bool(true),
   });
 
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */

@@ -24,7 +24,6 @@ import type { Connection, Libp2p, PeerId, PrivateKey, Stream } from '@libp2p/int
 import { peerIdFromString } from '@libp2p/peer-id';
 import { ping } from '@libp2p/ping';
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
-import { dcutr } from '@libp2p/dcutr';
 import { mdns } from '@libp2p/mdns';
 import { yamux } from '@libp2p/yamux';
 import { lpStream } from '@libp2p/utils';
@@ -49,7 +48,9 @@ import {
 import { Splice } from './splice.ts';
 import { noiseCrypto, noiseEncrypter } from './noise.ts';
 import { bunTls } from './tls.ts';
-import { bunTcp } from './transport.ts';
+import { type BunTcpInit, bunTcp } from './transport.ts';
+import { HolePuncher } from './punch.ts';
+import { FixedPort } from '../net/fixed-port.ts';
 
 export type TunnelConfig = AgentConfig['modules']['edgeTunnel'];
 
@@ -100,6 +101,8 @@ export interface PeerStatus {
   /** The handshake this connection negotiated (/noise or /tls/1.0.0). */
   encryption: string;
   streams: number;
+  /** Open connections to this peer (a punched peer keeps its relayed one until that one has no streams). */
+  connections: number;
   rttMs?: number;
 }
 
@@ -108,6 +111,8 @@ export interface TunnelStatus {
   encryption: string;
   listen: string[];
   relay: boolean;
+  /** Hole punching: the fixed source port, our address as peers observe it, attempts and successes. */
+  punch: { sourcePort: number | null; observed: string[]; attempts: number; successes: number; failures: number };
   peers: PeerStatus[];
 }
 
@@ -128,6 +133,9 @@ export class TunnelModule implements RemoteDialer {
   private isRelay = false;
   private readonly rtt = new Map<string, number>();
   private readonly relayDialing = new Set<string>();
+  private fixedPort: FixedPort | null = null;
+  private transportInit: BunTcpInit = {};
+  private puncher: HolePuncher | null = null;
   /** The relay list: from the config at start, replaced live by setRelayNodes() when the config file changes. */
   private relayNodes: TunnelConfig['relayNodes'];
   private circuitListens = 0;
@@ -146,6 +154,10 @@ export class TunnelModule implements RemoteDialer {
     const c = this.d.config;
     const log = this.d.logger;
     const listen = listenAddresses(c);
+    // Every outbound connection leaves from one port, so the mapping a relay observes is the one a punch uses.
+    this.fixedPort = c.holePunching ? FixedPort.open() : null;
+    if (c.holePunching && !this.fixedPort) log.warn('hole punching off: could not reserve a fixed source port through libc (bun:ffi)');
+    this.transportInit = { fixedPort: this.fixedPort, connectTimeoutMs: c.handshakeTimeoutMs };
     this.isRelay = c.relayNodes.some((r) => r.nodeName === this.d.nodeName);
     this.circuitListens = this.relayListen().length;
     let protector;
@@ -168,7 +180,6 @@ export class TunnelModule implements RemoteDialer {
     const services: Record<string, (components: never) => unknown> = {
       identify: identify({ runOnLimitedConnection: true }) as never,
       ping: ping({ runOnLimitedConnection: true }) as never,
-      dcutr: dcutr() as never,
     };
     if (this.isRelay) {
       // Proxied streams live for hours: no per-circuit duration or data limits (the defaults, 2 min and
@@ -179,13 +190,15 @@ export class TunnelModule implements RemoteDialer {
       this.node = await createLibp2p({
         privateKey: this.d.privateKey,
         addresses: { listen: [...listen, ...this.relayListen()] },
-        transports: [bunTcp(), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
+        transports: [bunTcp(this.transportInit), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
         connectionProtector: protector,
         connectionEncrypters: encrypters as never,
         streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
         peerDiscovery: c.mdns ? [mdns({ serviceTag: c.rendezvous })] : [],
         connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs },
         services: services as never,
+        // Started below, once every handler and listener is in place (identify results arrive at once).
+        start: false,
       });
     } catch (e) {
       throw new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
@@ -201,6 +214,21 @@ export class TunnelModule implements RemoteDialer {
     node.addEventListener('connection:open', (evt) => {
       if (evt.detail.direction === 'outbound') this.discover(evt.detail.remotePeer, 'DHT').catch(() => {});
     });
+    if (this.fixedPort) {
+      this.puncher = new HolePuncher({
+        node, transport: this.transportInit, log: log.child('punch'), timeoutMs: c.handshakeTimeoutMs,
+        onPunched: (peer, relayed, ms) => {
+          log.info('hole punched: direct connection', { node: this.nodeOf(peer) ?? '?', peer: peer.toString(), ms: Math.round(ms) });
+          this.retire(relayed);
+        },
+      });
+      await this.puncher.start();
+    }
+    try {
+      await node.start();
+    } catch (e) {
+      throw new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
+    }
     this.registerMetrics();
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay });
     this.connectRelays();
@@ -214,6 +242,8 @@ export class TunnelModule implements RemoteDialer {
   async stop(): Promise<void> {
     if (this.pinger) clearInterval(this.pinger);
     if (this.relayTimer) clearInterval(this.relayTimer);
+    this.fixedPort?.close();
+    this.fixedPort = null;
     for (const a of [...this.active]) a.close();
     const node = this.node;
     this.node = null;
@@ -429,6 +459,22 @@ export class TunnelModule implements RemoteDialer {
     }
   }
 
+  /**
+   * After a punch, new streams take the direct connection; the relayed one is closed once its last stream ends
+   * (closing it at once would cut proxied connections still running through the relay).
+   */
+  private retire(relayed: Connection): void {
+    const check = (): void => {
+      if (relayed.status !== 'open') return;
+      if (relayed.streams.length === 0) {
+        relayed.close().catch(() => relayed.abort(new Error('retiring the relayed connection')));
+        return;
+      }
+      setTimeout(check, 5000).unref?.();
+    };
+    check();
+  }
+
   /** A direct connection when there is one, else a relayed one, else none. */
   private bestConnection(peer: PeerId): Connection | undefined {
     let relayed: Connection | undefined;
@@ -562,13 +608,17 @@ export class TunnelModule implements RemoteDialer {
     return { state: 'running', detail: `peer ${node.peerId.toString()}, ${node.getConnections().length} peer connection(s), ${this.encryption}` };
   }
 
-  /** Each connected peer with its path and last measured round trip (pinged every PING_EVERY_MS). */
+  /** Each connected peer (once, by its best connection: direct before relayed) with its path and round trip. */
   describe(): TunnelStatus {
     const node = this.node;
-    if (!node) return { peerId: '', encryption: this.encryption, listen: [], relay: this.isRelay, peers: [] };
+    const punch = { sourcePort: this.fixedPort?.port ?? null, observed: this.puncher?.addresses() ?? [], ...(this.puncher?.stats ?? { attempts: 0, successes: 0, failures: 0 }) };
+    if (!node) return { peerId: '', encryption: this.encryption, listen: [], relay: this.isRelay, punch, peers: [] };
     const peers: PeerStatus[] = [];
-    for (const conn of node.getConnections()) {
-      const addr = conn.remoteAddr.toString();
+    for (const peer of node.getPeers()) {
+      const conns = node.getConnections(peer).filter((c) => c.status === 'open');
+      const best = this.bestConnection(peer) ?? conns[0];
+      if (!best) continue;
+      const addr = best.remoteAddr.toString();
       const relayed = addr.includes('/p2p-circuit');
       const relayId = relayed ? /\/p2p\/([^/]+)\/p2p-circuit/.exec(addr)?.[1] : undefined;
       let relay: string | undefined;
@@ -579,10 +629,12 @@ export class TunnelModule implements RemoteDialer {
           relay = relayId;
         }
       }
-      const rttMs = this.rtt.get(conn.remotePeer.toString());
-      peers.push({ node: this.nodeOf(conn.remotePeer) ?? '?', peerId: conn.remotePeer.toString(), path: relayed ? 'relayed' : 'direct', relay, remoteAddr: addr, encryption: conn.encryption ?? '', streams: conn.streams.length, rttMs });
+      peers.push({
+        node: this.nodeOf(peer) ?? '?', peerId: peer.toString(), path: relayed ? 'relayed' : 'direct', relay, remoteAddr: addr,
+        encryption: best.encryption ?? '', streams: conns.reduce((n, c) => n + c.streams.length, 0), connections: conns.length, rttMs: this.rtt.get(peer.toString()),
+      });
     }
-    return { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay, peers };
+    return { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay, punch, peers };
   }
 
   /** Round trips to every connected peer, kept for status (the ping also keeps idle NAT mappings alive). */
@@ -612,6 +664,8 @@ export class TunnelModule implements RemoteDialer {
     m.counterFrom('edgemesh_tunnel_dial_failures_total', 'Tunnel streams that could not be opened to another node').set(() => st.dialFailures);
     m.counterFrom('edgemesh_tunnel_discovery_refused_total', 'Peers refused for claiming a node name bound to another peer').set(() => st.discoveryRefused);
     m.counterFrom('edgemesh_tunnel_psk_failures_total', 'Connections that failed the private-network (PSK) handshake').set(() => st.pskFailures);
+    m.counterFrom('edgemesh_tunnel_punch_attempts_total', 'Hole-punching attempts (DCUtR)').set(() => this.puncher?.stats.attempts ?? 0);
+    m.counterFrom('edgemesh_tunnel_punch_successes_total', 'Hole punches that produced a direct connection').set(() => this.puncher?.stats.successes ?? 0);
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => !c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'direct' });
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'relayed' });
   }

@@ -20,11 +20,17 @@ import { type Multiaddr } from '@multiformats/multiaddr';
 import { TCP as TCPMatcher } from '@multiformats/multiaddr-matcher';
 import type { Socket, TCPSocketListener } from 'bun';
 import { TypedEventEmitter } from 'main-event';
+import { isIPv4 } from 'node:net';
+import { FixedPort, FixedPortBusy } from '../net/fixed-port.ts';
 import type { Uint8ArrayList } from 'uint8arraylist';
 
 export interface BunTcpInit {
   /** Close a connection with no traffic for this long (libp2p pings keep live ones busy). */
   inactivityTimeoutMs?: number;
+  /** Dial every IPv4 connection from this local port (hole punching, net/fixed-port.ts); null = any port. */
+  fixedPort?: FixedPort | null;
+  /** How long a dial may take. */
+  connectTimeoutMs?: number;
 }
 
 interface SocketData {
@@ -229,27 +235,7 @@ class BunTcp implements Transport {
   async dial(ma: Multiaddr, options: DialTransportOptions): Promise<Connection> {
     options.signal.throwIfAborted();
     const { host, port } = hostPort(ma);
-    const inactivity = this.init.inactivityTimeoutMs ?? 120_000;
-    const socket = await new Promise<Socket<SocketData>>((resolve, reject) => {
-      const onAbort = (): void => reject(new AbortError());
-      options.signal.addEventListener('abort', onAbort, { once: true });
-      Bun.connect<SocketData>({ hostname: host, port, data: { conn: null }, socket: handlers(() => {}, inactivity) as unknown as Bun.SocketHandler<SocketData> }).then(
-        (s) => {
-          options.signal.removeEventListener('abort', onAbort);
-          if (options.signal.aborted) {
-            s.terminate();
-            return;
-          }
-          resolve(s);
-        },
-        (err: Error) => {
-          options.signal.removeEventListener('abort', onAbort);
-          reject(Object.assign(err, { message: `connection error ${host}:${port}: ${err.message}` }));
-        },
-      );
-    });
-    const conn = new BunTcpConnection(socket, { remoteAddr: ma, direction: 'outbound', log: this.log.newScope('connection') });
-    socket.data.conn = conn;
+    const conn = await openConnection(host, port, 'outbound', this.init, this.log, options.signal, ma);
     try {
       return await options.upgrader.upgradeOutbound(conn as MultiaddrConnection, options);
     } catch (err) {
@@ -269,6 +255,48 @@ class BunTcp implements Transport {
   dialFilter(multiaddrs: Multiaddr[]): Multiaddr[] {
     return this.listenFilter(multiaddrs);
   }
+}
+
+/**
+ * A raw (not yet upgraded) connection to host:port, from the fixed port when there is one (falling back to any
+ * port when that 4-tuple is busy). The hole-punching service upgrades it itself, choosing the role.
+ */
+export async function openConnection(
+  host: string, port: number, direction: 'inbound' | 'outbound', init: BunTcpInit, log: Logger, signal: AbortSignal, remoteAddr?: Multiaddr,
+): Promise<MultiaddrConnection> {
+  const inactivity = init.inactivityTimeoutMs ?? 120_000;
+  const socketHandlers = handlers(() => {}, inactivity) as unknown as Bun.SocketHandler<SocketData>;
+  let socket: Socket<SocketData> | null = null;
+  if (init.fixedPort && isIPv4(host)) {
+    try {
+      const fd = await init.fixedPort.connect(host, port, init.connectTimeoutMs ?? 10_000, signal);
+      socket = await Bun.connect<SocketData>({ fd, data: { conn: null }, socket: socketHandlers } as unknown as Bun.TCPSocketConnectOptions<SocketData>);
+    } catch (e) {
+      if (!(e instanceof FixedPortBusy)) throw Object.assign(e as Error, { message: `connection error ${host}:${port}: ${(e as Error).message}` });
+      log('fixed source port busy for %s:%d, dialing from any port', host, port);
+    }
+  }
+  socket ??= await new Promise<Socket<SocketData>>((resolve, reject) => {
+    const onAbort = (): void => reject(new AbortError());
+    signal.addEventListener('abort', onAbort, { once: true });
+    Bun.connect<SocketData>({ hostname: host, port, data: { conn: null }, socket: socketHandlers }).then(
+      (s) => {
+        signal.removeEventListener('abort', onAbort);
+        if (signal.aborted) {
+          s.terminate();
+          return;
+        }
+        resolve(s);
+      },
+      (err: Error) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(Object.assign(err, { message: `connection error ${host}:${port}: ${err.message}` }));
+      },
+    );
+  });
+  const conn = new BunTcpConnection(socket, { remoteAddr: remoteAddr ?? ipPortToMultiaddr(host, port), direction, log: log.newScope('connection') });
+  socket.data.conn = conn;
+  return conn as MultiaddrConnection;
 }
 
 /** A libp2p `transports` entry. */

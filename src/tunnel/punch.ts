@@ -1,0 +1,248 @@
+/**
+ * tunnel/ — TCP hole punching over a relayed connection: the DCUtR protocol (/libp2p/dcutr, libp2p/specs
+ * relay/DCUtR.md, same wire messages as go-libp2p and js-libp2p), with the pieces that make it work on Bun.
+ *
+ *   A dialed B through a relay. B (inbound side) opens a dcutr stream over the relayed connection:
+ *   B → A  CONNECT { B's observed addresses }       B starts a clock
+ *   A → B  CONNECT { A's observed addresses }       B: rtt = clock
+ *   B → A  SYNC                                      A dials B at once; B dials A after rtt/2
+ *   both SYNs cross in the NATs (TCP simultaneous open) → one direct connection; A upgrades it as the initiator
+ *   of the security handshake, B as the responder (the spec's roles). New streams then prefer it.
+ *
+ * Why not @libp2p/dcutr (../shared/TESTING.md measured it never producing a direct connection on Bun): it takes
+ * its addresses from the address manager, which never learns observed TCP addresses, and filters out private
+ * ranges that edge WANs use; each punch dial leaves from a new port, so the NAT mapping the relay saw is not the
+ * one punched; its first, one-sided dial leaves a conntrack entry that resets the real punch; and the role of the
+ * punched socket is lost in the dial queue (both sides act as initiator). Here: observed addresses come from what
+ * peers report in identify; every dial leaves from one fixed port (net/fixed-port.ts, used by the transport too,
+ * so relay connections carry the same mapping); there is no one-sided attempt; roles are set explicitly.
+ *
+ * Behind NATs that randomise ports or answer with RST, punching fails every time; the relayed connection keeps
+ * working, and attempts/successes are counted.
+ */
+import type { Connection, Libp2p, MultiaddrConnection, PeerId, Stream } from '@libp2p/interface';
+import type { Logger } from '../obs/logger.ts';
+import { lpStream } from '@libp2p/utils';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { type BunTcpInit, openConnection } from './transport.ts';
+
+export const DCUTR_PROTOCOL = '/libp2p/dcutr';
+const CONNECT = 100;
+const SYNC = 300;
+const MAX_MESSAGE = 4096;
+const ATTEMPTS = 3;
+
+export interface PunchStats {
+  attempts: number;
+  successes: number;
+  failures: number;
+}
+
+/** HolePunch { required Type type = 1; repeated bytes ObsAddrs = 2; } */
+function encode(type: number, addrs: Uint8Array[]): Uint8Array {
+  const out: number[] = [];
+  const varint = (n: number): void => {
+    while (n > 0x7f) {
+      out.push((n & 0x7f) | 0x80);
+      n >>>= 7;
+    }
+    out.push(n);
+  };
+  out.push(0x08);
+  varint(type);
+  for (const a of addrs) {
+    out.push(0x12);
+    varint(a.length);
+    for (const b of a) out.push(b);
+  }
+  return Uint8Array.from(out);
+}
+
+function decode(buf: Uint8Array): { type: number; addrs: Uint8Array[] } {
+  let i = 0;
+  const varint = (): number => {
+    let r = 0;
+    let s = 0;
+    for (;;) {
+      if (i >= buf.length || s > 28) throw new Error('bad varint');
+      const b = buf[i++]!;
+      r |= (b & 0x7f) << s;
+      if (!(b & 0x80)) return r >>> 0;
+      s += 7;
+    }
+  };
+  let type = -1;
+  const addrs: Uint8Array[] = [];
+  while (i < buf.length) {
+    const tag = varint();
+    if (tag === 0x08) type = varint();
+    else if (tag === 0x12) {
+      const n = varint();
+      if (i + n > buf.length) throw new Error('truncated address');
+      addrs.push(buf.slice(i, i + n));
+      i += n;
+    } else if ((tag & 7) === 0) varint();
+    else if ((tag & 7) === 2) i += varint();
+    else throw new Error(`unsupported wire type ${tag & 7}`);
+  }
+  return { type, addrs };
+}
+
+/** IPv4 TCP multiaddrs (the only ones this transport can punch from its fixed port). */
+function tcp4(addrs: Uint8Array[]): { host: string; port: number }[] {
+  const out: { host: string; port: number }[] = [];
+  for (const a of addrs) {
+    try {
+      const comps = multiaddr(a).getComponents();
+      const ip = comps.find((c) => c.name === 'ip4')?.value;
+      const port = comps.find((c) => c.name === 'tcp')?.value;
+      if (ip && port && !comps.some((c) => c.name === 'p2p-circuit')) out.push({ host: ip, port: Number(port) });
+    } catch {
+      // one bad address costs that address only
+    }
+  }
+  return out;
+}
+
+export interface PuncherDeps {
+  node: Libp2p;
+  transport: BunTcpInit;
+  log: Logger;
+  timeoutMs: number;
+  /** Called with each direct connection punched (for logs and status). */
+  onPunched?: (peer: PeerId, conn: Connection, ms: number) => void;
+}
+
+export class HolePuncher {
+  readonly stats: PunchStats = { attempts: 0, successes: 0, failures: 0 };
+  /** Our address as peers observe it (from identify), newest last; only TCP/IPv4. */
+  private readonly observed: string[] = [];
+  private readonly inFlight = new Set<string>();
+
+  constructor(private readonly d: PuncherDeps) {}
+
+  private get upgrader(): { upgradeOutbound(c: MultiaddrConnection, o: object): Promise<Connection>; upgradeInbound(c: MultiaddrConnection, o: object): Promise<void> } {
+    // libp2p exposes no public way to upgrade a socket a service made itself; its upgrader component does it.
+    return (this.d.node as unknown as { components: { upgrader: HolePuncher['upgrader'] } }).components.upgrader;
+  }
+
+  async start(): Promise<void> {
+    const node = this.d.node;
+    await node.handle(DCUTR_PROTOCOL, (s, conn) => void this.asA(s, conn), { runOnLimitedConnection: true, maxInboundStreams: 32, maxOutboundStreams: 32 });
+    node.addEventListener('peer:identify', (evt) => {
+      const { observedAddr, connection } = evt.detail;
+      if (!observedAddr || connection.remoteAddr.toString().includes('/p2p-circuit')) return;
+      const ok = tcp4([observedAddr.bytes]);
+      if (!ok.length) return;
+      const s = `/ip4/${ok[0]!.host}/tcp/${ok[0]!.port}`;
+      const i = this.observed.indexOf(s);
+      if (i >= 0) this.observed.splice(i, 1);
+      this.observed.push(s);
+      if (this.observed.length > 4) this.observed.shift();
+    });
+    node.addEventListener('connection:open', (evt) => {
+      const conn = evt.detail;
+      if (conn.direction === 'inbound' && conn.remoteAddr.toString().includes('/p2p-circuit')) void this.asB(conn);
+    });
+  }
+
+  /** Our observed addresses, as DCUtR sends them. */
+  addresses(): string[] {
+    return [...this.observed];
+  }
+
+  private hasDirect(peer: PeerId): boolean {
+    return this.d.node.getConnections(peer).some((c) => c.status === 'open' && !c.remoteAddr.toString().includes('/p2p-circuit'));
+  }
+
+  /** B: the relayed connection came in; drive the exchange and dial after rtt/2. */
+  private async asB(relayed: Connection): Promise<void> {
+    const peer = relayed.remotePeer;
+    const key = peer.toString();
+    if (this.inFlight.has(key)) return;
+    this.inFlight.add(key);
+    try {
+      // Identify on the relayed connection runs first; give it a moment so the peer knows its own addresses.
+      await Bun.sleep(200);
+      for (let attempt = 1; attempt <= ATTEMPTS && !this.hasDirect(peer) && relayed.status === 'open'; attempt++) {
+        if (this.observed.length === 0) {
+          this.d.log.debug('hole punching skipped: no observed address yet', { peer: key });
+          return;
+        }
+        this.stats.attempts++;
+        const t0 = performance.now();
+        let stream: Stream | undefined;
+        try {
+          const signal = AbortSignal.timeout(this.d.timeoutMs);
+          stream = await relayed.newStream(DCUTR_PROTOCOL, { signal, runOnLimitedConnection: true });
+          const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE });
+          const clock = performance.now();
+          await lp.write(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes)), { signal });
+          const reply = decode((await lp.read({ signal })).subarray());
+          if (reply.type !== CONNECT) throw new Error(`expected CONNECT, got ${reply.type}`);
+          const targets = tcp4(reply.addrs);
+          if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address');
+          const rtt = performance.now() - clock;
+          await lp.write(encode(SYNC, []), { signal });
+          await Bun.sleep(rtt / 2);
+          await this.dial(targets, 'inbound', peer, signal);
+          this.stats.successes++;
+          this.d.onPunched?.(peer, relayed, performance.now() - t0);
+          return;
+        } catch (e) {
+          this.stats.failures++;
+          this.d.log.debug('hole punch attempt failed', { peer: key, attempt, error: (e as Error).message });
+        } finally {
+          stream?.abort(new Error('dcutr done'));
+        }
+      }
+    } finally {
+      this.inFlight.delete(key);
+    }
+  }
+
+  /** A: answer with our addresses and dial as soon as SYNC arrives. */
+  private async asA(stream: Stream, relayed: Connection): Promise<void> {
+    const peer = relayed.remotePeer;
+    const signal = AbortSignal.timeout(this.d.timeoutMs);
+    const t0 = performance.now();
+    try {
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE });
+      const connect = decode((await lp.read({ signal })).subarray());
+      if (connect.type !== CONNECT) throw new Error(`expected CONNECT, got ${connect.type}`);
+      const targets = tcp4(connect.addrs);
+      await lp.write(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes)), { signal });
+      const sync = decode((await lp.read({ signal })).subarray());
+      if (sync.type !== SYNC) throw new Error(`expected SYNC, got ${sync.type}`);
+      if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address');
+      this.stats.attempts++;
+      await this.dial(targets, 'outbound', peer, signal);
+      this.stats.successes++;
+      this.d.onPunched?.(peer, relayed, performance.now() - t0);
+    } catch (e) {
+      this.stats.failures++;
+      this.d.log.debug('hole punch (as the dialed side) failed', { peer: peer.toString(), error: (e as Error).message });
+      stream.abort(e as Error);
+    }
+  }
+
+  /** Simultaneous open from the fixed port to each target in turn; upgrade with the spec's role. */
+  private async dial(targets: { host: string; port: number }[], role: 'inbound' | 'outbound', peer: PeerId, signal: AbortSignal): Promise<void> {
+    let last: Error = new Error('no targets');
+    for (const t of targets) {
+      let maConn: MultiaddrConnection | undefined;
+      try {
+        const remote: Multiaddr = multiaddr(`/ip4/${t.host}/tcp/${t.port}/p2p/${peer.toString()}`);
+        maConn = await openConnection(t.host, t.port, role, { ...this.d.transport, connectTimeoutMs: Math.min(this.d.timeoutMs, 5000) }, this.d.node.logger.forComponent('edgemesh:punch'), signal, remote);
+        if (role === 'outbound') await this.upgrader.upgradeOutbound(maConn, { signal, remotePeer: peer });
+        else await this.upgrader.upgradeInbound(maConn, { signal });
+        if (!this.hasDirect(peer)) throw new Error('the upgraded connection is not to the expected peer');
+        return;
+      } catch (e) {
+        maConn?.abort(e as Error);
+        last = e as Error;
+      }
+    }
+    throw last;
+  }
+}
