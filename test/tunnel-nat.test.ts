@@ -8,104 +8,13 @@
  *   new connections use it and the relays carry nothing more.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { natLab, type NatKind, type NatLab } from './fixtures/natlab.ts';
-import { AgentProcess, MAIN, isRoot, runCli, tempDir, waitFor } from './helpers.ts';
+import { type TunnelLab as Lab, startTunnelLab as startLab } from './fixtures/natlab.ts';
+import { isRoot, runCli, tempDir, waitFor } from './helpers.ts';
 
 const tools = ['ip', 'iptables', 'nft', 'curl'].every((t) => Bun.which(t));
 type Host = 'r1' | 'r2' | 'ha' | 'hb';
-const HOSTS: Host[] = ['r1', 'r2', 'ha', 'hb'];
-
-interface PeerView {
-  node: string;
-  path: string;
-  relay?: string;
-  remoteAddr: string;
-}
-
-interface Lab {
-  lab: NatLab;
-  agents: Map<Host, AgentProcess>;
-  status(h: Host): Promise<{ tunnel: { peers: PeerView[]; punch: { successes: number } } }>;
-  curl(path?: string, timeoutS?: number): ReturnType<typeof runCli>;
-  down(): Promise<void>;
-}
-
-/** Build the lab, bind identities in a shared catalog, start a backend in LAN B and agents on r1, r2, hb, ha. */
-async function startLab(kind: NatKind): Promise<Lab> {
-  const t = tempDir(`edgemesh-nat-${kind}-`);
-  const lab = await natLab(kind);
-  const agents = new Map<Host, AgentProcess>();
-  const catalog = join(t.path, 'catalog.yaml');
-  const peerIds = new Map<Host, string>();
-  const configOf = (h: Host) => join(t.path, h, 'config.yaml');
-  writeFileSync(join(t.path, 'psk'), randomBytes(32).toString('base64'));
-  writeFileSync(catalog, '');
-  for (const h of HOSTS) {
-    mkdirSync(join(t.path, h));
-    const proxy = h === 'ha' ? { enable: true, interception: 'nftables' } : { enable: false };
-    writeFileSync(configOf(h), JSON.stringify({
-      catalog: { file: catalog },
-      commonConfig: { stateDir: join(t.path, h, 'state'), adminAddress: '127.0.0.1:10551', logLevel: process.env.NAT_DEBUG ? 'debug' : 'info' },
-      modules: {
-        edgeDNS: { enable: false },
-        edgeProxy: proxy,
-        edgeTunnel: {
-          enable: true,
-          mdns: false,
-          psk: { path: join(t.path, 'psk') },
-          relayNodes: [{ nodeName: 'r1', advertiseAddress: [lab.ip.r1] }, { nodeName: 'r2', advertiseAddress: [lab.ip.r2] }],
-        },
-      },
-    }));
-    const r = await runCli(['identity', '--json', '--config', configOf(h), '--node-name', h]);
-    if (r.code !== 0) throw new Error(`identity: ${r.stderr}`);
-    peerIds.set(h, (JSON.parse(r.stdout) as { peerId: string }).peerId);
-  }
-  const node = (h: Host) => `apiVersion: v1\nkind: Node\nmetadata:\n  name: ${h}\n  annotations: { edgemesh.io/peer-id: ${peerIds.get(h)} }\nstatus: { addresses: [{ type: InternalIP, address: ${lab.ip[h]} }] }\n`;
-  const svc = (name: string, ip: string, proto: string, port: number, target: number) =>
-    `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: shop }\nspec: { clusterIP: ${ip}, ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\n` +
-    `apiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: shop }\nsubsets: [{ addresses: [{ ip: ${lab.ip.hb}, nodeName: hb }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n`;
-  writeFileSync(catalog, [...HOSTS.map(node), svc('web', '10.96.5.1', 'TCP', 80, 8080), svc('uecho', '10.96.5.2', 'UDP', 53, 5353)].join('---\n'));
-
-  // The backend in LAN B: HTTP (/big sends 20 MB) with a WebSocket echo on /ws, and a UDP echo.
-  const server = join(t.path, 'server.ts');
-  writeFileSync(server, `
-const big = new Uint8Array(20 * 1024 * 1024);
-Bun.serve({ hostname: '0.0.0.0', port: 8080,
-  fetch(req, srv) { const p = new URL(req.url).pathname; if (p === '/ws' && srv.upgrade(req)) return; return new Response(p === '/big' ? big : 'hello from LAN B'); },
-  websocket: { message(ws, m) { ws.send(m); } } });
-await Bun.udpSocket({ hostname: '0.0.0.0', port: 5353, socket: { data(s, b, port, addr) { s.send(b, port, addr); }, error() {} } });
-console.log('serving');
-`);
-  const backend = new AgentProcess([server], { bin: [...lab.prefix('hb'), process.execPath] });
-  const down = async () => {
-    for (const a of agents.values()) await a.stop();
-    await backend.stop();
-    await lab.down();
-    t.cleanup();
-  };
-  try {
-    await backend.waitForLog(/serving/);
-    for (const h of ['r1', 'r2', 'hb', 'ha'] as Host[]) {
-      const a = new AgentProcess(['agent', '--config', configOf(h), '--node-name', h], { bin: [...lab.prefix(h), process.execPath, MAIN] });
-      agents.set(h, a);
-      await a.waitForLog(/INFO\s+agent: started/, 15_000);
-    }
-  } catch (e) {
-    await down();
-    throw e;
-  }
-  return {
-    lab,
-    agents,
-    status: async (h) => JSON.parse((await lab.exec(h, ['curl', '-s', '-m', '2', 'http://127.0.0.1:10551/status'])).stdout) as { tunnel: { peers: PeerView[]; punch: { successes: number } } },
-    curl: (path = '/', timeoutS = 2) => lab.exec('ha', ['curl', '-s', '-m', String(timeoutS), `http://10.96.5.1${path}`]),
-    down,
-  };
-}
 
 /** Bytes received on a relay's uplink (everything relayed crosses it twice). */
 async function relayBytes(l: Lab): Promise<number> {
