@@ -189,7 +189,8 @@ export class TunnelModule implements RemoteDialer {
     try {
       this.node = await createLibp2p({
         privateKey: this.d.privateKey,
-        addresses: { listen: [...listen, ...this.relayListen()] },
+        // A relay announces the addresses it is configured with (its public ones), as the original does.
+        addresses: { listen: [...listen, ...this.relayListen()], appendAnnounce: this.ownAdvertised() },
         transports: [bunTcp(this.transportInit), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
         connectionProtector: protector,
         connectionEncrypters: encrypters as never,
@@ -330,6 +331,11 @@ export class TunnelModule implements RemoteDialer {
       await tm.listen(extra).catch((e: Error) => this.d.logger.warn('could not add a relay reservation', { error: e.message }));
     }
     this.connectRelays();
+  }
+
+  private ownAdvertised(): string[] {
+    const me = this.relayNodes.find((r) => r.nodeName === this.d.nodeName);
+    return (me?.advertiseAddress ?? []).map((a) => toMultiaddr(a, this.d.config.listenPort));
   }
 
   /** Connect to every relay that is not connected: at start and every RELAY_CHECK_MS (the original: 120 s). */
