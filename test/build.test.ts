@@ -86,7 +86,7 @@ describe('compiled binary (host): tunnel', () => {
         const dir = join(t.path, name);
         mkdirSync(dir);
         const port = await freePort();
-        const cfg = await writeAgentConfig(dir, `catalog: { file: ${cat} }\nmodules:\n  edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }\n  edgeTunnel: { enable: true, listenPort: ${port}, listenInterfaces: lo, mdns: false, psk: { path: ${join(t.path, 'psk')} } }\n`);
+        const cfg = await writeAgentConfig(dir, `catalog: { file: ${cat} }\nmodules:\n  edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }\n  edgeTunnel: { enable: true, listenPort: ${port}, listenInterfaces: lo, mdns: false, directHostEndpoints: false, psk: { path: ${join(t.path, 'psk')} } }\n`);
         const id = await runCli(['identity', '--json', '--config', cfg.path, '--node-name', name], { bin: [hostBin] });
         nodes.push({ name, port, cfg, peerId: (JSON.parse(id.stdout) as { peerId: string }).peerId });
       }

@@ -1,7 +1,8 @@
 /**
  * Discovery inside a LAN (needs root): two nodes on one L2 segment (two namespaces joined by a veth pair), the
  * catalog binding their peer IDs but carrying no address for either. The agents find each other by multicast DNS
- * under the rendezvous name and the proxy reaches the other node's endpoint over a direct connection.
+ * under the rendezvous name. The endpoint is a hostNetwork one at b's own address, which a holds an authenticated
+ * direct connection to, so the proxy dials it without the tunnel (the original sends it through libp2p: its #551).
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { randomBytes } from 'node:crypto';
@@ -68,7 +69,7 @@ describe.skipIf(!isRoot || !tools)('mDNS discovery in one LAN (root)', () => {
     t.cleanup();
   });
 
-  test('the agents find each other and the proxy reaches the other node directly', async () => {
+  test('the agents find each other; a hostNetwork endpoint of the other node is dialed directly, not tunnelled', async () => {
     const status = async () => JSON.parse((await inNs('a', ['curl', '-s', '-m', '2', 'http://127.0.0.1:10551/status'])).stdout || '{}') as {
       tunnel?: { peers: { node: string; path: string; remoteAddr: string }[] };
       proxy?: { service: string; listenPort: number }[];
@@ -79,5 +80,8 @@ describe.skipIf(!isRoot || !tools)('mDNS discovery in one LAN (root)', () => {
     const port = (await status()).proxy!.find((p) => p.service === 'default/web:p')!.listenPort;
     const r = await inNs('a', ['curl', '-s', '-m', '5', `http://127.0.0.1:${port}/`]);
     expect(r.stdout).toBe('found by mDNS');
+    const metrics = async (n: 'a' | 'b') => (await inNs(n, ['curl', '-s', 'http://127.0.0.1:10551/metrics'])).stdout;
+    expect(await metrics('b')).toMatch(/^edgemesh_tunnel_streams_in_total 0$/m);
+    expect(await metrics('a')).toMatch(/^edgemesh_tunnel_streams_out_total 0$/m);
   }, 40_000);
 });

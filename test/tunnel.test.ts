@@ -221,13 +221,15 @@ describe('tunnel between two agents on loopback (PSK on)', () => {
     { name: 'elsewhere', node: 'a', ip: '127.0.0.2', port: sink.port, protocol: 'TCP' as const, clusterIP: '10.96.1.4' },
   ];
 
+  // directHostEndpoints is off: on loopback every node has the same IP, so every endpoint would look like a
+  // hostNetwork endpoint of its node and skip the tunnel (test/tunnel-mdns.test.ts covers that shortcut).
   async function startNode(n: Node, psk = pskPath): Promise<void> {
     const cfg = await writeAgentConfig(n.dir, `
 catalog: { file: ${catalogPath} }
 commonConfig: { stateDir: ${n.stateDir} }
 modules:
   edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }
-  edgeTunnel: { enable: true, listenPort: ${n.port}, listenInterfaces: lo, mdns: false, psk: { path: ${psk} } }
+  edgeTunnel: { enable: true, listenPort: ${n.port}, listenInterfaces: lo, mdns: false, directHostEndpoints: false, psk: { path: ${psk} } }
 `);
     n.admin = cfg.admin;
     n.config = cfg.path;
@@ -403,7 +405,7 @@ catalog: { file: ${catalogPath} }
 commonConfig: { stateDir: ${r.stateDir} }
 modules:
   edgeProxy: { enable: false }
-  edgeTunnel: { enable: true, listenPort: ${port}, listenInterfaces: lo, mdns: false, psk: { path: ${pskPath} }, relayNodes: ${JSON.stringify(relayNodes)} }
+  edgeTunnel: { enable: true, listenPort: ${port}, listenInterfaces: lo, mdns: false, directHostEndpoints: false, psk: { path: ${pskPath} }, relayNodes: ${JSON.stringify(relayNodes)} }
 `);
     r.agent = new AgentProcess(['agent', '--config', rcfg.path, '--node-name', 'r']);
     try {

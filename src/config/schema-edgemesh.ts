@@ -111,6 +111,8 @@ const edgeTunnel = (listenPort: number) =>
     handshakeTimeoutMs: int(10000, 100, 600000),
     /** Endpoint addresses this node reaches without the tunnel (e.g. hostNetwork endpoints in its own LAN). */
     directCIDRs: list(str('', { check: checkCIDR, allowed: 'a CIDR' })),
+    /** Dial a hostNetwork endpoint directly when this node has a direct tunnel connection to its node at that IP. */
+    directHostEndpoints: bool(true),
     /** LAN discovery by multicast DNS under `rendezvous`. */
     mdns: bool(true),
     /** Upgrade relayed connections to direct ones by TCP hole punching (DCUtR; all dials leave from one port). */

@@ -31,7 +31,7 @@ export interface ProxyModuleDeps {
   logger: Logger;
   metrics?: MetricsRegistry;
   /** The tunnel, for endpoints on other nodes; absent when edgeTunnel is off. */
-  remote?: TcpRemoteDialer & UdpRemoteDialer;
+  remote?: TcpRemoteDialer & UdpRemoteDialer & { reachesDirectly?(nodeName: string, ip: string): boolean };
   /** Endpoint addresses reached directly even when their node is another one (edgeTunnel.directCIDRs). */
   directCIDRs?: readonly string[];
 }
@@ -64,7 +64,8 @@ export class ProxyModule {
   readonly name = 'edgeProxy';
   private readonly direct: (ip: string) => boolean;
   /** The dialer's one decision (DESIGN.md): this node's endpoints, unplaced ones and directCIDRs are dialed here. */
-  private readonly isLocal = (ep: LbEndpoint): boolean => ep.nodeName === '' || ep.nodeName === this.deps.nodeName || this.direct(ep.ip);
+  private readonly isLocal = (ep: LbEndpoint): boolean =>
+    ep.nodeName === '' || ep.nodeName === this.deps.nodeName || this.direct(ep.ip) || (this.deps.remote?.reachesDirectly?.(ep.nodeName, ep.ip) ?? false);
   private entries = new Map<string, Entry>();
   private unsubscribe: (() => void) | null = null;
   private state: 'stopped' | 'running' | 'failed' = 'stopped';

@@ -481,6 +481,24 @@ export class TunnelModule implements RemoteDialer {
     check();
   }
 
+  /**
+   * Whether an endpoint on another node can skip the tunnel: a hostNetwork endpoint whose IP is the address of a
+   * direct, authenticated connection to that very node (TLS/Noise proved the node's key at that IP). Subnet
+   * matching alone is not enough: two edge LANs often use the same private range.
+   */
+  reachesDirectly(nodeName: string, ip: string): boolean {
+    if (!this.d.config.directHostEndpoints || !this.node) return false;
+    const peer = this.peerOf(nodeName);
+    if (!peer) return false;
+    for (const c of this.node.getConnections(peer)) {
+      if (c.status !== 'open') continue;
+      const comps = c.remoteAddr.getComponents();
+      if (comps.some((x) => x.name === 'p2p-circuit')) continue;
+      if (comps.some((x) => (x.name === 'ip4' || x.name === 'ip6') && x.value === ip)) return true;
+    }
+    return false;
+  }
+
   /** A direct connection when there is one, else a relayed one, else none. */
   private bestConnection(peer: PeerId): Connection | undefined {
     let relayed: Connection | undefined;
