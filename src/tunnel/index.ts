@@ -264,12 +264,21 @@ export class TunnelModule implements RemoteDialer {
     }
   }
 
-  /** The node name bound to a peer ID, or null. */
+  /** The node name bound to a peer ID, or null (an index rebuilt once per catalog version). */
   nodeOf(peer: PeerId): string | null {
-    const id = peer.toString();
-    for (const n of this.d.catalog.snapshot().nodes.values()) if (n.annotations[PEER_ID_ANNOTATION] === id) return n.name;
-    return null;
+    const snap = this.d.catalog.snapshot();
+    if (this.peerIndex?.version !== snap.version) {
+      const names = new Map<string, string>();
+      for (const n of snap.nodes.values()) {
+        const id = n.annotations[PEER_ID_ANNOTATION];
+        if (id) names.set(id, n.name);
+      }
+      this.peerIndex = { version: snap.version, names };
+    }
+    return this.peerIndex.names.get(peer.toString()) ?? null;
   }
+
+  private peerIndex: { version: number; names: Map<string, string> } | null = null;
 
   /** Where a node's tunnel can be reached: its annotation, its node addresses at our port, via every relay. */
   private addressesOf(nodeName: string, peer: PeerId): Multiaddr[] {
@@ -518,17 +527,27 @@ export class TunnelModule implements RemoteDialer {
     if (!(port > 0 && port < 65536)) return `bad port ${port}`;
     if (this.nodeOf(from) === null) return 'the requesting peer is not bound to any node in the catalog';
     const snap = this.d.catalog.snapshot();
-    const proto = protocol === 'tcp' ? 'TCP' : 'UDP';
-    for (const se of snap.endpoints.values()) {
-      for (const ep of se.endpoints) {
-        if (ep.ip !== ip || ep.nodeName !== this.d.nodeName) continue;
-        if (ep.ports.some((p) => p.port === port && p.protocol === proto)) return null;
-      }
-    }
+    if (this.localEndpoints(snap).has(`${ip}|${port}|${protocol === 'tcp' ? 'TCP' : 'UDP'}`)) return null;
     // SOCKS5 reaches a node itself (e.g. ssh): any port on this node's own addresses.
     const self = snap.nodes.get(this.d.nodeName);
     if (protocol === 'tcp' && self?.addresses.some((a) => a.address === ip)) return null;
     return `${protocol} ${ip}:${port} is not an endpoint on node ${this.d.nodeName}`;
+  }
+
+  /** ip|port|PROTO of every endpoint the catalog places on this node; rebuilt once per catalog version. */
+  private localIndex: { version: number; keys: Set<string> } | null = null;
+
+  private localEndpoints(snap: ReturnType<Catalog['snapshot']>): Set<string> {
+    if (this.localIndex?.version === snap.version) return this.localIndex.keys;
+    const keys = new Set<string>();
+    for (const se of snap.endpoints.values()) {
+      for (const ep of se.endpoints) {
+        if (ep.nodeName !== this.d.nodeName) continue;
+        for (const p of ep.ports) keys.add(`${ep.ip}|${p.port}|${p.protocol}`);
+      }
+    }
+    this.localIndex = { version: snap.version, keys };
+    return keys;
   }
 
   private async onProxy(s: Stream, conn: Connection): Promise<void> {
