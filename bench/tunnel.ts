@@ -69,7 +69,7 @@ try {
       modules: {
         edgeDNS: { enable: false },
         edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none' },
-        edgeTunnel: { enable: true, listenPort: n.port, listenInterfaces: 'lo', mdns: false, directHostEndpoints: false, cipher, encryption: argOf('encryption', 'tls'), psk: { path: join(dir, 'psk') } },
+        edgeTunnel: { enable: true, listenPort: n.port, listenInterfaces: 'lo', mdns: false, directHostEndpoints: false, holePunching: argOf('punch', 'on') === 'on', cipher, encryption: argOf('encryption', 'tls'), psk: { path: join(dir, 'psk') } },
       },
     }));
     const id = run(['identity', '--json', '--config', cfg, '--node-name', n.name]);

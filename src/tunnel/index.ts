@@ -43,7 +43,7 @@ import { type Pipe, type PipeHandlers, StreamPipe } from './pipe.ts';
 import { pnet } from './pnet.ts';
 import {
   DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
-  encodeProxy, frameDatagram,
+  encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, readMessage,
 } from './protocol.ts';
 import { Splice } from './splice.ts';
 import { noiseCrypto, noiseEncrypter } from './noise.ts';
@@ -461,12 +461,11 @@ export class TunnelModule implements RemoteDialer {
       throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel to node ${t.nodeName}: ${(e as Error).message}`, { cause: e });
     }
     try {
-      const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
-      await lp.write(encodeProxy({ type: MsgType.CONNECT, protocol: t.protocol, nodeName: t.nodeName, ip: t.ip, port: t.port }), { signal });
-      const reply = decodeProxy((await lp.read({ signal })).subarray());
+      s.send(lengthPrefixed(encodeProxy({ type: MsgType.CONNECT, protocol: t.protocol, nodeName: t.nodeName, ip: t.ip, port: t.port })));
+      const reply = decodeProxy(await readMessage(s as unknown as MessageSource, MAX_MESSAGE, signal));
       if (reply.type !== MsgType.SUCCESS) throw new EdgeMeshError('TUNNEL_REFUSED', `node ${t.nodeName} could not connect ${t.protocol} ${t.ip}:${t.port}`);
       this.stats.streamsOut++;
-      return lp.unwrap();
+      return s;
     } catch (e) {
       this.stats.dialFailures++;
       s.abort(e as Error);
@@ -552,10 +551,9 @@ export class TunnelModule implements RemoteDialer {
 
   private async onProxy(s: Stream, conn: Connection): Promise<void> {
     const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
-    const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
     let req;
     try {
-      req = decodeProxy((await lp.read({ signal })).subarray());
+      req = decodeProxy(await readMessage(s as unknown as MessageSource, MAX_MESSAGE, signal));
       if (req.type !== MsgType.CONNECT) throw new Error('expected CONNECT');
     } catch (e) {
       s.abort(e as Error);
@@ -566,7 +564,7 @@ export class TunnelModule implements RemoteDialer {
       this.stats.refused++;
       this.d.logger.warn('refused a tunnel CONNECT', { peer: conn.remotePeer.toString(), node: this.nodeOf(conn.remotePeer) ?? '?', target: `${req.protocol} ${req.ip}:${req.port}`, reason });
       try {
-        await lp.write(encodeProxy({ type: MsgType.FAILED }), { signal });
+        s.send(lengthPrefixed(encodeProxy({ type: MsgType.FAILED })));
         await s.close({ signal });
       } catch {
         s.abort(new Error(reason));
@@ -574,13 +572,12 @@ export class TunnelModule implements RemoteDialer {
     };
     if (why) return fail(why);
     const success = encodeProxy({ ...req, type: MsgType.SUCCESS });
-    if (req.protocol === 'udp') return this.serveUdp(lp.unwrap(), req.ip, req.port, success, fail);
+    if (req.protocol === 'udp') return this.serveUdp(s, req.ip, req.port, success, fail);
     const socket = await connectWithRetry(req.ip, req.port, 3, 5000);
     if (typeof socket === 'string') return fail(`connect failed: ${socket}`);
     this.stats.streamsIn++;
-    const raw = lp.unwrap();
-    raw.send(lengthPrefixed(success));
-    this.spliceTcp(raw, socket);
+    s.send(lengthPrefixed(success));
+    this.spliceTcp(s, socket);
   }
 
   private spliceTcp(stream: Stream, socket: Socket<Splice | null>): void {
@@ -775,20 +772,6 @@ export function listenAddresses(c: TunnelConfig, ifaces = networkInterfaces()): 
   }
   if (out.length === 0) throw new EdgeMeshError('CONFIG_INVALID', `modules.edgeTunnel.listenInterfaces: ${JSON.stringify(c.listenInterfaces)} selects no IPv4 address to listen on`);
   return out;
-}
-
-function lengthPrefixed(msg: Uint8Array): Uint8Array {
-  const out: number[] = [];
-  let n = msg.length;
-  while (n > 0x7f) {
-    out.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  out.push(n);
-  const b = new Uint8Array(out.length + msg.length);
-  b.set(out);
-  b.set(msg, out.length);
-  return b;
 }
 
 /** The original tries three times; a refused port fails fast, a black hole waits for the timeout. */

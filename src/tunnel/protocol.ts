@@ -187,3 +187,77 @@ export class DatagramDeframer {
     if (i < b.length) this.buf = b.slice(i);
   }
 }
+
+/** One varint-length-prefixed message, for writing straight to a stream. */
+export function lengthPrefixed(msg: Uint8Array): Uint8Array {
+  const head: number[] = [];
+  let n = msg.length;
+  while (n > 0x7f) {
+    head.push((n & 0x7f) | 0x80);
+    n >>>= 7;
+  }
+  head.push(n);
+  const b = new Uint8Array(head.length + msg.length);
+  b.set(head);
+  b.set(msg, head.length);
+  return b;
+}
+
+/** The smallest surface of a libp2p stream the reader needs (kept structural so tests can pass fakes). */
+export interface MessageSource {
+  addEventListener(type: 'message', fn: (evt: { data: Uint8Array | Iterable<Uint8Array> }) => void): void;
+  addEventListener(type: 'close', fn: () => void): void;
+  removeEventListener(type: 'message' | 'close', fn: (...a: never[]) => void): void;
+  unshift(data: Uint8Array): void;
+}
+
+/**
+ * Read exactly one varint-length-prefixed message from a stream, straight from its 'message' events: the
+ * handshake of every proxied connection does this once, and libp2p's lpStream (byte-stream wrapper, async
+ * iterator, list buffers) costs more than the rest of the exchange. Bytes after the message are put back.
+ */
+export function readMessage(stream: MessageSource, max: number, signal: AbortSignal): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    let buf: Uint8Array | null = null;
+    const done = (err: Error | null, msg?: Uint8Array, rest?: Uint8Array): void => {
+      stream.removeEventListener('message', onMessage as never);
+      stream.removeEventListener('close', onClose as never);
+      signal.removeEventListener('abort', onAbort);
+      if (err) return reject(err);
+      if (rest && rest.length) stream.unshift(rest);
+      resolve(msg!);
+    };
+    const onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
+      for (const chunk of evt.data instanceof Uint8Array ? [evt.data] : evt.data) {
+        if (!buf) buf = chunk;
+        else {
+          const joined: Uint8Array = new Uint8Array(buf.length + chunk.length);
+          joined.set(buf);
+          joined.set(chunk, buf.length);
+          buf = joined;
+        }
+      }
+      const b = buf!;
+      let len = 0;
+      let shift = 0;
+      let i = 0;
+      for (;;) {
+        if (i >= b.length) return; // the length prefix is not complete yet
+        const x = b[i++]!;
+        len += (x & 0x7f) * 2 ** shift;
+        if (!(x & 0x80)) break;
+        shift += 7;
+        if (shift > 28) return done(new DecodeError('message length prefix too long'));
+      }
+      if (len > max) return done(new DecodeError(`message of ${len} bytes exceeds ${max}`));
+      if (b.length - i < len) return;
+      done(null, b.subarray(i, i + len), b.subarray(i + len));
+    };
+    const onClose = (): void => done(new Error('the stream closed before a whole message arrived'));
+    const onAbort = (): void => done(signal.reason instanceof Error ? signal.reason : new Error('timed out waiting for a message'));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    stream.addEventListener('message', onMessage as never);
+    stream.addEventListener('close', onClose as never);
+  });
+}
