@@ -77,9 +77,10 @@ class PnetConnection extends AbstractMultiaddrConnection {
   private blocked = false;
 
   sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean } {
-    // Copy: the muxer may still hold the plaintext views, and the cipher works in place.
+    // Views only: nothing rewrites these buffers before the microtask below, which makes the one copy (the cipher
+    // works in place, and the layers above may still hold their plaintext).
     for (const b of data) {
-      this.queued.push(b.slice());
+      this.queued.push(b);
       this.queuedBytes += b.byteLength;
     }
     if (!this.flushScheduled) {
@@ -94,16 +95,11 @@ class PnetConnection extends AbstractMultiaddrConnection {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.queued.length === 0) return;
-    let buf: Uint8Array;
-    if (this.queued.length === 1) {
-      buf = this.queued[0]!;
-    } else {
-      buf = new Uint8Array(this.queuedBytes);
-      let o = 0;
-      for (const b of this.queued) {
-        buf.set(b, o);
-        o += b.length;
-      }
+    const buf = new Uint8Array(this.queuedBytes);
+    let o = 0;
+    for (const b of this.queued) {
+      buf.set(b, o);
+      o += b.length;
     }
     this.queued = [];
     this.queuedBytes = 0;
