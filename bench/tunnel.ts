@@ -150,7 +150,7 @@ try {
     const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
     const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
     if (!rps) throw new Error(`wrk against port ${port} failed: ${out}${err}`);
-    return { rps, p50: ms(/50%\s+(\S+)/.exec(out)?.[1]), p99: ms(/99%\s+(\S+)/.exec(out)?.[1]) };
+    return { rps, p50: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]), p99: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1]) };
   }
   for (const close of only === 'iperf' ? [] : only === 'newconn' ? [true] : only === 'http' ? [false, true] : [false, true]) {
     const mode = close ? 'HTTP, new connection per request' : 'HTTP keep-alive';

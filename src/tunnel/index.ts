@@ -65,6 +65,8 @@ const FILTERED_PREFIXES = ['docker', 'edgemesh', 'tunl', 'flannel', 'cni', 'br',
 const UDP_IDLE_MS = 60_000;
 const PING_EVERY_MS = 10_000;
 const RELAY_CHECK_MS = 5_000;
+/** How long a connected relay may go without our reservation on it before the connection is remade. */
+const RESERVATION_GRACE_MS = 12_000;
 
 export interface RemoteTarget {
   nodeName: string;
@@ -133,6 +135,7 @@ export class TunnelModule implements RemoteDialer {
   private isRelay = false;
   private readonly rtt = new Map<string, number>();
   private readonly relayDialing = new Set<string>();
+  private readonly unreservedSince = new Map<string, number>();
   private fixedPort: FixedPort | null = null;
   private transportInit: BunTcpInit = {};
   private puncher: HolePuncher | null = null;
@@ -351,8 +354,22 @@ export class TunnelModule implements RemoteDialer {
   private connectRelays(): void {
     const node = this.node;
     if (!node) return;
+    const listening = node.getMultiaddrs().map(String);
     for (const r of this.relays()) {
-      if (node.getConnections(r.peer).length > 0 || this.relayDialing.has(r.name)) continue;
+      if (node.getConnections(r.peer).length > 0) {
+        // Connected but holding no reservation there for a while (a reservation attempt failed and the relay
+        // transport does not retry on a live connection): reconnect, which makes it try again.
+        const reserved = listening.some((a) => a.includes(`/p2p/${r.peer.toString()}/p2p-circuit`));
+        if (reserved) this.unreservedSince.delete(r.name);
+        else if (!this.unreservedSince.has(r.name)) this.unreservedSince.set(r.name, performance.now());
+        else if (performance.now() - this.unreservedSince.get(r.name)! > RESERVATION_GRACE_MS) {
+          this.unreservedSince.delete(r.name);
+          this.d.logger.warn('no reservation on a connected relay; reconnecting to it', { relay: r.name });
+          for (const c of node.getConnections(r.peer)) c.close().catch(() => c.abort(new Error('reconnecting to the relay')));
+        }
+        continue;
+      }
+      if (this.relayDialing.has(r.name)) continue;
       this.relayDialing.add(r.name);
       node.dial(r.addrs.map((a) => a.encapsulate(`/p2p/${r.peer.toString()}`)), { signal: AbortSignal.timeout(this.d.config.handshakeTimeoutMs) })
         .then(() => this.d.logger.info('connected to relay', { relay: r.name }))
