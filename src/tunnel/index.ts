@@ -136,6 +136,7 @@ export class TunnelModule implements RemoteDialer {
   private readonly rtt = new Map<string, number>();
   private readonly relayDialing = new Set<string>();
   private readonly unreservedSince = new Map<string, number>();
+  private readonly reservedOn = new Set<string>();
   private fixedPort: FixedPort | null = null;
   private transportInit: BunTcpInit = {};
   private puncher: HolePuncher | null = null;
@@ -194,7 +195,7 @@ export class TunnelModule implements RemoteDialer {
         privateKey: this.d.privateKey,
         // A relay announces the addresses it is configured with (its public ones), as the original does.
         addresses: { listen: [...listen, ...this.relayListen()], appendAnnounce: this.ownAdvertised() },
-        transports: [bunTcp(this.transportInit), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs })],
+        transports: [bunTcp(this.transportInit), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs, reservationConcurrency: Math.max(1, c.relayNodes.length) })],
         connectionProtector: protector,
         connectionEncrypters: encrypters as never,
         streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
@@ -237,6 +238,8 @@ export class TunnelModule implements RemoteDialer {
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay });
     this.connectRelays();
     this.relayTimer = setInterval(() => this.connectRelays(), RELAY_CHECK_MS);
+    // Reservations show up as circuit listen addresses; note them as they come (and check the relays again).
+    node.addEventListener('self:peer:update', () => this.connectRelays());
     this.relayTimer.unref?.();
     this.pinger = setInterval(() => void this.pingPeers(), PING_EVERY_MS);
     this.pinger.unref?.();
@@ -360,12 +363,23 @@ export class TunnelModule implements RemoteDialer {
         // Connected but holding no reservation there for a while (a reservation attempt failed and the relay
         // transport does not retry on a live connection): reconnect, which makes it try again.
         const reserved = listening.some((a) => a.includes(`/p2p/${r.peer.toString()}/p2p-circuit`));
+        if (reserved !== this.reservedOn.has(r.name)) {
+          if (reserved) this.reservedOn.add(r.name);
+          else this.reservedOn.delete(r.name);
+          this.d.logger.info(reserved ? 'holding a reservation on relay' : 'lost the reservation on relay', { relay: r.name });
+        }
         if (reserved) this.unreservedSince.delete(r.name);
         else if (!this.unreservedSince.has(r.name)) this.unreservedSince.set(r.name, performance.now());
         else if (performance.now() - this.unreservedSince.get(r.name)! > RESERVATION_GRACE_MS) {
-          this.unreservedSince.delete(r.name);
-          this.d.logger.warn('no reservation on a connected relay; reconnecting to it', { relay: r.name });
-          for (const c of node.getConnections(r.peer)) c.close().catch(() => c.abort(new Error('reconnecting to the relay')));
+          // Connected, but the relay transport made no reservation there (its discovery skips a relay after some
+          // failures for good): ask for one explicitly by listening on this relay's circuit address.
+          this.unreservedSince.set(r.name, performance.now());
+          this.d.logger.warn('no reservation on a connected relay; requesting one', { relay: r.name });
+          const tm = (node as unknown as { components: { transportManager: { listen(a: Multiaddr[]): Promise<void> } } }).components.transportManager;
+          tm.listen(r.addrs.map((a) => a.encapsulate(`/p2p/${r.peer.toString()}/p2p-circuit`))).catch((e: Error) => {
+            this.d.logger.warn('reservation request failed; reconnecting to the relay', { relay: r.name, error: e.message });
+            for (const c of node.getConnections(r.peer)) c.close().catch(() => c.abort(new Error('reconnecting to the relay')));
+          });
         }
         continue;
       }
