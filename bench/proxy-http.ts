@@ -9,7 +9,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../test/helpers.ts';
-import { spawnPinned, startHaproxy, startProxy } from './tools.ts';
+import { spawnPinned, startHaproxy, startProxy, wrkRun } from './tools.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -31,16 +31,8 @@ try {
   await Bun.sleep(500);
   log(`nginx :${pNginx}, edgemesh :${proxy.port}, haproxy :${pHa}`);
 
-  // Async spawn: the proxy under test runs on this process's event loop, which spawnSync would block.
-  async function wrk(port: number, close: boolean): Promise<{ rps: number; p50: number; p99: number }> {
-    const r = Bun.spawn(['taskset', '-c', '1', 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), `http://127.0.0.1:${port}/`], { stdout: 'pipe', stderr: 'pipe' });
-    const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
-    await r.exited;
-    const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
-    const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
-    if (!rps) throw new Error(`wrk against port ${port} failed: ${out}${err}`);
-    return { rps, p50: ms(/50%\s+(\S+)/.exec(out)?.[1]), p99: ms(/99%\s+(\S+)/.exec(out)?.[1]) };
-  }
+  // Async spawn inside: the proxy under test runs on this process's event loop, which spawnSync would block.
+  const wrk = (port: number, close: boolean) => wrkRun('1', `http://127.0.0.1:${port}/`, conns, seconds, close);
 
   const rows: Record<string, unknown>[] = [];
   for (const close of [false, true]) {

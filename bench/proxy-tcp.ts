@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../test/helpers.ts';
-import { startHaproxy, startProxy } from './tools.ts';
+import { iperfClient, startHaproxy, startProxy } from './tools.ts';
 
 const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -38,13 +38,9 @@ try {
     // iperf3 -s -1 serves one test; restart it for each run.
     const srv = Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1'], { stdout: 'ignore', stderr: 'ignore' });
     await Bun.sleep(300);
-    const r = Bun.spawn(['taskset', '-c', '1', 'iperf3', '-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
-    const out = await new Response(r.stdout).text();
-    await r.exited;
+    const gbps = await iperfClient('1', '127.0.0.1', port, seconds, streams);
     await srv.exited;
-    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
-    if (!j.end?.sum_received) throw new Error(`iperf3: ${j.error ?? out.slice(0, 200)}`);
-    return j.end.sum_received.bits_per_second / 1e9;
+    return gbps;
   }
 
   procs[0]!.kill();

@@ -28,3 +28,31 @@ export function startProxy(targetPort: number): TcpServicePort {
   proxy.start();
   return proxy;
 }
+
+/** iperf3 client pinned to `cpu` against host:port; received Gbit/s. */
+export async function iperfClient(cpu: string, host: string, port: number, seconds: number, streams: number): Promise<number> {
+  const r = Bun.spawn(['taskset', '-c', cpu, 'iperf3', '-c', host, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
+  const out = await new Response(r.stdout).text();
+  await r.exited;
+  const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
+  if (!j.end?.sum_received) throw new Error(`iperf3: ${j.error ?? out.slice(0, 200)}`);
+  return j.end.sum_received.bits_per_second / 1e9;
+}
+
+export interface WrkResult {
+  rps: number;
+  /** Latency percentiles in ms. */
+  p50: number;
+  p99: number;
+}
+
+/** wrk pinned to `cpu` (async: a proxy under test may run on this process's event loop); keep-alive or `close`. */
+export async function wrkRun(cpu: string, url: string, conns: number, seconds: number, close: boolean): Promise<WrkResult> {
+  const r = Bun.spawn(['taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), url], { stdout: 'pipe', stderr: 'pipe' });
+  const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
+  await r.exited;
+  const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+  if (!rps) throw new Error(`wrk against ${url} failed: ${out}${err}`);
+  return { rps, p50: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]), p99: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1]) };
+}

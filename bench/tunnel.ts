@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, freePort } from '../test/helpers.ts';
 import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/cipher.ts';
-import { spawnPinned } from './tools.ts';
+import { iperfClient, spawnPinned, wrkRun } from './tools.ts';
 
 const argOf = (k: string, d: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d;
 const seconds = Number(argOf('seconds', '5'));
@@ -121,13 +121,9 @@ try {
   async function iperf(port: number, streams: number): Promise<number> {
     const srv = spawnPinned('1', ['iperf3', '-s', '-p', String(pIperf), '-1']);
     await Bun.sleep(300);
-    const r = Bun.spawn(['taskset', '-c', '0', 'iperf3', '-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
-    const out = await new Response(r.stdout).text();
-    await r.exited;
+    const gbps = await iperfClient('0', '127.0.0.1', port, seconds, streams);
     await srv.exited;
-    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
-    if (!j.end?.sum_received) throw new Error(`iperf3: ${j.error ?? out.slice(0, 200)}`);
-    return j.end.sum_received.bits_per_second / 1e9;
+    return gbps;
   }
 
   const rows: Record<string, unknown>[] = [];
@@ -143,15 +139,7 @@ try {
     log(`iperf3 ${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, tunnel ${tunnel.toFixed(2)} Gbit/s (${(tunnel / direct).toFixed(3)} of direct; both agents ${perGbit.toFixed(3)} cores per Gbit/s)`);
   }
 
-  async function wrk(port: number, close: boolean): Promise<{ rps: number; p50: number; p99: number }> {
-    const r = Bun.spawn(['taskset', '-c', '0', 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), `http://127.0.0.1:${port}/`], { stdout: 'pipe', stderr: 'pipe' });
-    const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
-    await r.exited;
-    const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
-    const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
-    if (!rps) throw new Error(`wrk against port ${port} failed: ${out}${err}`);
-    return { rps, p50: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]), p99: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1]) };
-  }
+  const wrk = (port: number, close: boolean) => wrkRun('0', `http://127.0.0.1:${port}/`, conns, seconds, close);
   for (const close of only === 'iperf' ? [] : only === 'newconn' ? [true] : only === 'http' ? [false, true] : [false, true]) {
     const mode = close ? 'HTTP, new connection per request' : 'HTTP keep-alive';
     const direct = await wrk(pNginx, close);

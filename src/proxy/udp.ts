@@ -125,16 +125,7 @@ export class UdpServicePort {
     Bun.udpSocket({
       connect: { hostname: s.ep.ip, port: s.ep.port },
       socket: {
-        data: (_u, reply) => {
-          if (s.closed || !this.sock) return;
-          s.lastActive = performance.now();
-          this.stats.datagramsDown++;
-          try {
-            this.sock.send(reply, s.port, s.addr);
-          } catch {
-            this.stats.dropped++;
-          }
-        },
+        data: (_u, reply) => this.toClient(s, reply),
         // ECONNREFUSED from an endpoint without a listener: the client sees a timeout, as with the original.
         error: () => {},
       },
@@ -147,17 +138,20 @@ export class UdpServicePort {
     );
   }
 
+  /** A reply from the endpoint goes back to the session's client from the listener socket (the service address). */
+  private toClient(s: Session, reply: Uint8Array): void {
+    if (s.closed || !this.sock) return;
+    s.lastActive = performance.now();
+    this.stats.datagramsDown++;
+    try {
+      this.sock.send(reply, s.port, s.addr);
+    } catch {
+      this.stats.dropped++;
+    }
+  }
+
   private openRemote(s: Session): void {
-    const toClient = (reply: Uint8Array): void => {
-      if (s.closed || !this.sock) return;
-      s.lastActive = performance.now();
-      this.stats.datagramsDown++;
-      try {
-        this.sock.send(reply, s.port, s.addr);
-      } catch {
-        this.stats.dropped++;
-      }
-    };
+    const toClient = (reply: Uint8Array): void => this.toClient(s, reply);
     const t = { nodeName: s.ep.nodeName, protocol: 'udp' as const, ip: s.ep.ip, port: s.ep.port };
     this.o.remote!.openDatagrams(t, { datagram: toClient, closed: () => this.end(s) }, AbortSignal.timeout(this.o.connectTimeoutMs ?? 5000)).then(
       (ch) => this.opened(s, ch),
