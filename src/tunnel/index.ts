@@ -157,6 +157,7 @@ export class TunnelModule implements RemoteDialer {
   async start(): Promise<void> {
     const c = this.d.config;
     const log = this.d.logger;
+    if (c.transport !== 'tcp') log.warn(`modules.edgeTunnel.transport: "${c.transport}" is not built; the tunnel uses tcp`);
     const listen = listenAddresses(c);
     // Every outbound connection leaves from one port, so the mapping a relay observes is the one a punch uses.
     this.fixedPort = c.holePunching ? FixedPort.open() : null;
