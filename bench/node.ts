@@ -219,3 +219,70 @@ export const dnsScenario: Scenario = {
     }
   },
 };
+
+/**
+ * The tunnel as this node would run it: two tunnel nodes in this process on loopback (PSK on, the engines this
+ * host selects), a proxy port whose endpoint is on the other node. Bulk MB/s and 64-byte round trips against a
+ * direct connection to the same echo server; one core does both ends, so a real pair of nodes does better.
+ */
+export const tunnelScenario: Scenario = {
+  name: 'tunnel',
+  description: 'TCP through the libp2p tunnel (two nodes in this process, PSK on) vs direct: bulk MB/s and round trips',
+  async run(progress) {
+    const { generateKeyPair } = await import('@libp2p/crypto/keys');
+    const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
+    const { TunnelModule, PEER_ID_ANNOTATION, ADDRESSES_ANNOTATION } = await import('../src/tunnel/index.ts');
+    const { defaultConfig } = await import('../src/config/load.ts');
+    const { emptyObjects } = await import('../src/catalog/model.ts');
+    const echo = echoServer();
+    const keys = [await generateKeyPair('Ed25519'), await generateKeyPair('Ed25519')];
+    const ports = await Promise.all([0, 1].map(async () => {
+      const l = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } });
+      const p = l.port;
+      l.stop(true);
+      return p;
+    }));
+    const objs = emptyObjects();
+    ['a', 'b'].forEach((name, i) => objs.nodes.push({
+      name, addresses: [], podCIDRs: [], labels: {},
+      annotations: { [PEER_ID_ANNOTATION]: peerIdFromPrivateKey(keys[i]!).toString(), [ADDRESSES_ANNOTATION]: `/ip4/127.0.0.1/tcp/${ports[i]}` },
+    }));
+    objs.endpoints.push({ namespace: 'bench', name: 'echo', from: 'Endpoints', endpoints: [{ ip: '127.0.0.1', nodeName: 'b', podName: '', hostname: '', ready: true, ports: [{ name: '', port: echo.port, protocol: 'TCP' }] }] });
+    const psk = crypto.getRandomValues(new Uint8Array(32));
+    const nodes = ['a', 'b'].map((name, i) => {
+      const catalog = new Catalog({ logger });
+      catalog.replace(structuredClone(objs), 'file');
+      catalog.flush();
+      const config = { ...defaultConfig('agent', 'edge').modules.edgeTunnel, enable: true, listenPort: ports[i]!, listenInterfaces: 'lo', mdns: false, directHostEndpoints: false };
+      return new TunnelModule({ config, nodeName: name, catalog, privateKey: keys[i]!, psk, logger });
+    });
+    const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
+    balancer.setEndpoints([{ key: `127.0.0.1:${echo.port}`, ip: '127.0.0.1', port: echo.port, nodeName: 'b', podName: '' }]);
+    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => false, remote: nodes[0], connectTimeoutMs: 5000, idleTimeoutSec: 0, maxAttempts: 1 });
+    try {
+      for (const n of nodes) await n.start();
+      proxy.start();
+      progress(`tunnel encryption: ${nodes[0]!.describe().encryption}`);
+      const size = 256 * 1024 * 1024;
+      await bulk(echo.port, 16 * 1024 * 1024); // warm-up
+      await bulk(proxy.port, 16 * 1024 * 1024);
+      const direct = await bulk(echo.port, size);
+      progress(`bulk direct: ${direct.toFixed(0)} MB/s`);
+      const via = await bulk(proxy.port, size);
+      progress(`bulk through the tunnel: ${via.toFixed(0)} MB/s`);
+      const ld = await pingPong(echo.port, 5_000);
+      const lt = await pingPong(proxy.port, 5_000);
+      const rows = [
+        { metric: 'bulk echo (MB/s, 256 MiB each way)', direct: +direct.toFixed(0), tunnel: +via.toFixed(0), ratio: +(via / direct).toFixed(3) },
+        { metric: 'round trip p50 (µs)', direct: +pct(ld, 50).toFixed(1), tunnel: +pct(lt, 50).toFixed(1), ratio: +(pct(lt, 50) / pct(ld, 50)).toFixed(2) },
+        { metric: 'round trip p99 (µs)', direct: +pct(ld, 99).toFixed(1), tunnel: +pct(lt, 99).toFixed(1), ratio: +(pct(lt, 99) / pct(ld, 99)).toFixed(2) },
+      ];
+      const table = ['| metric | direct | through the tunnel | ratio |', '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.direct} | ${r.tunnel} | ${r.ratio} |`)].join('\n');
+      return { table, rows };
+    } finally {
+      proxy.stop();
+      for (const n of nodes) await n.stop();
+      echo.stop(true);
+    }
+  },
+};

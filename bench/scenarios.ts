@@ -1,6 +1,6 @@
 /** The scenarios `edgemesh bench` knows. Each prints progress through `progress` and returns a table. */
 import { catalogScenario } from './catalog.ts';
-import { dnsScenario, proxyScenario } from './node.ts';
+import { dnsScenario, proxyScenario, tunnelScenario } from './node.ts';
 
 export interface ScenarioResult {
   table: string;
@@ -13,4 +13,4 @@ export interface Scenario {
   run(progress: (line: string) => void): Promise<ScenarioResult>;
 }
 
-export const SCENARIOS: Scenario[] = [catalogScenario, dnsScenario, proxyScenario];
+export const SCENARIOS: Scenario[] = [catalogScenario, dnsScenario, proxyScenario, tunnelScenario];
