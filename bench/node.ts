@@ -16,6 +16,11 @@ import { Forwarder } from '../src/dns/forwarder.ts';
 import { Balancer } from '../src/lb/balancer.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { emptyObjects } from '../src/catalog/model.ts';
+import { defaultConfig } from '../src/config/load.ts';
+import { ADDRESSES_ANNOTATION, PEER_ID_ANNOTATION, TunnelModule } from '../src/tunnel/index.ts';
 import { syntheticObjects } from './catalog.ts';
 import type { Scenario } from './scenarios.ts';
 
@@ -229,11 +234,6 @@ export const tunnelScenario: Scenario = {
   name: 'tunnel',
   description: 'TCP through the libp2p tunnel (two nodes in this process, PSK on) vs direct: bulk MB/s and round trips',
   async run(progress) {
-    const { generateKeyPair } = await import('@libp2p/crypto/keys');
-    const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
-    const { TunnelModule, PEER_ID_ANNOTATION, ADDRESSES_ANNOTATION } = await import('../src/tunnel/index.ts');
-    const { defaultConfig } = await import('../src/config/load.ts');
-    const { emptyObjects } = await import('../src/catalog/model.ts');
     const echo = echoServer();
     const keys = [await generateKeyPair('Ed25519'), await generateKeyPair('Ed25519')];
     const ports = await Promise.all([0, 1].map(async () => {
