@@ -117,6 +117,28 @@ async function pingPong(port: number, n: number): Promise<number[]> {
   return lat;
 }
 
+/**
+ * Bulk echo MB/s and 64-byte round trips to the echo server, direct and through `via` (the same run), as rows and
+ * a table with ratios to direct.
+ */
+async function compareEcho(progress: (l: string) => void, directPort: number, viaPort: number, label: string, mib: number, trips: number) {
+  await bulk(directPort, 16 * 1024 * 1024); // warm-up
+  await bulk(viaPort, 16 * 1024 * 1024);
+  const direct = await bulk(directPort, mib * 1024 * 1024);
+  progress(`bulk direct: ${direct.toFixed(0)} MB/s`);
+  const via = await bulk(viaPort, mib * 1024 * 1024);
+  progress(`bulk through the ${label}: ${via.toFixed(0)} MB/s`);
+  const ld = await pingPong(directPort, trips);
+  const lv = await pingPong(viaPort, trips);
+  const rows = [
+    { metric: `bulk echo (MB/s, ${mib} MiB each way)`, direct: +direct.toFixed(0), [label]: +via.toFixed(0), ratio: +(via / direct).toFixed(3) },
+    { metric: 'round trip p50 (µs)', direct: +pct(ld, 50).toFixed(1), [label]: +pct(lv, 50).toFixed(1), ratio: +(pct(lv, 50) / pct(ld, 50)).toFixed(2) },
+    { metric: 'round trip p99 (µs)', direct: +pct(ld, 99).toFixed(1), [label]: +pct(lv, 99).toFixed(1), ratio: +(pct(lv, 99) / pct(ld, 99)).toFixed(2) },
+  ];
+  const table = [`| metric | direct | through the ${label} | ratio |`, '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.direct} | ${r[label]} | ${r.ratio} |`)].join('\n');
+  return { table, rows };
+}
+
 export const proxyScenario: Scenario = {
   name: 'proxy',
   description: 'TCP through a proxied service port vs direct, all in this process: bulk MB/s and 64-byte round trips',
@@ -127,22 +149,7 @@ export const proxyScenario: Scenario = {
     const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1 });
     proxy.start();
     try {
-      const size = 512 * 1024 * 1024;
-      await bulk(echo.port, 32 * 1024 * 1024); // warm-up
-      await bulk(proxy.port, 32 * 1024 * 1024);
-      const direct = await bulk(echo.port, size);
-      progress(`bulk direct: ${direct.toFixed(0)} MB/s`);
-      const via = await bulk(proxy.port, size);
-      progress(`bulk through the proxy: ${via.toFixed(0)} MB/s`);
-      const ld = await pingPong(echo.port, 20_000);
-      const lp = await pingPong(proxy.port, 20_000);
-      const rows = [
-        { metric: 'bulk echo (MB/s, 512 MiB each way)', direct: +direct.toFixed(0), proxy: +via.toFixed(0), ratio: +(via / direct).toFixed(2) },
-        { metric: 'round trip p50 (µs)', direct: +pct(ld, 50).toFixed(1), proxy: +pct(lp, 50).toFixed(1), ratio: +(pct(lp, 50) / pct(ld, 50)).toFixed(2) },
-        { metric: 'round trip p99 (µs)', direct: +pct(ld, 99).toFixed(1), proxy: +pct(lp, 99).toFixed(1), ratio: +(pct(lp, 99) / pct(ld, 99)).toFixed(2) },
-      ];
-      const table = ['| metric | direct | through the proxy | ratio |', '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.direct} | ${r.proxy} | ${r.ratio} |`)].join('\n');
-      return { table, rows };
+      return await compareEcho(progress, echo.port, proxy.port, 'proxy', 512, 20_000);
     } finally {
       proxy.stop();
       echo.stop(true);
@@ -263,22 +270,7 @@ export const tunnelScenario: Scenario = {
       for (const n of nodes) await n.start();
       proxy.start();
       progress(`tunnel encryption: ${nodes[0]!.describe().encryption}`);
-      const size = 256 * 1024 * 1024;
-      await bulk(echo.port, 16 * 1024 * 1024); // warm-up
-      await bulk(proxy.port, 16 * 1024 * 1024);
-      const direct = await bulk(echo.port, size);
-      progress(`bulk direct: ${direct.toFixed(0)} MB/s`);
-      const via = await bulk(proxy.port, size);
-      progress(`bulk through the tunnel: ${via.toFixed(0)} MB/s`);
-      const ld = await pingPong(echo.port, 5_000);
-      const lt = await pingPong(proxy.port, 5_000);
-      const rows = [
-        { metric: 'bulk echo (MB/s, 256 MiB each way)', direct: +direct.toFixed(0), tunnel: +via.toFixed(0), ratio: +(via / direct).toFixed(3) },
-        { metric: 'round trip p50 (µs)', direct: +pct(ld, 50).toFixed(1), tunnel: +pct(lt, 50).toFixed(1), ratio: +(pct(lt, 50) / pct(ld, 50)).toFixed(2) },
-        { metric: 'round trip p99 (µs)', direct: +pct(ld, 99).toFixed(1), tunnel: +pct(lt, 99).toFixed(1), ratio: +(pct(lt, 99) / pct(ld, 99)).toFixed(2) },
-      ];
-      const table = ['| metric | direct | through the tunnel | ratio |', '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.direct} | ${r.tunnel} | ${r.ratio} |`)].join('\n');
-      return { table, rows };
+      return await compareEcho(progress, echo.port, proxy.port, 'tunnel', 256, 5_000);
     } finally {
       proxy.stop();
       for (const n of nodes) await n.stop();
