@@ -18,17 +18,11 @@
 import type { Socket, TCPSocketListener } from 'bun';
 import { randomBytes } from 'node:crypto';
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
+import { concat } from '../net/bytes.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Pipe, PipeHandlers } from '../tunnel/pipe.ts';
 import { MAX_HEAD, headEnd, insertIntoHead, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
 
-const concat = (a: Uint8Array | null, b: Uint8Array): Uint8Array => {
-  if (!a || a.length === 0) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-};
 
 /**
  * A protocol that decides the target itself from the first bytes (SOCKS5): it may answer the client while

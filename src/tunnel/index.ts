@@ -3,12 +3,13 @@
  *
  *   const tunnel = new TunnelModule({ config, nodeName, catalog, privateKey, psk, logger, metrics });
  *   await tunnel.start();
- *   const stream = await tunnel.open({ nodeName: 'edge-b', protocol: 'tcp', ip: '10.244.1.7', port: 80 }, signal);
- *   // `stream` is now a byte pipe to 10.244.1.7:80, dialed by edge-b's agent
+ *   const pipe = await tunnel.open({ nodeName: 'edge-b', protocol: 'tcp', ip: '10.244.1.7', port: 80 }, handlers, signal);
+ *   // `pipe` is now a socket-shaped byte pipe to 10.244.1.7:80, dialed by edge-b's agent (pipe.ts)
  *
- * Stack per connection: TCP → pnet (PSK, XSalsa20; cipher.ts picks libsodium or pure JS) → TLS 1.3 (peer
- * authenticated by its key; tls.ts) → yamux; one yamux stream per proxied connection. Relayed connections
- * (circuit relay v2) work the same; DCUtR may upgrade them to direct ones.
+ * Stack per connection: TCP on Bun sockets (transport.ts) → pnet (PSK, XSalsa20; cipher.ts picks libsodium or
+ * pure JS) → TLS 1.3 (tls.ts) or Noise (noise.ts), the peer authenticated by its key → yamux; one yamux stream per
+ * proxied connection. Relayed connections (circuit relay v2) work the same; hole punching (punch.ts) may upgrade
+ * them to direct ones.
  *
  * Who is who: a node's peer ID is bound to its node name in the catalog (Node annotation `edgemesh.io/peer-id`,
  * published by each agent in Kubernetes mode, written in the catalog file in standalone mode). The dialer only
@@ -26,7 +27,6 @@ import { ping } from '@libp2p/ping';
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
 import { mdns } from '@libp2p/mdns';
 import { yamux } from '@libp2p/yamux';
-import { lpStream } from '@libp2p/utils';
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr';
 import type { Socket } from 'bun';
 import { createLibp2p } from 'libp2p';
@@ -48,7 +48,7 @@ import {
 import { Splice } from './splice.ts';
 import { noiseCrypto, noiseEncrypter } from './noise.ts';
 import { bunTls } from './tls.ts';
-import { type BunTcpInit, bunTcp } from './transport.ts';
+import { type BunTcpInit, bunTcp, isRelayed } from './transport.ts';
 import { HolePuncher } from './punch.ts';
 import { FixedPort } from '../net/fixed-port.ts';
 
@@ -207,7 +207,7 @@ export class TunnelModule implements RemoteDialer {
         start: false,
       });
     } catch (e) {
-      throw new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
+      throw startError(e);
     }
     const node = this.node;
     skipRepeatedProtocolMerges(node);
@@ -233,7 +233,7 @@ export class TunnelModule implements RemoteDialer {
     try {
       await node.start();
     } catch (e) {
-      throw new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
+      throw startError(e);
     }
     this.registerMetrics();
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.isRelay });
@@ -244,7 +244,7 @@ export class TunnelModule implements RemoteDialer {
     this.relayTimer.unref?.();
     this.pinger = setInterval(() => void this.pingPeers(), PING_EVERY_MS);
     this.pinger.unref?.();
-    node.addEventListener('peer:connect', () => void this.pingPeers());
+    node.addEventListener('peer:connect', (evt) => void this.pingPeer(evt.detail));
   }
 
   async stop(): Promise<void> {
@@ -298,7 +298,7 @@ export class TunnelModule implements RemoteDialer {
     if (!ann && n) for (const a of n.addresses) if (a.type === 'InternalIP' || a.type === 'ExternalIP') tryPush(out, toMultiaddr(a.address, this.d.config.listenPort));
     for (const r of this.relays()) {
       if (r.peer.equals(peer)) continue;
-      for (const a of r.addrs) tryPush(out, `${a.toString()}/p2p/${r.peer.toString()}/p2p-circuit`);
+      for (const a of r.addrs) tryPush(out, circuitVia(a, r.peer));
     }
     return out;
   }
@@ -377,7 +377,7 @@ export class TunnelModule implements RemoteDialer {
           this.unreservedSince.set(r.name, performance.now());
           this.d.logger.warn('no reservation on a connected relay; requesting one', { relay: r.name });
           const tm = (node as unknown as { components: { transportManager: { listen(a: Multiaddr[]): Promise<void> } } }).components.transportManager;
-          tm.listen(r.addrs.map((a) => a.encapsulate(`/p2p/${r.peer.toString()}/p2p-circuit`))).catch((e: Error) => {
+          tm.listen(r.addrs.map((a) => multiaddr(circuitVia(a, r.peer)))).catch((e: Error) => {
             this.d.logger.warn('reservation request failed; reconnecting to the relay', { relay: r.name, error: e.message });
             for (const c of node.getConnections(r.peer)) c.close().catch(() => c.abort(new Error('reconnecting to the relay')));
           });
@@ -401,9 +401,8 @@ export class TunnelModule implements RemoteDialer {
     const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
     const s = await node.dialProtocol(peer, DISCOVERY_PROTOCOL, { signal, runOnLimitedConnection: true });
     try {
-      const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
-      await lp.write(encodeDiscovery({ type: MsgType.CONNECT, protocol: how, nodeName: this.d.nodeName }), { signal });
-      const reply = decodeDiscovery((await lp.read({ signal })).subarray());
+      s.send(lengthPrefixed(encodeDiscovery({ type: MsgType.CONNECT, protocol: how, nodeName: this.d.nodeName })));
+      const reply = decodeDiscovery(await readOne(s, signal));
       if (reply.type !== MsgType.SUCCESS) {
         this.d.logger.warn('peer refused our discovery handshake', { peer: peer.toString() });
       } else if (!this.claimMatches(reply.nodeName, peer)) {
@@ -422,21 +421,20 @@ export class TunnelModule implements RemoteDialer {
 
   private async onDiscovery(s: Stream, conn: Connection): Promise<void> {
     const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
-    const lp = lpStream(s, { maxDataLength: MAX_MESSAGE });
     try {
-      const req = decodeDiscovery((await lp.read({ signal })).subarray());
+      const req = decodeDiscovery(await readOne(s, signal));
       if (req.type !== MsgType.CONNECT) throw new Error('not a CONNECT');
       if (!this.claimMatches(req.nodeName, conn.remotePeer)) {
         this.stats.discoveryRefused++;
         this.d.logger.warn('refused a peer claiming a node name it is not bound to', {
           peer: conn.remotePeer.toString(), claimed: req.nodeName, bound: this.peerOf(req.nodeName)?.toString() ?? 'none',
         });
-        await lp.write(encodeDiscovery({ type: MsgType.FAILED, protocol: req.protocol, nodeName: this.d.nodeName }), { signal });
+        s.send(lengthPrefixed(encodeDiscovery({ type: MsgType.FAILED, protocol: req.protocol, nodeName: this.d.nodeName })));
         await s.close({ signal }).catch(() => {});
         await conn.close().catch(() => {});
         return;
       }
-      await lp.write(encodeDiscovery({ type: MsgType.SUCCESS, protocol: req.protocol, nodeName: this.d.nodeName }), { signal });
+      s.send(lengthPrefixed(encodeDiscovery({ type: MsgType.SUCCESS, protocol: req.protocol, nodeName: this.d.nodeName })));
       await s.close({ signal }).catch(() => {});
     } catch (e) {
       s.abort(e as Error);
@@ -494,7 +492,7 @@ export class TunnelModule implements RemoteDialer {
     }
     try {
       s.send(lengthPrefixed(encodeProxy({ type: MsgType.CONNECT, protocol: t.protocol, nodeName: t.nodeName, ip: t.ip, port: t.port })));
-      const reply = decodeProxy(await readMessage(s as unknown as MessageSource, MAX_MESSAGE, signal));
+      const reply = decodeProxy(await readOne(s, signal));
       if (reply.type !== MsgType.SUCCESS) throw new EdgeMeshError('TUNNEL_REFUSED', `node ${t.nodeName} could not connect ${t.protocol} ${t.ip}:${t.port}`);
       this.stats.streamsOut++;
       return s;
@@ -544,7 +542,7 @@ export class TunnelModule implements RemoteDialer {
     let relayed: Connection | undefined;
     for (const c of this.node?.getConnections(peer) ?? []) {
       if (c.status !== 'open') continue;
-      if (!c.remoteAddr.toString().includes('/p2p-circuit')) return c;
+      if (!isRelayed(c)) return c;
       relayed ??= c;
     }
     return relayed;
@@ -585,7 +583,7 @@ export class TunnelModule implements RemoteDialer {
     const signal = AbortSignal.timeout(this.d.config.handshakeTimeoutMs);
     let req;
     try {
-      req = decodeProxy(await readMessage(s as unknown as MessageSource, MAX_MESSAGE, signal));
+      req = decodeProxy(await readOne(s, signal));
       if (req.type !== MsgType.CONNECT) throw new Error('expected CONNECT');
     } catch (e) {
       s.abort(e as Error);
@@ -691,7 +689,7 @@ export class TunnelModule implements RemoteDialer {
       const best = this.bestConnection(peer) ?? conns[0];
       if (!best) continue;
       const addr = best.remoteAddr.toString();
-      const relayed = addr.includes('/p2p-circuit');
+      const relayed = isRelayed(best);
       const relayId = relayed ? /\/p2p\/([^/]+)\/p2p-circuit/.exec(addr)?.[1] : undefined;
       let relay: string | undefined;
       if (relayId) {
@@ -713,17 +711,20 @@ export class TunnelModule implements RemoteDialer {
   private async pingPeers(): Promise<void> {
     const node = this.node;
     if (!node) return;
-    const svc = (node.services as { ping: { ping(p: PeerId, o: { signal: AbortSignal }): Promise<number> } }).ping;
-    const seen = new Set<string>();
-    await Promise.all(node.getPeers().map(async (p) => {
-      seen.add(p.toString());
-      try {
-        this.rtt.set(p.toString(), await svc.ping(p, { signal: AbortSignal.timeout(5000) }));
-      } catch {
-        this.rtt.delete(p.toString());
-      }
-    }));
+    const peers = node.getPeers();
+    const seen = new Set(peers.map(String));
     for (const k of this.rtt.keys()) if (!seen.has(k)) this.rtt.delete(k);
+    await Promise.all(peers.map((p) => this.pingPeer(p)));
+  }
+
+  private async pingPeer(p: PeerId): Promise<void> {
+    const svc = (this.node?.services as { ping?: { ping(p: PeerId, o: { signal: AbortSignal }): Promise<number> } } | undefined)?.ping;
+    if (!svc) return;
+    try {
+      this.rtt.set(p.toString(), await svc.ping(p, { signal: AbortSignal.timeout(5000) }));
+    } catch {
+      this.rtt.delete(p.toString());
+    }
   }
 
   private registerMetrics(): void {
@@ -738,8 +739,8 @@ export class TunnelModule implements RemoteDialer {
     m.counterFrom('edgemesh_tunnel_psk_failures_total', 'Connections that failed the private-network (PSK) handshake').set(() => st.pskFailures);
     m.counterFrom('edgemesh_tunnel_punch_attempts_total', 'Hole-punching attempts (DCUtR)').set(() => this.puncher?.stats.attempts ?? 0);
     m.counterFrom('edgemesh_tunnel_punch_successes_total', 'Hole punches that produced a direct connection').set(() => this.puncher?.stats.successes ?? 0);
-    m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => !c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'direct' });
-    m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => c.remoteAddr.toString().includes('/p2p-circuit')).length ?? 0, { path: 'relayed' });
+    m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter((c) => !isRelayed(c)).length ?? 0, { path: 'direct' });
+    m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => this.node?.getConnections().filter(isRelayed).length ?? 0, { path: 'relayed' });
   }
 }
 
@@ -769,6 +770,20 @@ function skipRepeatedProtocolMerges(node: Libp2p): void {
     }
     return merge(peer, data, options);
   };
+}
+
+/** One length-prefixed protocol message (discovery or proxy) from a stream. */
+function readOne(s: Stream, signal: AbortSignal): Promise<Uint8Array> {
+  return readMessage(s as unknown as MessageSource, MAX_MESSAGE, signal);
+}
+
+function startError(e: unknown): EdgeMeshError {
+  return new EdgeMeshError('TUNNEL_START', `the tunnel could not start: ${(e as Error).message}; check modules.edgeTunnel.listenPort and listenInterfaces`, { cause: e });
+}
+
+/** The address of a peer reached through `relay` at `relayAddr`. */
+function circuitVia(relayAddr: Multiaddr, relay: PeerId): string {
+  return `${relayAddr.toString()}/p2p/${relay.toString()}/p2p-circuit`;
 }
 
 function tryPush(out: Multiaddr[], a: string): void {
@@ -811,33 +826,42 @@ async function connectWithRetry(ip: string, port: number, attempts: number, time
   let last = '';
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await Bun.sleep(100);
+    let timedOut = false;
+    const connecting = Bun.connect<Splice | null>({
+      hostname: ip,
+      port,
+      allowHalfOpen: true,
+      data: null,
+      socket: {
+        binaryType: 'uint8array',
+        open: (s) => {
+          s.setNoDelay(true);
+          s.pause(); // until the splice is attached
+        },
+        data: (s, d) => s.data?.data(0, d),
+        drain: (s) => s.data?.drain(0),
+        end: (s) => s.data?.end(0),
+        error: (s) => s.data?.close(true),
+        close: (s, err) => s.data?.close(!!err),
+      },
+    });
+    // A connect that completes after we gave up on it must not stay open, unowned.
+    connecting.then((s) => timedOut && s.terminate(), () => {});
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const sock = await Promise.race([
-        Bun.connect<Splice | null>({
-          hostname: ip,
-          port,
-          allowHalfOpen: true,
-          data: null,
-          socket: {
-            binaryType: 'uint8array',
-            open: (s) => {
-              s.setNoDelay(true);
-              s.pause(); // until the splice is attached
-            },
-            data: (s, d) => s.data?.data(0, d),
-            drain: (s) => s.data?.drain(0),
-            end: (s) => s.data?.end(0),
-            error: (s) => s.data?.close(true),
-            close: (s, err) => s.data?.close(!!err),
-          },
+      return (await Promise.race([
+        connecting,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            timedOut = true;
+            reject(new Error(`timeout after ${timeoutMs} ms`));
+          }, timeoutMs);
         }),
-        Bun.sleep(timeoutMs).then(() => {
-          throw new Error(`timeout after ${timeoutMs} ms`);
-        }),
-      ]);
-      return sock as Socket<Splice | null>;
+      ])) as Socket<Splice | null>;
     } catch (e) {
       last = (e as Error).message;
+    } finally {
+      clearTimeout(timer);
     }
   }
   return last;

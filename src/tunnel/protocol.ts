@@ -11,6 +11,8 @@
  * boundaries), as a 2-byte big-endian length before each datagram.
  */
 
+import { concat } from '../net/bytes.ts';
+
 export const DISCOVERY_PROTOCOL = '/libp2p/tunnel-discovery/1.0.0';
 export const PROXY_PROTOCOL = '/libp2p/tunnel-proxy/1.0.0';
 /** The original's reader limit for one message. */
@@ -39,7 +41,8 @@ export interface ProxyMsg {
 const te = new TextEncoder();
 const td = new TextDecoder('utf-8', { fatal: true });
 
-function varint(out: number[], v: number): void {
+/** Append a protobuf varint (also the length prefix of every message on the stream). */
+export function writeVarint(out: number[], v: number): void {
   // int32 negatives are encoded as 10-byte two's complement in protobuf; ports and enums are never negative.
   let n = v >>> 0;
   while (n > 0x7f) {
@@ -52,12 +55,12 @@ function varint(out: number[], v: number): void {
 function field(out: number[], no: number, value: number | string | undefined): void {
   if (value === undefined) return;
   if (typeof value === 'number') {
-    varint(out, (no << 3) | 0);
-    varint(out, value);
+    writeVarint(out, (no << 3) | 0);
+    writeVarint(out, value);
   } else {
     const b = te.encode(value);
-    varint(out, (no << 3) | 2);
-    varint(out, b.length);
+    writeVarint(out, (no << 3) | 2);
+    writeVarint(out, b.length);
     for (const x of b) out.push(x);
   }
 }
@@ -66,32 +69,43 @@ export class DecodeError extends Error {
   override name = 'DecodeError';
 }
 
+/**
+ * The varint at buf[i]: its value (bits past 32 ignored, as no field here is wider) and where the next byte is;
+ * null when the buffer ends inside it; DecodeError when it runs past 10 bytes.
+ */
+export function readVarint(buf: Uint8Array, i: number): { value: number; next: number } | null {
+  let value = 0;
+  let shift = 0;
+  for (;;) {
+    if (i >= buf.length) return null;
+    const b = buf[i++]!;
+    if (shift < 32) value += (b & 0x7f) * 2 ** shift;
+    if ((b & 0x80) === 0) return { value, next: i };
+    shift += 7;
+    if (shift > 63) throw new DecodeError('varint too long');
+  }
+}
+
 /** Decode fields 1..5 of either message; throws DecodeError on malformed input. */
 function decodeFields(buf: Uint8Array): Map<number, number | string> {
   const fields = new Map<number, number | string>();
   let i = 0;
-  const readVarint = (): number => {
-    let result = 0;
-    let shift = 0;
-    for (;;) {
-      if (i >= buf.length) throw new DecodeError('truncated varint');
-      const b = buf[i++]!;
-      if (shift < 32) result += (b & 0x7f) * 2 ** shift;
-      if ((b & 0x80) === 0) return result;
-      shift += 7;
-      if (shift > 63) throw new DecodeError('varint too long');
-    }
+  const next = (): number => {
+    const v = readVarint(buf, i);
+    if (!v) throw new DecodeError('truncated varint');
+    i = v.next;
+    return v.value;
   };
   while (i < buf.length) {
-    const tag = readVarint();
+    const tag = next();
     const no = Math.floor(tag / 8);
     const wt = tag & 7;
     if (no === 0) throw new DecodeError('field number 0');
     if (wt === 0) {
-      const v = readVarint();
+      const v = next();
       fields.set(no, v > 0x7fffffff ? v - 2 ** 32 : v);
     } else if (wt === 2) {
-      const len = readVarint();
+      const len = next();
       if (i + len > buf.length) throw new DecodeError('truncated field');
       const bytes = buf.subarray(i, i + len);
       i += len;
@@ -169,14 +183,8 @@ export class DatagramDeframer {
 
   /** Feed bytes from the stream; `emit` is called once per whole datagram, in order. */
   push(chunk: Uint8Array, emit: (d: Uint8Array) => void): void {
-    let b = chunk;
-    if (this.buf) {
-      const joined = new Uint8Array(this.buf.length + chunk.length);
-      joined.set(this.buf);
-      joined.set(chunk, this.buf.length);
-      b = joined;
-      this.buf = null;
-    }
+    const b = concat(this.buf, chunk);
+    this.buf = null;
     let i = 0;
     while (b.length - i >= 2) {
       const len = (b[i]! << 8) | b[i + 1]!;
@@ -191,12 +199,7 @@ export class DatagramDeframer {
 /** One varint-length-prefixed message, for writing straight to a stream. */
 export function lengthPrefixed(msg: Uint8Array): Uint8Array {
   const head: number[] = [];
-  let n = msg.length;
-  while (n > 0x7f) {
-    head.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  head.push(n);
+  writeVarint(head, msg.length);
   const b = new Uint8Array(head.length + msg.length);
   b.set(head);
   b.set(msg, head.length);
@@ -228,30 +231,19 @@ export function readMessage(stream: MessageSource, max: number, signal: AbortSig
       resolve(msg!);
     };
     const onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
-      for (const chunk of evt.data instanceof Uint8Array ? [evt.data] : evt.data) {
-        if (!buf) buf = chunk;
-        else {
-          const joined: Uint8Array = new Uint8Array(buf.length + chunk.length);
-          joined.set(buf);
-          joined.set(chunk, buf.length);
-          buf = joined;
-        }
+      for (const chunk of evt.data instanceof Uint8Array ? [evt.data] : evt.data) buf = concat(buf, chunk);
+      let prefix;
+      try {
+        prefix = readVarint(buf!, 0);
+      } catch (e) {
+        return done(e as Error);
       }
-      const b = buf!;
-      let len = 0;
-      let shift = 0;
-      let i = 0;
-      for (;;) {
-        if (i >= b.length) return; // the length prefix is not complete yet
-        const x = b[i++]!;
-        len += (x & 0x7f) * 2 ** shift;
-        if (!(x & 0x80)) break;
-        shift += 7;
-        if (shift > 28) return done(new DecodeError('message length prefix too long'));
-      }
+      if (!prefix) return; // the length prefix is not complete yet
+      const { value: len, next: i } = prefix;
+      if (i > 5) return done(new DecodeError('message length prefix too long'));
       if (len > max) return done(new DecodeError(`message of ${len} bytes exceeds ${max}`));
-      if (b.length - i < len) return;
-      done(null, b.subarray(i, i + len), b.subarray(i + len));
+      if (buf!.length - i < len) return;
+      done(null, buf!.subarray(i, i + len), buf!.subarray(i + len));
     };
     const onClose = (): void => done(new Error('the stream closed before a whole message arrived'));
     const onAbort = (): void => done(signal.reason instanceof Error ? signal.reason : new Error('timed out waiting for a message'));

@@ -22,9 +22,9 @@
  */
 import type { Connection, Libp2p, MultiaddrConnection, PeerId, Stream } from '@libp2p/interface';
 import type { Logger } from '../obs/logger.ts';
-import { lpStream } from '@libp2p/utils';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
-import { type BunTcpInit, openConnection } from './transport.ts';
+import { type MessageSource, lengthPrefixed, readMessage, readVarint, writeVarint } from './protocol.ts';
+import { type BunTcpInit, isRelayed, openConnection } from './transport.ts';
 
 export const DCUTR_PROTOCOL = '/libp2p/dcutr';
 const CONNECT = 100;
@@ -40,19 +40,11 @@ export interface PunchStats {
 
 /** HolePunch { required Type type = 1; repeated bytes ObsAddrs = 2; } */
 function encode(type: number, addrs: Uint8Array[]): Uint8Array {
-  const out: number[] = [];
-  const varint = (n: number): void => {
-    while (n > 0x7f) {
-      out.push((n & 0x7f) | 0x80);
-      n >>>= 7;
-    }
-    out.push(n);
-  };
-  out.push(0x08);
-  varint(type);
+  const out: number[] = [0x08];
+  writeVarint(out, type);
   for (const a of addrs) {
     out.push(0x12);
-    varint(a.length);
+    writeVarint(out, a.length);
     for (const b of a) out.push(b);
   }
   return Uint8Array.from(out);
@@ -61,15 +53,10 @@ function encode(type: number, addrs: Uint8Array[]): Uint8Array {
 function decode(buf: Uint8Array): { type: number; addrs: Uint8Array[] } {
   let i = 0;
   const varint = (): number => {
-    let r = 0;
-    let s = 0;
-    for (;;) {
-      if (i >= buf.length || s > 28) throw new Error('bad varint');
-      const b = buf[i++]!;
-      r |= (b & 0x7f) << s;
-      if (!(b & 0x80)) return r >>> 0;
-      s += 7;
-    }
+    const v = readVarint(buf, i);
+    if (!v || v.next - i > 5) throw new Error('bad varint');
+    i = v.next;
+    return v.value;
   };
   let type = -1;
   const addrs: Uint8Array[] = [];
@@ -131,7 +118,7 @@ export class HolePuncher {
     await node.handle(DCUTR_PROTOCOL, (s, conn) => void this.asA(s, conn), { runOnLimitedConnection: true, maxInboundStreams: 32, maxOutboundStreams: 32 });
     node.addEventListener('peer:identify', (evt) => {
       const { observedAddr, connection } = evt.detail;
-      if (!observedAddr || connection.remoteAddr.toString().includes('/p2p-circuit')) return;
+      if (!observedAddr || isRelayed(connection)) return;
       const ok = tcp4([observedAddr.bytes]);
       if (!ok.length) return;
       const s = `/ip4/${ok[0]!.host}/tcp/${ok[0]!.port}`;
@@ -142,7 +129,7 @@ export class HolePuncher {
     });
     node.addEventListener('connection:open', (evt) => {
       const conn = evt.detail;
-      if (conn.direction === 'inbound' && conn.remoteAddr.toString().includes('/p2p-circuit')) void this.asB(conn);
+      if (conn.direction === 'inbound' && isRelayed(conn)) void this.asB(conn);
     });
   }
 
@@ -152,7 +139,7 @@ export class HolePuncher {
   }
 
   private hasDirect(peer: PeerId): boolean {
-    return this.d.node.getConnections(peer).some((c) => c.status === 'open' && !c.remoteAddr.toString().includes('/p2p-circuit'));
+    return this.d.node.getConnections(peer).some((c) => c.status === 'open' && !isRelayed(c));
   }
 
   /** B: the relayed connection came in; drive the exchange and dial after rtt/2. */
@@ -175,15 +162,14 @@ export class HolePuncher {
         try {
           const signal = AbortSignal.timeout(this.d.timeoutMs);
           stream = await relayed.newStream(DCUTR_PROTOCOL, { signal, runOnLimitedConnection: true });
-          const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE });
           const clock = performance.now();
-          await lp.write(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes)), { signal });
-          const reply = decode((await lp.read({ signal })).subarray());
+          stream.send(lengthPrefixed(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes))));
+          const reply = decode(await readMessage(stream as unknown as MessageSource, MAX_MESSAGE, signal));
           if (reply.type !== CONNECT) throw new Error(`expected CONNECT, got ${reply.type}`);
           const targets = tcp4(reply.addrs);
           if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address');
           const rtt = performance.now() - clock;
-          await lp.write(encode(SYNC, []), { signal });
+          stream.send(lengthPrefixed(encode(SYNC, [])));
           await Bun.sleep(rtt / 2);
           await this.dial(targets, 'inbound', peer, signal);
           this.stats.successes++;
@@ -206,16 +192,15 @@ export class HolePuncher {
     const peer = relayed.remotePeer;
     const signal = AbortSignal.timeout(this.d.timeoutMs);
     const t0 = performance.now();
+    this.stats.attempts++; // every exchange counts, so that failures never outnumber attempts
     try {
-      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE });
-      const connect = decode((await lp.read({ signal })).subarray());
+      const connect = decode(await readMessage(stream as unknown as MessageSource, MAX_MESSAGE, signal));
       if (connect.type !== CONNECT) throw new Error(`expected CONNECT, got ${connect.type}`);
       const targets = tcp4(connect.addrs);
-      await lp.write(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes)), { signal });
-      const sync = decode((await lp.read({ signal })).subarray());
+      stream.send(lengthPrefixed(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes))));
+      const sync = decode(await readMessage(stream as unknown as MessageSource, MAX_MESSAGE, signal));
       if (sync.type !== SYNC) throw new Error(`expected SYNC, got ${sync.type}`);
       if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address');
-      this.stats.attempts++;
       await this.dial(targets, 'outbound', peer, signal);
       this.stats.successes++;
       this.d.onPunched?.(peer, relayed, performance.now() - t0);

@@ -3,16 +3,12 @@
  * reset propagation: the receiving end of the proxy protocol, where there is no balancer, no retry and no HTTP
  * sniffing (those live in proxy/tcp.ts on the sending node).
  */
+import { concat } from '../net/bytes.ts';
 import type { Pipe } from './pipe.ts';
 
 export type End = 0 | 1;
 
-export function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
+
 
 export class Splice {
   private readonly pipes: [Pipe | null, Pipe | null] = [null, null];

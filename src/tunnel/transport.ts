@@ -299,6 +299,11 @@ export async function openConnection(
   return conn as MultiaddrConnection;
 }
 
+/** Whether a connection runs through a circuit relay (its remote address ends in /p2p-circuit/p2p/<peer>). */
+export function isRelayed(c: { remoteAddr: Multiaddr }): boolean {
+  return c.remoteAddr.toString().includes('/p2p-circuit');
+}
+
 /** A libp2p `transports` entry. */
 export function bunTcp(init: BunTcpInit = {}): (components: { logger: ComponentLogger }) => Transport {
   return (components) => new BunTcp(components, init);
