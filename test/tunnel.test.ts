@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { createHash, randomBytes } from 'node:crypto';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
-import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Catalog } from '../src/catalog/catalog.ts';
@@ -305,9 +305,9 @@ modules:
       await waitFor(() => got.length === 1 || null, 'the first datagram back');
       got.length = 0;
       const sizes = Array.from({ length: 500 }, (_, i) => 1 + ((i * 997) % 1400));
-      for (let i = 0; i < sizes.length; i += 20) {
-        for (const n of sizes.slice(i, i + 20)) c.send(new Uint8Array(n).fill(n & 0xff), port, '127.0.0.1');
-        await Bun.sleep(2);
+      for (let i = 0; i < sizes.length; i += 10) {
+        for (const n of sizes.slice(i, i + 10)) c.send(new Uint8Array(n).fill(n & 0xff), port, '127.0.0.1');
+        await Bun.sleep(5);
       }
       await waitFor(() => got.length >= sizes.length || null, () => `${got.length} of ${sizes.length} datagrams back`, 10_000);
       expect(got.sort((x, y) => x - y)).toEqual(sizes.sort((x, y) => x - y));
@@ -378,6 +378,34 @@ modules:
       await x.stop();
     }
   }, 30_000);
+
+  test('garbage on the proxy and discovery protocols costs only that stream; the node keeps serving', async () => {
+    const c = await inProcessNode('c', thirdKey, pskOf());
+    try {
+      const node = (c.tunnel as unknown as { node: import('@libp2p/interface').Libp2p }).node;
+      const b = peerIdFromString(nodes[1]!.peerId);
+      (await c.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000))).abort(new Error('connected'));
+      const garbage = [
+        Uint8Array.from([0x40, ...new Array<number>(64).fill(0xff)]), // a whole message of noise (wire type 7)
+        Uint8Array.from([0xff, 0xff, 0xff, 0x7f]), // a length prefix of ~268 MB
+        Uint8Array.from([0x05, 0x08, 0x07, 0x22, 0xff, 0xfe]), // a valid prefix, then a bad enum and a truncated field
+      ];
+      for (const proto of ['/libp2p/tunnel-proxy/1.0.0', '/libp2p/tunnel-discovery/1.0.0']) {
+        for (const g of garbage) {
+          const s = await node.dialProtocol(b, proto, { signal: AbortSignal.timeout(5000) });
+          const closed = new Promise<void>((res) => s.addEventListener('close', () => res()));
+          s.send(g);
+          await Promise.race([closed, Bun.sleep(12_000).then(() => { throw new Error(`${proto}: b did not end a stream of garbage`); })]);
+        }
+      }
+      // The same peer connection and node still serve a real request.
+      const ok = await c.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000));
+      ok.abort(new Error('done'));
+      expect(nodes[1]!.agent!.proc.exitCode).toBeNull();
+    } finally {
+      await c.stop();
+    }
+  }, 60_000);
 
   test('a node with the wrong PSK cannot connect', async () => {
     const w = await inProcessNode('c', thirdKey, derivePsk(randomBytes(32)));
