@@ -2,6 +2,9 @@
  * ClusterIP interception end to end (needs root): a "node" namespace runs the agent and an HTTP backend; a "pod"
  * namespace reaches it over a veth. curl to the cluster IP from the node (OUTPUT) and from the pod (PREROUTING),
  * with the nftables and the iptables backend; after stop no rule is left; a restart does not duplicate rules.
+ * Kernel forwarding: a service whose endpoints are two pods in a third namespace ("back") is DNATed by the
+ * kernel straight to them, round robin, masqueraded for pods, and falls back to the listener when a
+ * DestinationRule asks for a hash or when the node does not forward.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFileSync } from 'node:fs';
@@ -10,6 +13,7 @@ import { AgentProcess, MAIN, isRoot, runCli, tempDir, waitFor } from './helpers.
 
 const NODE = `emnode${process.pid}`;
 const POD = `empod${process.pid}`;
+const BACK = `emback${process.pid}`;
 const tools = ['ip', 'nft', 'iptables-save', 'curl'].every((t) => Bun.which(t));
 const ip = (args: string[]) => runCli(args, { bin: ['ip'] });
 
@@ -28,14 +32,32 @@ metadata: { name: ${name}, namespace: shop }
 subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: p, port: ${target}, protocol: ${protocol} }] }]
 `).join('---\n');
 const inNs = (ns: string, args: string[]) => runCli(args, { bin: ['ip', 'netns', 'exec', ns] });
+/** A service whose two endpoints are pods on this node (n1), in the "back" namespace. */
+const POOL = `apiVersion: v1
+kind: Service
+metadata: { name: pool, namespace: shop }
+spec: { clusterIP: 10.96.0.30, ports: [{ name: p, port: 80, protocol: TCP }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: pool, namespace: shop }
+subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: p, port: 8080, protocol: TCP }] }]
+`;
+const HASHED = `---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: { name: pool, namespace: shop }
+spec: { host: pool, trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: x-user } } } }
+`;
 
 describe.skipIf(!isRoot || !tools)('proxy interception in network namespaces (root)', () => {
   const t = tempDir();
   let backend: AgentProcess;
+  let backPods: AgentProcess;
   const catalog = join(t.path, 'catalog.yaml');
 
   beforeAll(async () => {
-    for (const ns of [NODE, POD]) {
+    for (const ns of [NODE, POD, BACK]) {
       await ip(['netns', 'del', ns]);
       expect((await ip(['netns', 'add', ns])).code).toBe(0);
       await ip(['-n', ns, 'link', 'set', 'lo', 'up']);
@@ -48,6 +70,17 @@ describe.skipIf(!isRoot || !tools)('proxy interception in network namespaces (ro
     await ip(['-n', POD, 'route', 'add', 'default', 'via', '10.200.0.1']);
     // Nodes have a default route; locally generated packets to a cluster IP need one to reach the nat hook.
     await ip(['-n', NODE, 'route', 'add', 'default', 'via', '10.200.0.2']);
+    // Two endpoint pods in "back", each answering with its name and the address it sees the client at.
+    await ip(['link', 'add', `w${process.pid}n`, 'netns', NODE, 'type', 'veth', 'peer', 'name', `w${process.pid}b`, 'netns', BACK]);
+    await ip(['-n', NODE, 'addr', 'add', '10.201.0.1/24', 'dev', `w${process.pid}n`]);
+    for (const a of ['10.201.0.2/24', '10.201.0.3/24']) await ip(['-n', BACK, 'addr', 'add', a, 'dev', `w${process.pid}b`]);
+    await ip(['-n', NODE, 'link', 'set', `w${process.pid}n`, 'up']);
+    await ip(['-n', BACK, 'link', 'set', `w${process.pid}b`, 'up']);
+    await ip(['-n', BACK, 'route', 'add', 'default', 'via', '10.201.0.1']);
+    const pods = join(t.path, 'pods.ts');
+    writeFileSync(pods, "for (const [host, name] of [['10.201.0.2', 'b2'], ['10.201.0.3', 'b3']]) Bun.serve({ hostname: host, port: 8080, fetch: (req, srv) => new Response(`${name} ${srv.requestIP(req)?.address}`) });\nconsole.log('serving');\n");
+    backPods = new AgentProcess([pods], { bin: ['ip', 'netns', 'exec', BACK, process.execPath] });
+    await backPods.waitForLog(/serving/);
     // The backend: an HTTP server inside the node namespace, on its loopback.
     const server = join(t.path, 'server.ts');
     writeFileSync(server, "Bun.serve({ hostname: '127.0.0.1', port: 18080, fetch: () => new Response('hello from the backend') });\n" +
@@ -74,13 +107,14 @@ s.close();
 
   afterAll(async () => {
     await backend?.stop();
-    for (const ns of [NODE, POD]) await ip(['netns', 'del', ns]);
+    await backPods?.stop();
+    for (const ns of [NODE, POD, BACK]) await ip(['netns', 'del', ns]);
     t.cleanup();
   });
 
-  const startAgent = async (interception: string) => {
+  const startAgent = async (interception: string, kernelForwarding = true) => {
     const cfg = join(t.path, `agent-${interception}.yaml`);
-    writeFileSync(cfg, `commonConfig: { stateDir: ${t.path}/state, adminAddress: "" }\ncatalog: { file: ${catalog} }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: ${interception} }\n`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${t.path}/state, adminAddress: "" }\ncatalog: { file: ${catalog} }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: ${interception}, kernelForwarding: ${kernelForwarding} }\n`);
     const agent = new AgentProcess(['agent', '--config', cfg, '--node-name', 'n1'], { bin: ['ip', 'netns', 'exec', NODE, process.execPath, MAIN] });
     await agent.waitForLog(/proxy listening .*interception=/);
     return agent;
@@ -116,6 +150,71 @@ s.close();
       }
       const leftovers = backendName === 'nftables' ? (await inNs(NODE, ['nft', 'list', 'tables'])).stdout : (await inNs(NODE, ['iptables-save', '-t', 'nat'])).stdout;
       expect(leftovers).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
+    }, 60_000);
+  }
+  const ruleset = async (backendName: string) =>
+    backendName === 'nftables' ? (await inNs(NODE, ['nft', 'list', 'ruleset'])).stdout : (await inNs(NODE, ['iptables-save'])).stdout;
+  /** Who answers `n` requests to the pool's cluster IP from a namespace: name → count, and the source seen. */
+  const spread = async (ns: string, n: number, header?: string) => {
+    const counts: Record<string, number> = {};
+    const seenFrom = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const r = await inNs(ns, ['curl', '-s', '--max-time', '3', ...(header ? ['-H', `x-user: ${header}`] : []), 'http://10.96.0.30/']);
+      const [name, from] = r.stdout.split(' ');
+      counts[name || `failed: ${r.stderr}`] = (counts[name || `failed: ${r.stderr}`] ?? 0) + 1;
+      if (from) seenFrom.add(from);
+    }
+    return { counts, seenFrom: [...seenFrom] };
+  };
+
+  for (const backendName of ['nftables', 'iptables'] as const) {
+    test(`${backendName}: kernel forwarding round robin from the node and pods; a hash policy or no ip_forward falls back to the listener`, async () => {
+      const dnatToPods = (rules: string) => rules.includes(backendName === 'nftables' ? '10.201.0.2 . 8080' : '--to-destination 10.201.0.2:8080');
+      /** Wait for the rules to satisfy `ok`; on a timeout, show them and the agent's log. */
+      const rulesFor = (ok: (rules: string) => boolean, what: string) =>
+        waitFor(async () => ok(await ruleset(backendName)), what, 3000, 100).catch(async (err) => {
+          console.error(await ruleset(backendName), agent.logs);
+          throw err;
+        });
+      writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL);
+      await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+      let agent = await startAgent(backendName);
+      try {
+        await rulesFor((r) => dnatToPods(r), 'kernel rules for the pool');
+        // Exact alternation: the kernel's round robin, per connection. Pods' connections arrive masqueraded (from
+        // the node's address on the pods' link), so the endpoint's answers come back through the node.
+        const fromPod = await spread(POD, 20);
+        expect(fromPod.counts).toEqual({ b2: 10, b3: 10 });
+        expect(fromPod.seenFrom).toEqual(['10.201.0.1']);
+        expect((await spread(NODE, 10)).counts).toEqual({ b2: 5, b3: 5 });
+        // The loopback endpoint of "web": kernel-forwarded from the node, through the listener for pods.
+        expect((await curl(NODE)).stdout).toBe('hello from the backend');
+        expect((await curl(POD)).stdout).toBe('hello from the backend');
+
+        // A consistent-hash DestinationRule needs the proxy: the rules go back to the listener, and it sticks.
+        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL + HASHED);
+        await rulesFor((r) => !dnatToPods(r), 'pool back on the listener');
+        // iptables: the pool's own chain went with it, in the same restore (only web's is left).
+        if (backendName === 'iptables') expect((await ruleset(backendName)).split('\n').filter((l) => l.startsWith(':EDGEMESH-SVC-'))).toHaveLength(1);
+        for (const user of ['alice', 'bob', 'carol']) expect(Object.keys((await spread(POD, 4, user)).counts)).toHaveLength(1);
+        expect(await agent.stop()).toBe(0);
+
+        // Without ip_forward, pods go through the listener (their packets could not be forwarded); the node does not.
+        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL);
+        await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        agent = await startAgent(backendName);
+        await rulesFor((r) => dnatToPods(r), 'kernel rules for the node');
+        const podLines = (await ruleset(backendName)).split('\n').filter((l) => l.includes('10.96.0.30') && (l.includes('services_pod') || l.includes('EDGEMESH-PORTALS-CONTAINER')));
+        if (backendName === 'iptables') expect(podLines.join('\n')).not.toContain('EDGEMESH-SVC-');
+        expect((await spread(POD, 4)).counts).toEqual({ b2: 2, b3: 2 });
+        expect((await spread(NODE, 4)).counts).toEqual({ b2: 2, b3: 2 });
+      } finally {
+        expect(await agent.stop()).toBe(0);
+        await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        writeFileSync(catalog, catalogYaml(BASE));
+      }
+      const left = await ruleset(backendName);
+      expect(left).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
     }, 60_000);
   }
 });

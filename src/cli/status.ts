@@ -37,7 +37,7 @@ export function formatStatus(st: AgentStatus): string {
     const shown = st.proxy.slice(0, 20);
     for (const p of shown) {
       const dest = p.clusterIPs.length ? `${p.clusterIPs.join(',')}:${p.port}` : `port ${p.port}`;
-      lines.push(`  ${p.service.padEnd(28)} ${p.protocol.padEnd(3)} ${dest.padEnd(22)} → ${p.listenHost}:${p.listenPort}  ${p.endpoints} endpoints, ${p.policy}, ${p.active} active${p.warning ? `  (${p.warning})` : ''}`);
+      lines.push(`  ${p.service.padEnd(28)} ${p.protocol.padEnd(3)} ${dest.padEnd(22)} → ${p.listenHost}:${p.listenPort}  ${p.endpoints} endpoints, ${p.policy}, ${p.path}, ${p.active} active${p.warning ? `  (${p.warning})` : ''}`);
     }
     if (st.proxy.length > shown.length) lines.push(`  … ${st.proxy.length - shown.length} more: /debug/proxy`);
   }

@@ -164,6 +164,7 @@ export const agentSchema = obj({
       // Additions.
       listenAddress: str('', { check: (v) => (v === '' ? null : checkIP(v)), allowed: 'an IP address, or "" for the bridge IP' }),
       interception: oneOf('auto', ['auto', 'iptables', 'nftables', 'none']),
+      kernelForwarding: bool(true),
       connectTimeoutMs: int(5000, 100, 120_000),
       tcpIdleTimeout: int(0, 0, 7 * 86400),
       maxDialAttempts: int(4, 1, 32),

@@ -23,6 +23,7 @@ import { type TcpRemoteDialer, TcpServicePort } from './tcp.ts';
 import { type UdpRemoteDialer, UdpServicePort } from './udp.ts';
 import { cidrMatcher } from '../net/cidr.ts';
 import { socks5Route } from './socks5.ts';
+import { readFileSync } from 'node:fs';
 
 export interface ProxyModuleDeps {
   config: AgentConfig;
@@ -47,6 +48,25 @@ export interface PortMapping {
   port: number;
   listenHost: string;
   listenPort: number;
+  /** Forwarded by the kernel straight to these endpoints instead of through the listener; null: the listener. */
+  kernel: KernelTarget | null;
+}
+
+/** A service port the kernel forwards (rules.ts): TCP, endpoints all reached directly, round robin or random. */
+export interface KernelTarget {
+  endpoints: { ip: string; port: number }[];
+  pick: 'round-robin' | 'random';
+  /** Pods' connections too (they are forwarded, so this needs ip_forward and no loopback endpoint). */
+  pods: boolean;
+}
+
+/** Whether this network namespace forwards IPv4 (read per rule sync: an operator may turn it on later). */
+function ipForwarding(): boolean {
+  try {
+    return readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim() === '1';
+  } catch {
+    return false;
+  }
 }
 
 interface Entry {
@@ -92,15 +112,17 @@ export class ProxyModule {
     try {
       await ensureListenAddress(this.host, config.commonConfig, logger);
       this.rules = await chooseRules(this.cfg.interception, logger);
+      // Subscribe before the first sync: a change landing while it runs (the file source loading over a restored
+      // snapshot, say) would otherwise be missed until the next change.
+      this.unsubscribe = catalog.subscribe((snap, change) => {
+        if (change.keys.services.size || change.keys.endpoints.size || change.keys.destinationRules.size) void this.queueSync(snap);
+      });
       await this.queueSync(catalog.snapshot());
       await this.rulesRunning;
       if (this.rulesError) throw new EdgeMeshError('INTERNAL', `cannot install interception rules (${this.rules?.name}): ${this.rulesError}; set modules.edgeProxy.interception to "none" to run without them`);
       // Periodic resync repairs rules someone else flushed (a firewall reload, a kube-proxy restart).
       this.resync = setInterval(() => this.applyRules(this.mappings()), 30_000);
       this.resync.unref?.();
-      this.unsubscribe = catalog.subscribe((snap, change) => {
-        if (change.keys.services.size || change.keys.endpoints.size || change.keys.destinationRules.size) void this.queueSync(snap);
-      });
       if (this.cfg.socks5Proxy.enable) {
         this.socks5 = new TcpServicePort({
           host: this.host,
@@ -159,18 +181,33 @@ export class ProxyModule {
     return { state: 'running', detail: `${this.entries.size} service ports on ${this.host}, ${rules}, ${active} active connections` };
   }
 
-  ports(): (PortMapping & { endpoints: number; policy: string; warning: string | null; active: number })[] {
-    return [...this.entries.entries()].map(([service, e]) => ({
-      ...this.mapping(service, e),
-      endpoints: e.balancer.endpoints().length,
-      policy: e.balancer.effectivePolicy().kind,
-      warning: e.balancer.conflict ?? e.policyWarning,
-      active: e.listener.stats.active,
-    }));
+  ports(): (PortMapping & { path: string; endpoints: number; policy: string; warning: string | null; active: number })[] {
+    const forwarding = ipForwarding();
+    return [...this.entries.entries()].map(([service, e]) => {
+      const m = this.mapping(service, e, forwarding);
+      const path = !m.kernel ? 'proxy' : m.kernel.pods ? 'kernel' : 'kernel from the node, proxy from pods';
+      const warning = e.balancer.conflict ?? e.policyWarning;
+      return { ...m, path, endpoints: e.balancer.endpoints().length, policy: e.balancer.effectivePolicy().kind, warning, active: e.listener.stats.active };
+    });
   }
 
-  private mapping(service: string, e: Entry): PortMapping {
-    return { service, protocol: e.sp.protocol === 'UDP' ? 'UDP' : 'TCP', clusterIPs: e.svc.clusterIPs, externalIPs: e.svc.externalIPs, loadBalancerIPs: e.svc.loadBalancerIPs, port: e.sp.port, listenHost: this.host, listenPort: e.listener.port };
+  private mapping(service: string, e: Entry, forwarding: boolean): PortMapping {
+    return { service, protocol: e.sp.protocol === 'UDP' ? 'UDP' : 'TCP', clusterIPs: e.svc.clusterIPs, externalIPs: e.svc.externalIPs, loadBalancerIPs: e.svc.loadBalancerIPs, port: e.sp.port, listenHost: this.host, listenPort: e.listener.port, kernel: this.kernelTarget(e, forwarding) };
+  }
+
+  /**
+   * Whether the kernel can carry this service port by itself (docs/proxy.md#kernel-forwarding): only what a DNAT
+   * rule can express exactly. Hash and least-request policies, ClientIP affinity, UDP (whose conntrack entries
+   * would outlive a removed endpoint), IPv6 and endpoints behind the tunnel stay on the listener.
+   */
+  private kernelTarget(e: Entry, forwarding: boolean): KernelTarget | null {
+    if (!this.cfg.kernelForwarding || !this.rules || e.sp.protocol !== 'TCP' || e.svc.sessionAffinity === 'ClientIP') return null;
+    const pick = e.balancer.effectivePolicy().kind;
+    if (pick !== 'round-robin' && pick !== 'random') return null;
+    const eps = e.balancer.endpoints();
+    if (!eps.length || !eps.every((ep) => !ep.ip.includes(':') && this.isLocal(ep))) return null;
+    // A loopback endpoint is reachable from the node only: pods' packets cannot be routed to it.
+    return { endpoints: eps.map((ep) => ({ ip: ep.ip, port: ep.port })), pick, pods: forwarding && !eps.some((ep) => ep.ip.startsWith('127.')) };
   }
 
   private queueSync(snap: CatalogSnapshot): Promise<void> {
@@ -232,7 +269,8 @@ export class ProxyModule {
   }
 
   private mappings(): PortMapping[] {
-    return [...this.entries.entries()].map(([k, e]) => this.mapping(k, e));
+    const forwarding = ipForwarding();
+    return [...this.entries.entries()].map(([k, e]) => this.mapping(k, e, forwarding));
   }
 
   /** Apply the full desired rule set; calls while one runs coalesce into one more run with the latest set. */

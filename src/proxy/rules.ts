@@ -11,6 +11,13 @@
  *   OUTPUT, inserted first and only when missing. nft or legacy flavour: the one that already holds rules (as
  *   kube-proxy's iptables-wrapper decides), nft when neither does.
  * Stop removes everything: the table, or the jumps and the chains.
+ *
+ * Kernel forwarding (PortMapping.kernel, chosen by the proxy): the service port's rules DNAT straight to its
+ * endpoints instead of to the listener, round robin (`numgen inc` / `statistic nth`) or random, as kube-proxy
+ * does; the kernel then carries the bytes with no copy through user space. From the node itself (OUTPUT) that is
+ * all. Pods' connections (PREROUTING) are forwarded, so they get a conntrack mark (KERNEL_MARK) that lets them
+ * through our FORWARD rule and masquerades them on the way out: the endpoint answers the node, which un-NATs the
+ * reply (without it, an endpoint on the pod's own bridge would answer the pod directly from the wrong address).
  */
 import { EdgeMeshError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
@@ -29,6 +36,17 @@ async function run(cmd: string[], stdin?: string): Promise<{ code: number; out: 
 }
 
 const v4 = (ip: string) => !ip.includes(':');
+
+/**
+ * The conntrack mark bit of pods' kernel-forwarded connections. Clear of kube-proxy (0x4000 masquerade, 0x8000
+ * drop), Calico (0xffff0000), Cilium (0x0f00) and Weave (0x20000, 0x40000).
+ */
+export const KERNEL_MARK = 0x2000;
+
+/** A name for a service port's own chain: stable across restarts, ≤ 28 characters as iptables requires. */
+function chainId(p: PortMapping): string {
+  return new Bun.CryptoHasher('sha256').update(`${p.service}/${p.protocol}`).digest('hex').slice(0, 12).toUpperCase();
+}
 const quote = (s: string) => `"${s.replace(/["\\]/g, '')}"`;
 
 /** Destination IPs a service port is reachable on (IPv4; IPv6 interception arrives with ip6 tables). */
@@ -41,16 +59,38 @@ export class NftablesRules implements RulesBackend {
   constructor(private readonly log: Logger, readonly table = 'edgemesh') {}
 
   render(ports: readonly PortMapping[]): string {
-    const lines = [`table ip ${this.table}`, `delete table ip ${this.table}`, `table ip ${this.table} {`, '  chain services {'];
+    const mark = `0x${KERNEL_MARK.toString(16)}`;
+    const host: string[] = [], pod: string[] = [], svcChains: string[] = [];
     for (const p of ports) {
       const proto = p.protocol.toLowerCase();
-      for (const ip of destinations(p)) lines.push(`    ip daddr ${ip} ${proto} dport ${p.port} counter dnat to ${p.listenHost}:${p.listenPort} comment ${quote(p.service)}`);
+      const comment = `comment ${quote(p.service)}`;
+      const toListener = `dnat to ${p.listenHost}:${p.listenPort} ${comment}`;
+      let toKernel = '';
+      if (p.kernel) {
+        const chain = `svc_${chainId(p).toLowerCase()}`;
+        const eps = p.kernel.endpoints;
+        const target = eps.length === 1
+          ? `${eps[0]!.ip}:${eps[0]!.port}`
+          : `numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ')} }`;
+        svcChains.push(`  chain ${chain} {`, `    meta l4proto ${proto} counter dnat to ${target} ${comment}`, '  }');
+        toKernel = `jump ${chain}`;
+      }
+      for (const ip of destinations(p)) {
+        const match = `    ip daddr ${ip} ${proto} dport ${p.port} counter`;
+        host.push(`${match} ${p.kernel ? toKernel : toListener}`);
+        pod.push(`${match} ${p.kernel?.pods ? `ct mark set ct mark | ${mark} ${toKernel}` : toListener}`);
+      }
     }
-    lines.push('  }');
+    const lines = [`table ip ${this.table}`, `delete table ip ${this.table}`, `table ip ${this.table} {`, ...svcChains];
+    lines.push('  chain services_host {', ...host, '  }', '  chain services_pod {', ...pod, '  }');
     // -105: just before dstnat (-100), where kube-proxy's nat chains sit. Numeric because nft rejects the named
     // form on the output hook.
-    lines.push('  chain prerouting {', '    type nat hook prerouting priority -105; policy accept;', '    jump services', '  }');
-    lines.push('  chain output {', '    type nat hook output priority -105; policy accept;', '    jump services', '  }');
+    lines.push('  chain prerouting {', '    type nat hook prerouting priority -105; policy accept;', '    jump services_pod', '  }');
+    lines.push('  chain output {', '    type nat hook output priority -105; policy accept;', '    jump services_host', '  }');
+    // Pods' kernel-forwarded connections: masqueraded on the way out, accepted by forward (an accept here cannot
+    // override a drop policy in another table, e.g. iptables' FORWARD DROP: docs/proxy.md).
+    lines.push('  chain postrouting {', '    type nat hook postrouting priority 95; policy accept;', `    ct mark & ${mark} == ${mark} masquerade`, '  }');
+    lines.push('  chain forward {', '    type filter hook forward priority -5; policy accept;', `    ct mark & ${mark} == ${mark} accept`, '  }');
     lines.push('}');
     return lines.join('\n') + '\n';
   }
@@ -68,8 +108,15 @@ export class NftablesRules implements RulesBackend {
 
 export class IptablesRules implements RulesBackend {
   readonly name: string;
-  static readonly CHAINS = { container: 'EDGEMESH-PORTALS-CONTAINER', host: 'EDGEMESH-PORTALS-HOST' } as const;
-  private jumps: [string, string][] = [['PREROUTING', IptablesRules.CHAINS.container], ['OUTPUT', IptablesRules.CHAINS.host]];
+  static readonly CHAINS = { container: 'EDGEMESH-PORTALS-CONTAINER', host: 'EDGEMESH-PORTALS-HOST', postrouting: 'EDGEMESH-POSTROUTING', forward: 'EDGEMESH-FORWARD' } as const;
+  /** A kernel-forwarded service port's own chain (shared by both portals, so its round-robin counters are one). */
+  static readonly SVC_PREFIX = 'EDGEMESH-SVC-';
+  private readonly jumps: { table: 'nat' | 'filter'; from: string; to: string }[] = [
+    { table: 'nat', from: 'PREROUTING', to: IptablesRules.CHAINS.container },
+    { table: 'nat', from: 'OUTPUT', to: IptablesRules.CHAINS.host },
+    { table: 'nat', from: 'POSTROUTING', to: IptablesRules.CHAINS.postrouting },
+    { table: 'filter', from: 'FORWARD', to: IptablesRules.CHAINS.forward },
+  ];
 
   /** `mode`: the iptables flavour, e.g. "nft" → iptables-nft, "legacy" → iptables-legacy, "" → iptables. */
   constructor(private readonly log: Logger, private readonly mode: '' | 'nft' | 'legacy') {
@@ -80,31 +127,60 @@ export class IptablesRules implements RulesBackend {
     return ['-m', 'comment', '--comment', 'edgemesh service portals', '-j', to];
   }
 
-  private bin(tool: 'iptables' | 'iptables-restore'): string {
+  private bin(tool: 'iptables' | 'iptables-restore' | 'iptables-save'): string {
     return this.mode ? `${tool.replace('iptables', `iptables-${this.mode}`)}` : tool;
   }
 
-  render(ports: readonly PortMapping[]): string {
-    const { container, host } = IptablesRules.CHAINS;
-    const lines = ['*nat', `:${container} - [0:0]`, `:${host} - [0:0]`];
+  /** The restore input; `stale` are service chains of an earlier set, deleted in the same transaction. */
+  render(ports: readonly PortMapping[], stale: readonly string[] = []): string {
+    const { container, host, postrouting, forward } = IptablesRules.CHAINS;
+    const mark = `0x${KERNEL_MARK.toString(16)}`;
+    const rules: string[] = [], svcChains: string[] = [];
     for (const p of ports) {
       const proto = p.protocol.toLowerCase();
+      const comment = `-m comment --comment ${quote(p.service)}`;
+      const toListener = `-j DNAT --to-destination ${p.listenHost}:${p.listenPort}`;
+      let chain = '';
+      if (p.kernel) {
+        chain = IptablesRules.SVC_PREFIX + chainId(p);
+        svcChains.push(chain);
+        const eps = p.kernel.endpoints;
+        eps.forEach((e, i) => {
+          const left = eps.length - i;
+          // nth: of the connections reaching this rule, one in `left` (round robin); random: probability 1/left.
+          const pick = left === 1 ? '' : p.kernel!.pick === 'random' ? `-m statistic --mode random --probability ${(1 / left).toFixed(10)} ` : `-m statistic --mode nth --every ${left} --packet 0 `;
+          rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j DNAT --to-destination ${e.ip}:${e.port}`);
+        });
+      }
       for (const ip of destinations(p)) {
-        const match = `-d ${ip}/32 -p ${proto} -m ${proto} --dport ${p.port} -m comment --comment ${quote(p.service)} -j DNAT --to-destination ${p.listenHost}:${p.listenPort}`;
-        lines.push(`-A ${container} ${match}`, `-A ${host} ${match}`);
+        const match = `-d ${ip}/32 -p ${proto} -m ${proto} --dport ${p.port} ${comment}`;
+        rules.push(`-A ${host} ${match} ${chain ? `-j ${chain}` : toListener}`);
+        if (p.kernel?.pods) rules.push(`-A ${container} ${match} -j CONNMARK --or-mark ${mark}`, `-A ${container} ${match} -j ${chain}`);
+        else rules.push(`-A ${container} ${match} ${toListener}`);
       }
     }
-    lines.push('COMMIT');
+    const desired = new Set(svcChains);
+    const gone = stale.filter((c) => !desired.has(c));
+    const lines = ['*nat', ...[container, host, postrouting, ...svcChains, ...gone].map((c) => `:${c} - [0:0]`), ...rules];
+    lines.push(`-A ${postrouting} -m connmark --mark ${mark}/${mark} -j MASQUERADE`);
+    for (const c of gone) lines.push(`-X ${c}`);
+    lines.push('COMMIT', '*filter', `:${forward} - [0:0]`, `-A ${forward} -m connmark --mark ${mark}/${mark} -j ACCEPT`, 'COMMIT');
     return lines.join('\n') + '\n';
   }
 
+  /** Our service chains now in the nat table. */
+  private async serviceChains(): Promise<string[]> {
+    const r = await run([this.bin('iptables-save'), '-t', 'nat']);
+    return r.out.split('\n').filter((l) => l.startsWith(`:${IptablesRules.SVC_PREFIX}`)).map((l) => l.slice(1).split(' ')[0]!);
+  }
+
   async apply(ports: readonly PortMapping[]): Promise<void> {
-    const r = await run([this.bin('iptables-restore'), '--noflush', '-w', '5'], this.render(ports));
+    const r = await run([this.bin('iptables-restore'), '--noflush', '-w', '5'], this.render(ports, await this.serviceChains()));
     if (r.code !== 0) throw new EdgeMeshError('INTERNAL', `${this.bin('iptables-restore')} failed: ${r.err}`);
-    for (const [from, to] of this.jumps) {
-      const check = await run([this.bin('iptables'), '-w', '5', '-t', 'nat', '-C', from, ...this.jumpRule(to)]);
+    for (const { table, from, to } of this.jumps) {
+      const check = await run([this.bin('iptables'), '-w', '5', '-t', table, '-C', from, ...this.jumpRule(to)]);
       if (check.code !== 0) {
-        const ins = await run([this.bin('iptables'), '-w', '5', '-t', 'nat', '-I', from, '1', ...this.jumpRule(to)]);
+        const ins = await run([this.bin('iptables'), '-w', '5', '-t', table, '-I', from, '1', ...this.jumpRule(to)]);
         if (ins.code !== 0) throw new EdgeMeshError('INTERNAL', `cannot add the ${from} jump: ${ins.err}`);
       }
     }
@@ -112,14 +188,15 @@ export class IptablesRules implements RulesBackend {
   }
 
   async cleanup(): Promise<void> {
-    for (const [from, to] of this.jumps) {
+    for (const { table, from, to } of this.jumps) {
       // Remove every copy (an older version or a manual edit may have added more than one).
-      while ((await run([this.bin('iptables'), '-w', '5', '-t', 'nat', '-D', from, ...this.jumpRule(to)])).code === 0);
+      while ((await run([this.bin('iptables'), '-w', '5', '-t', table, '-D', from, ...this.jumpRule(to)])).code === 0);
     }
-    for (const chain of Object.values(IptablesRules.CHAINS)) {
-      await run([this.bin('iptables'), '-w', '5', '-t', 'nat', '-F', chain]);
-      await run([this.bin('iptables'), '-w', '5', '-t', 'nat', '-X', chain]);
-    }
+    const { container, host, postrouting, forward } = IptablesRules.CHAINS;
+    const chains = [['nat', container], ['nat', host], ['nat', postrouting], ['filter', forward], ...(await this.serviceChains()).map((c) => ['nat', c])] as const;
+    // Flush all before deleting any: the portals jump to the service chains, which cannot go while referenced.
+    for (const [table, chain] of chains) await run([this.bin('iptables'), '-w', '5', '-t', table, '-F', chain]);
+    for (const [table, chain] of chains) await run([this.bin('iptables'), '-w', '5', '-t', table, '-X', chain]);
   }
 }
 
