@@ -29,9 +29,9 @@ export function startProxy(targetPort: number): TcpServicePort {
   return proxy;
 }
 
-/** iperf3 client pinned to `cpu` against host:port; received Gbit/s. */
-export async function iperfClient(cpu: string, host: string, port: number, seconds: number, streams: number): Promise<number> {
-  const r = Bun.spawn(['taskset', '-c', cpu, 'iperf3', '-c', host, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
+/** iperf3 client pinned to `cpu` against host:port; received Gbit/s. `prefix`: e.g. `ip netns exec pod`. */
+export async function iperfClient(cpu: string, host: string, port: number, seconds: number, streams: number, prefix: string[] = []): Promise<number> {
+  const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'iperf3', '-c', host, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
   const out = await new Response(r.stdout).text();
   await r.exited;
   const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
@@ -47,8 +47,8 @@ export interface WrkResult {
 }
 
 /** wrk pinned to `cpu` (async: a proxy under test may run on this process's event loop); keep-alive or `close`. */
-export async function wrkRun(cpu: string, url: string, conns: number, seconds: number, close: boolean): Promise<WrkResult> {
-  const r = Bun.spawn(['taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), url], { stdout: 'pipe', stderr: 'pipe' });
+export async function wrkRun(cpu: string, url: string, conns: number, seconds: number, close: boolean, prefix: string[] = []): Promise<WrkResult> {
+  const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), url], { stdout: 'pipe', stderr: 'pipe' });
   const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
   await r.exited;
   const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);

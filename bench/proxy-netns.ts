@@ -1,0 +1,170 @@
+#!/usr/bin/env bun
+/**
+ * ClusterIP traffic end to end, as a pod sees it (needs root): a "pod" namespace reaches servers in a "back"
+ * namespace (another pod on the node) through a "node" namespace that runs the agent with its interception
+ * rules. Same run, ratios to direct (pod → back, routed by the node with no NAT):
+ *   kernel   the agent with kernel forwarding (the default for round-robin services whose endpoints are local)
+ *   proxy    the agent with kernelForwarding: false (every byte through the agent's listener)
+ *   haproxy  haproxy (mode tcp) in the node namespace, dialed at the node's address
+ * iperf3 with 1 and 4 streams, wrk with keep-alive and with a new connection per request. The agent and haproxy
+ * are pinned to CPU 0; iperf3, nginx and wrk to CPU 1 (the kernel's forwarding runs in softirq on the sender's
+ * CPU). Each round runs every mode once; the medians of `--rounds` are printed.
+ * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
+ *        (needs iperf3, wrk, nginx-light, haproxy, nftables, iproute2)
+ */
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { iperfClient, wrkRun, type WrkResult } from './tools.ts';
+
+const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
+const seconds = arg('seconds', 5);
+const rounds = arg('rounds', 2);
+const conns = arg('connections', 50);
+/** `--pin=split` (default): agent and haproxy on CPU 0, iperf3/nginx/wrk on CPU 1. `--pin=none`: all float. */
+const pin = process.argv.find((a) => a.startsWith('--pin='))?.split('=')[1] ?? 'split';
+const log = (s: string) => process.stderr.write(s + '\n');
+if (process.getuid?.() !== 0) { log('needs root (network namespaces)'); process.exit(1); }
+for (const t of ['iperf3', 'wrk', 'nginx', 'haproxy', 'nft', 'ip', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light haproxy nftables iproute2`); process.exit(1); }
+
+const NODE = `bnode${process.pid}`, POD = `bpod${process.pid}`, BACK = `bback${process.pid}`;
+const MAIN = join(import.meta.dir, '../src/cli/main.ts');
+const sh = (cmd: string[]) => {
+  const r = Bun.spawnSync(cmd, { stdout: 'pipe', stderr: 'pipe' });
+  if (r.exitCode !== 0) throw new Error(`${cmd.join(' ')}: ${r.stderr.toString()}`);
+};
+const inNs = (ns: string, cpu: string, cmd: string[]) => ['ip', 'netns', 'exec', ns, 'taskset', '-c', pin === 'none' ? '0,1' : cpu, ...cmd];
+const clientCpu = pin === 'none' ? '0,1' : '1';
+const spawn = (cmd: string[]) => Bun.spawn(cmd, { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
+
+const dir = mkdtempSync(join(tmpdir(), 'edgemesh-netnsbench-'));
+chmodSync(dir, 0o755); // nginx workers run unprivileged
+const procs: ReturnType<typeof Bun.spawn>[] = [];
+try {
+  for (const ns of [NODE, POD, BACK]) { sh(['ip', 'netns', 'add', ns]); sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']); }
+  const link = (a: string, aIp: string, b: string, bIp: string, name: string) => {
+    sh(['ip', 'link', 'add', `${name}a`, 'netns', a, 'type', 'veth', 'peer', 'name', `${name}b`, 'netns', b]);
+    sh(['ip', '-n', a, 'addr', 'add', `${aIp}/24`, 'dev', `${name}a`]);
+    sh(['ip', '-n', b, 'addr', 'add', `${bIp}/24`, 'dev', `${name}b`]);
+    sh(['ip', '-n', a, 'link', 'set', `${name}a`, 'up']);
+    sh(['ip', '-n', b, 'link', 'set', `${name}b`, 'up']);
+  };
+  link(NODE, '10.210.0.1', POD, '10.210.0.2', `bp${process.pid}`);
+  link(NODE, '10.211.0.1', BACK, '10.211.0.2', `bb${process.pid}`);
+  sh(['ip', '-n', POD, 'route', 'add', 'default', 'via', '10.210.0.1']);
+  sh(['ip', '-n', BACK, 'route', 'add', 'default', 'via', '10.211.0.1']);
+  sh(['ip', 'netns', 'exec', NODE, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+  // wrk with a new connection per request leaves ~100k sockets in TIME_WAIT: let the pod reuse them.
+  sh(['ip', 'netns', 'exec', POD, 'sysctl', '-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+
+  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 10.211.0.2:8080; location / { return 200 "hello\\n"; } }\n}\n`);
+  procs.push(spawn(inNs(BACK, '1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir])));
+  writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
+    'listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:5201\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:8080\n');
+  procs.push(spawn(inNs(NODE, '0', ['haproxy', '-f', join(dir, 'haproxy.cfg')])));
+  const svc = (name: string, ip: string, port: number, target: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip}, ports: [{ name: p, port: ${port}, protocol: TCP }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: TCP }] }]\n`;
+  writeFileSync(join(dir, 'catalog.yaml'), svc('iperf', '10.96.0.50', 5201, 5201) + '---\n' + svc('web', '10.96.0.51', 80, 8080));
+  await Bun.sleep(500);
+
+  /** The agent in the node namespace on CPU 0; resolves once its rules are in. */
+  async function startAgent(kernelForwarding: boolean) {
+    const cfg = join(dir, `agent-${kernelForwarding}.yaml`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${kernelForwarding}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding} }\n`);
+    const logFile = join(dir, `agent-${kernelForwarding}.log`);
+    const p = Bun.spawn(inNs(NODE, '0', [process.execPath, MAIN, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
+    const started = Date.now();
+    while (!/proxy listening/.test(await Bun.file(logFile).text().catch(() => ''))) {
+      if (p.exitCode !== null || Date.now() - started > 15_000) throw new Error(`agent did not start: ${await Bun.file(logFile).text().catch(() => '')}`);
+      await Bun.sleep(50);
+    }
+    // Let the JIT warm up on the path under test before measuring (as a long-running agent would be).
+    await Bun.sleep(300);
+    return p;
+  }
+  const cpuOf = async (pid: number) => {
+    const f = (await Bun.file(`/proc/${pid}/stat`).text()).split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  };
+
+  async function iperfOnce(host: string, port: number, streams: number): Promise<number> {
+    const srv = spawn(inNs(BACK, '1', ['iperf3', '-s', '-B', '10.211.0.2', '-p', '5201', '-1']));
+    await Bun.sleep(300);
+    try {
+      return await iperfClient(clientCpu, host, port, seconds, streams, ['ip', 'netns', 'exec', POD]);
+    } finally {
+      srv.kill();
+      await srv.exited;
+    }
+  }
+  async function iperf(host: string, port: number, streams: number): Promise<number> {
+    try {
+      return await iperfOnce(host, port, streams);
+    } catch (err) {
+      // iperf3's control connection sometimes dies at start on this loaded machine: one more try, said aloud.
+      log(`  iperf3 failed (${String(err)}); retrying once`);
+      return await iperfOnce(host, port, streams);
+    }
+  }
+  const wrk = async (url: string, close: boolean): Promise<WrkResult> => {
+    const r = await wrkRun(clientCpu, url, conns, seconds, close, ['ip', 'netns', 'exec', POD]);
+    if (close) await Bun.sleep(2000); // let TIME_WAIT drain a little between modes
+    return r;
+  };
+
+  type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number };
+  async function measure(target: { iperf: [string, number]; web: string }, pid?: number): Promise<Row> {
+    const c0 = pid ? await cpuOf(pid) : 0;
+    const iperf1 = await iperf(...target.iperf, 1);
+    const cpuPerGbit = pid ? ((await cpuOf(pid)) - c0) / (iperf1 * seconds) : undefined;
+    const iperf4 = await iperf(...target.iperf, 4);
+    const keepalive = await wrk(target.web, false);
+    const close = await wrk(target.web, true);
+    return { iperf1, iperf4, keepalive, close, cpuPerGbit };
+  }
+
+  const modes = ['direct', 'kernel', 'proxy', 'haproxy'] as const;
+  const results: Record<(typeof modes)[number], Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [] };
+  const viaCluster = { iperf: ['10.96.0.50', 5201] as [string, number], web: 'http://10.96.0.51/' };
+  for (let round = 1; round <= rounds; round++) {
+    for (const mode of modes) {
+      log(`round ${round}/${rounds}: ${mode}…`);
+      if (mode === 'direct') results.direct.push(await measure({ iperf: ['10.211.0.2', 5201], web: 'http://10.211.0.2:8080/' }));
+      else if (mode === 'haproxy') results.haproxy.push(await measure({ iperf: ['10.210.0.1', 15201], web: 'http://10.210.0.1:18080/' }, procs[1]!.pid));
+      else {
+        const agent = await startAgent(mode === 'kernel');
+        try {
+          results[mode].push(await measure(viaCluster, agent.pid));
+        } finally {
+          agent.kill();
+          await agent.exited;
+        }
+      }
+    }
+  }
+
+  const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
+  const med = (mode: (typeof modes)[number]) => {
+    const r = results[mode];
+    return {
+      iperf1: median(r.map((x) => x.iperf1)), iperf4: median(r.map((x) => x.iperf4)),
+      keepalive: { rps: median(r.map((x) => x.keepalive.rps)), p50: median(r.map((x) => x.keepalive.p50)), p99: median(r.map((x) => x.keepalive.p99)) },
+      close: { rps: median(r.map((x) => x.close.rps)), p50: median(r.map((x) => x.close.p50)), p99: median(r.map((x) => x.close.p99)) },
+      cpuPerGbit: r[0]?.cpuPerGbit === undefined ? undefined : median(r.map((x) => x.cpuPerGbit!)),
+    };
+  };
+  const d = med('direct');
+  const table = ['| mode | 1 stream | 4 streams | keep-alive HTTP | new-connection HTTP | CPU 0 cores per Gbit/s |', '|---|---:|---:|---:|---:|---:|'];
+  for (const mode of modes) {
+    const m = med(mode);
+    const ratio = (v: number, base: number) => (mode === 'direct' ? '' : ` (**${(v / base).toFixed(2)}**)`);
+    const http = (w: WrkResult, base: WrkResult) => `${w.rps.toFixed(0)} req/s${ratio(w.rps, base.rps)}, p50 ${w.p50.toFixed(2)} / p99 ${w.p99.toFixed(2)} ms`;
+    table.push(`| ${mode} | ${m.iperf1.toFixed(2)} Gbit/s${ratio(m.iperf1, d.iperf1)} | ${m.iperf4.toFixed(2)}${ratio(m.iperf4, d.iperf4)} | ${http(m.keepalive, d.keepalive)} | ${http(m.close, d.close)} | ${m.cpuPerGbit === undefined ? '—' : m.cpuPerGbit.toFixed(3)} |`);
+  }
+  console.log(table.join('\n'));
+  log(JSON.stringify(results));
+} finally {
+  for (const p of procs) p.kill();
+  await Promise.all(procs.map((p) => p.exited));
+  for (const ns of [NODE, POD, BACK]) Bun.spawnSync(['ip', 'netns', 'del', ns]);
+  rmSync(dir, { recursive: true, force: true });
+}
