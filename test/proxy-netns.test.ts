@@ -114,7 +114,7 @@ s.close();
 
   const startAgent = async (interception: string, kernelForwarding = true) => {
     const cfg = join(t.path, `agent-${interception}.yaml`);
-    writeFileSync(cfg, `commonConfig: { stateDir: ${t.path}/state, adminAddress: "" }\ncatalog: { file: ${catalog} }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: ${interception}, kernelForwarding: ${kernelForwarding} }\n`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${t.path}/state, adminAddress: "127.0.0.1:10559" }\ncatalog: { file: ${catalog} }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: ${interception}, kernelForwarding: ${kernelForwarding} }\n`);
     const agent = new AgentProcess(['agent', '--config', cfg, '--node-name', 'n1'], { bin: ['ip', 'netns', 'exec', NODE, process.execPath, MAIN] });
     await agent.waitForLog(/proxy listening .*interception=/);
     return agent;
@@ -187,6 +187,10 @@ s.close();
         expect(fromPod.counts).toEqual({ b2: 10, b3: 10 });
         expect(fromPod.seenFrom).toEqual(['10.201.0.1']);
         expect((await spread(NODE, 10)).counts).toEqual({ b2: 5, b3: 5 });
+        // Reported: the path per service port, and the count in the metrics.
+        const ports = JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[];
+        expect(Object.fromEntries(ports.map((p) => [p.service, p.path]))).toEqual({ 'shop/web:p': 'kernel from the node, proxy from pods', 'shop/echo:p': 'proxy', 'shop/pool:p': 'kernel' });
+        expect((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/metrics'])).stdout).toContain('edgemesh_proxy_kernel_service_ports 2');
         // The loopback endpoint of "web": kernel-forwarded from the node, through the listener for pods.
         expect((await curl(NODE)).stdout).toBe('hello from the backend');
         expect((await curl(POD)).stdout).toBe('hello from the backend');

@@ -178,7 +178,8 @@ export class ProxyModule {
     let active = 0;
     for (const e of this.entries.values()) active += e.listener.stats.active;
     const rules = this.rules ? `${this.rules.name} rules${this.rulesError ? ` FAILING: ${this.rulesError}` : ''}` : 'no interception';
-    return { state: 'running', detail: `${this.entries.size} service ports on ${this.host}, ${rules}, ${active} active connections` };
+    const kernel = this.rules ? this.mappings().filter((m) => m.kernel).length : 0;
+    return { state: 'running', detail: `${this.entries.size} service ports on ${this.host} (${kernel} forwarded by the kernel), ${rules}, ${active} active connections` };
   }
 
   ports(): (PortMapping & { path: string; endpoints: number; policy: string; warning: string | null; active: number })[] {
@@ -317,6 +318,7 @@ export class ProxyModule {
     if (!m) return;
     const sum = (f: (e: Entry) => number) => () => [...this.entries.values()].reduce((a, e) => a + f(e), 0);
     m.gauge('edgemesh_proxy_service_ports', 'Service ports with a listener').set(() => this.entries.size);
+    m.gauge('edgemesh_proxy_kernel_service_ports', 'Service ports the kernel forwards straight to their endpoints').set(() => (this.rules ? this.mappings().filter((x) => x.kernel).length : 0));
     m.gauge('edgemesh_proxy_connections_active', 'Proxied TCP connections open now').set(sum((e) => e.listener.stats.active));
     m.counterFrom('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted').set(sum((e) => e.listener.stats.accepted));
     const tcp = (f: (s: TcpServicePort['stats']) => number) => sum((e) => (e.listener instanceof TcpServicePort ? f(e.listener.stats) : 0));
