@@ -100,6 +100,17 @@ await Bun.sleep(500);
 console.log(JSON.stringify({ ok, wrongSource }));
 s.close();
 `);
+    // A keep-alive client: one request, then (once the test says go) another on the same connection.
+    writeFileSync(join(t.path, 'keepalive.ts'), `
+const go = process.argv[2]!;
+let got = '';
+const sock = await Bun.connect({ hostname: '10.96.0.30', port: 80, socket: { data(_s, d) { got += Buffer.from(d).toString(); }, error() {} } });
+const ask = async () => { got = ''; sock.write('GET / HTTP/1.1\\r\\nHost: pool\\r\\n\\r\\n'); for (let i = 0; i < 200 && !/\\r\\n\\r\\n[^ ]+ /.test(got); i++) await Bun.sleep(10); return got.split('\\r\\n\\r\\n')[1] ?? 'no answer'; };
+console.log('first ' + await ask());
+while (!(await Bun.file(go).exists())) await Bun.sleep(20);
+console.log('second ' + await ask());
+sock.end();
+`);
     backend = new AgentProcess([server], { bin: ['ip', 'netns', 'exec', NODE, process.execPath] });
     await backend.waitForLog(/serving/);
     writeFileSync(catalog, catalogYaml(BASE));
@@ -187,6 +198,26 @@ s.close();
         expect(fromPod.counts).toEqual({ b2: 10, b3: 10 });
         expect(fromPod.seenFrom).toEqual(['10.201.0.1']);
         expect((await spread(NODE, 10)).counts).toEqual({ b2: 5, b3: 5 });
+        // An endpoint removed under an established connection: that connection keeps its endpoint (conntrack),
+        // new ones go to the other endpoint only.
+        const go = join(t.path, `go-${backendName}`);
+        const client = new AgentProcess([join(t.path, 'keepalive.ts'), go], { bin: ['ip', 'netns', 'exec', POD, process.execPath] });
+        try {
+          await client.waitForLog(/first /);
+          const first = /first (b\d)/.exec(client.logs)?.[1];
+          expect(first).toMatch(/^b[23]$/);
+          const keep = first === 'b2' ? '10.201.0.3' : '10.201.0.2';
+          writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL.replace(/addresses: \[.*?\]\]?, ports/, `addresses: [{ ip: ${keep}, nodeName: n1 }], ports`));
+          await rulesFor((r) => !r.includes(backendName === 'nftables' ? `${first === 'b2' ? '10.201.0.2' : '10.201.0.3'}` : `--to-destination ${first === 'b2' ? '10.201.0.2' : '10.201.0.3'}:8080`), 'the endpoint gone from the rules');
+          writeFileSync(go, '');
+          await client.waitForLog(/second /);
+          expect(/second (b\d)/.exec(client.logs)?.[1]).toBe(first);
+          expect(Object.keys((await spread(POD, 4)).counts)).toEqual([first === 'b2' ? 'b3' : 'b2']);
+        } finally {
+          await client.stop();
+          writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL);
+        }
+        await rulesFor((r) => r.includes(backendName === 'nftables' ? '10.201.0.2 . 8080' : '--to-destination 10.201.0.2:8080') && r.includes(backendName === 'nftables' ? '10.201.0.3 . 8080' : '--to-destination 10.201.0.3:8080'), 'both endpoints back');
         // Reported: the path per service port, and the count in the metrics.
         const ports = JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[];
         expect(Object.fromEntries(ports.map((p) => [p.service, p.path]))).toEqual({ 'shop/web:p': 'kernel from the node, proxy from pods', 'shop/echo:p': 'proxy', 'shop/pool:p': 'kernel' });
