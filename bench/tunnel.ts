@@ -144,10 +144,13 @@ try {
     const mode = close ? 'HTTP, new connection per request' : 'HTTP keep-alive';
     const direct = await wrk(pNginx, close);
     if (close) await Bun.sleep(3000);
+    const c0 = await agentsCpu();
     const tunnel = await wrk(viaWeb, close);
+    // CPU of both agents per request: steadier than req/s on a shared machine (it does not count waiting).
+    const usPerReq = (((await agentsCpu()) - c0) / (tunnel.rps * seconds)) * 1e6;
     if (close) await Bun.sleep(3000);
-    rows.push({ test: mode, direct, tunnel, ratio: tunnel.rps / direct.rps });
-    log(`${mode}: direct ${direct.rps.toFixed(0)} req/s (p50 ${direct.p50.toFixed(2)} ms, p99 ${direct.p99.toFixed(2)} ms); tunnel ${tunnel.rps.toFixed(0)} req/s (${(tunnel.rps / direct.rps).toFixed(3)}, p50 ${tunnel.p50.toFixed(2)} ms, p99 ${tunnel.p99.toFixed(2)} ms)`);
+    rows.push({ test: mode, direct, tunnel, ratio: tunnel.rps / direct.rps, agentsCpuUsPerRequest: usPerReq });
+    log(`${mode}: direct ${direct.rps.toFixed(0)} req/s (p50 ${direct.p50.toFixed(2)} ms, p99 ${direct.p99.toFixed(2)} ms); tunnel ${tunnel.rps.toFixed(0)} req/s (${(tunnel.rps / direct.rps).toFixed(3)}, p50 ${tunnel.p50.toFixed(2)} ms, p99 ${tunnel.p99.toFixed(2)} ms; both agents ${usPerReq.toFixed(0)} µs CPU per request)`);
   }
   const rss = async (admin: number) => Number(/^process_resident_memory_bytes (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text())?.[1]) / 1048576;
   log(`agent RSS after the run: a ${(await rss(adminA)).toFixed(0)} MiB, b ${(await rss(adminB)).toFixed(0)} MiB`);

@@ -275,7 +275,7 @@ modules:
   test('TCP to an endpoint on the other node: 1 GiB up intact with bounded memory, echo both ways, status shows a direct peer', async () => {
     const [a, b] = nodes;
     const port = await proxyPort(a!, 'default/sink:p');
-    const r = await upload(port, 1024 * 1024 * 1024);
+    const r = await upload(port, Number(process.env.UPLOAD_MB ?? 1024) * 1024 * 1024);
     expect(r.reply).toBe(r.sent);
     const rss = async (n: Node) => Number(/^process_resident_memory_bytes (\d+)/m.exec(await (await fetch(`${n.admin}/metrics`)).text())?.[1]) / 1048576;
     const [ra, rb] = [await rss(a!), await rss(b!)];
@@ -315,6 +315,25 @@ modules:
       c.close();
     }
   }, 30_000);
+
+  test('sequential connections reuse session streams: small, large (raw) and half-closed ones all arrive intact', async () => {
+    const [a] = nodes;
+    const port = await proxyPort(a!, 'default/echo:p');
+    const reuses = async () => Number(/^edgemesh_tunnel_session_reuses_total (\d+)/m.exec(await (await fetch(`${a!.admin}/metrics`)).text())?.[1] ?? NaN);
+    const before = await reuses();
+    // Small echoes stay framed and free their session; 1 MiB ones switch to raw and close theirs; mixed in turn.
+    for (let i = 0; i < 30; i++) {
+      const msg = randomBytes(i % 5 === 4 ? 1024 * 1024 : 100 + i * 37);
+      expect((await echoOnce(port, msg)).equals(msg)).toBe(true);
+    }
+    expect(await reuses()).toBeGreaterThanOrEqual(before + 15);
+    // The sink answers only after the client's FIN: a FIN carried on a session, then the reply, then its end.
+    const sink = await proxyPort(a!, 'default/sink:p');
+    for (let i = 0; i < 5; i++) {
+      const r = await upload(sink, 64 * 1024);
+      expect(r.reply).toBe(r.sent);
+    }
+  }, 60_000);
 
   test('200 concurrent connections through one peer connection all complete', async () => {
     const port = await proxyPort(nodes[0]!, 'default/echo:p');
@@ -379,7 +398,7 @@ modules:
     }
   }, 30_000);
 
-  test('garbage on the proxy and discovery protocols costs only that stream; the node keeps serving', async () => {
+  test('garbage on the proxy, discovery and session protocols costs only that stream; the node keeps serving', async () => {
     const c = await inProcessNode('c', thirdKey, pskOf());
     try {
       const node = (c.tunnel as unknown as { node: import('@libp2p/interface').Libp2p }).node;
@@ -390,7 +409,7 @@ modules:
         Uint8Array.from([0xff, 0xff, 0xff, 0x7f]), // a length prefix of ~268 MB
         Uint8Array.from([0x05, 0x08, 0x07, 0x22, 0xff, 0xfe]), // a valid prefix, then a bad enum and a truncated field
       ];
-      for (const proto of ['/libp2p/tunnel-proxy/1.0.0', '/libp2p/tunnel-discovery/1.0.0']) {
+      for (const proto of ['/libp2p/tunnel-proxy/1.0.0', '/libp2p/tunnel-discovery/1.0.0', '/edgemesh/tunnel-session/1.0.0']) {
         for (const g of garbage) {
           const s = await node.dialProtocol(b, proto, { signal: AbortSignal.timeout(5000) });
           const closed = new Promise<void>((res) => s.addEventListener('close', () => res()));

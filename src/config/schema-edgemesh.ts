@@ -117,6 +117,8 @@ const edgeTunnel = (listenPort: number) =>
     mdns: bool(true),
     /** Upgrade relayed connections to direct ones by TCP hole punching (DCUtR; all dials leave from one port). */
     holePunching: bool(true),
+    /** Carry proxied TCP connections one after another on reused streams (/edgemesh/tunnel-session/1.0.0) when the peer speaks it. */
+    sessions: bool(true),
   });
 
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */

@@ -43,9 +43,10 @@ import { type Pipe, type PipeHandlers, StreamPipe } from './pipe.ts';
 import { pnet } from './pnet.ts';
 import {
   DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
-  encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, readMessage,
+  encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage,
 } from './protocol.ts';
 import { Splice } from './splice.ts';
+import { type FramedEnd, SESSION_PROTOCOL, Session, type SessionHooks } from './session.ts';
 import { noiseCrypto, noiseEncrypter } from './noise.ts';
 import { bunTls } from './tls.ts';
 import { type BunTcpInit, bunTcp, isRelayed } from './transport.ts';
@@ -63,6 +64,13 @@ export const ADDRESSES_ANNOTATION = 'edgemesh.io/tunnel-addresses';
 const FILTERED_PREFIXES = ['docker', 'edgemesh', 'tunl', 'flannel', 'cni', 'br', 'kube-ipvs'];
 /** How long a UDP flow through the tunnel lives without datagrams in either direction. */
 const UDP_IDLE_MS = 60_000;
+/** An idle session stream is closed by its dialer after this long (by its receiver after twice this long). */
+const SESSION_IDLE_MS = 30_000;
+/** Idle session streams kept per peer; more are closed when their connection ends. */
+const MAX_IDLE_SESSIONS = 64;
+
+/** The peer does not speak SESSION_PROTOCOL. */
+class SessionsUnsupported extends Error {}
 const PING_EVERY_MS = 10_000;
 const RELAY_CHECK_MS = 5_000;
 /** How long a connected relay may go without our reservation on it before the connection is remade. */
@@ -121,6 +129,8 @@ export interface TunnelStatus {
 interface TunnelStats {
   streamsOut: number;
   streamsIn: number;
+  /** Proxied connections sent on a session stream that had carried one before. */
+  sessionReuses: number;
   refused: number;
   dialFailures: number;
   discoveryRefused: number;
@@ -130,7 +140,12 @@ interface TunnelStats {
 export class TunnelModule implements RemoteDialer {
   private node: Libp2p | null = null;
   private encryption = '';
-  private readonly stats: TunnelStats = { streamsOut: 0, streamsIn: 0, refused: 0, dialFailures: 0, discoveryRefused: 0, pskFailures: 0 };
+  /** Idle session streams per peer (session.ts), newest last. */
+  private readonly idleSessions = new Map<string, Session[]>();
+  /** Peers that do not speak sessions (older edgemesh, the Go original). */
+  private readonly noSessions = new Set<string>();
+  private sessionSweep: ReturnType<typeof setInterval> | null = null;
+  private readonly stats: TunnelStats = { streamsOut: 0, streamsIn: 0, sessionReuses: 0, refused: 0, dialFailures: 0, discoveryRefused: 0, pskFailures: 0 };
   private readonly active = new Set<{ close(): void }>();
   private isRelay = false;
   private readonly rtt = new Map<string, number>();
@@ -212,6 +227,7 @@ export class TunnelModule implements RemoteDialer {
     const node = this.node;
     skipRepeatedProtocolMerges(node);
     await node.handle(PROXY_PROTOCOL, (s, conn) => this.onProxy(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
+    await node.handle(SESSION_PROTOCOL, (s, conn) => this.onSession(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
     await node.handle(DISCOVERY_PROTOCOL, (s, conn) => this.onDiscovery(s, conn), { runOnLimitedConnection: true });
     node.addEventListener('peer:discovery', (evt) => {
       const id = evt.detail.id;
@@ -250,6 +266,9 @@ export class TunnelModule implements RemoteDialer {
   async stop(): Promise<void> {
     if (this.pinger) clearInterval(this.pinger);
     if (this.relayTimer) clearInterval(this.relayTimer);
+    if (this.sessionSweep) clearInterval(this.sessionSweep);
+    for (const pool of this.idleSessions.values()) for (const x of pool) x.close();
+    this.idleSessions.clear();
     this.fixedPort?.close();
     this.fixedPort = null;
     for (const a of [...this.active]) a.close();
@@ -444,6 +463,18 @@ export class TunnelModule implements RemoteDialer {
   // ---- proxy protocol, sending side ----
 
   async open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+    if (t.protocol === 'tcp' && this.d.config.sessions) {
+      const peer = this.peerOf(t.nodeName);
+      if (peer && !this.noSessions.has(peer.toString())) {
+        try {
+          return await this.openSession(t, peer.toString(), h, signal);
+        } catch (e) {
+          if (!(e instanceof SessionsUnsupported)) throw e;
+          // An older edgemesh or the Go original: one stream per connection, as before.
+          this.noSessions.add(peer.toString());
+        }
+      }
+    }
     const stream = await this.openStream(t, signal);
     stream.pause(); // the caller resumes once it has paired the pipe with its client
     return new StreamPipe(stream, h);
@@ -469,7 +500,8 @@ export class TunnelModule implements RemoteDialer {
     };
   }
 
-  async openStream(t: RemoteTarget, signal: AbortSignal): Promise<Stream> {
+  /** A new stream of `protocol` to the node of `t`: on its best open connection, or dialed. */
+  private async newStream(t: RemoteTarget, protocol: string, signal: AbortSignal): Promise<Stream> {
     const node = this.node;
     if (!node) throw new EdgeMeshError('TUNNEL_DOWN', 'the tunnel is not running');
     const peer = this.peerOf(t.nodeName);
@@ -478,18 +510,135 @@ export class TunnelModule implements RemoteDialer {
       throw new EdgeMeshError('TUNNEL_NO_PEER', `node ${t.nodeName} has no ${PEER_ID_ANNOTATION} annotation in the catalog; it cannot be reached through the tunnel`);
     }
     if (node.getConnections(peer).length === 0) await node.peerStore.merge(peer, { multiaddrs: this.addressesOf(t.nodeName, peer) });
-    let s: Stream;
     try {
       // An open connection is used directly: dialProtocol() goes through the connection manager and the peer
       // store (locks whose queues wake on setTimeout(0), ~1 ms each on Bun) for every stream.
       const conn = this.bestConnection(peer);
-      s = conn
-        ? await conn.newStream(PROXY_PROTOCOL, { signal, runOnLimitedConnection: true })
-        : await node.dialProtocol(peer, PROXY_PROTOCOL, { signal, runOnLimitedConnection: true });
+      return conn
+        ? await conn.newStream(protocol, { signal, runOnLimitedConnection: true })
+        : await node.dialProtocol(peer, protocol, { signal, runOnLimitedConnection: true });
     } catch (e) {
+      if (protocol === SESSION_PROTOCOL && (e as Error).name === 'UnsupportedProtocolError') throw new SessionsUnsupported();
       this.stats.dialFailures++;
       throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel to node ${t.nodeName}: ${(e as Error).message}`, { cause: e });
     }
+  }
+
+  /**
+   * A TCP connection on a session stream (session.ts): an idle one to that peer when there is one, else a new
+   * one. A pooled session that died while idle (its peer restarted, say) is replaced once.
+   */
+  private async openSession(t: RemoteTarget, peerKey: string, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+    for (let attempt = 0; ; attempt++) {
+      const pooled = attempt === 0 ? this.takeSession(peerKey, t.nodeName) : null;
+      const s = pooled ?? new Session(await this.newStream(t, SESSION_PROTOCOL, signal), this.dialerHooks(peerKey), 'idle');
+      let result: { reply: ProxyMsg; end?: FramedEnd };
+      try {
+        result = await new Promise((resolve, reject) => {
+          const onAbort = (): void => {
+            s.kill(new Error('the proxied connection gave up'));
+            reject(signal.reason as Error);
+          };
+          signal.addEventListener('abort', onAbort, { once: true });
+          s.waiting = {
+            h,
+            resolve: (r) => {
+              signal.removeEventListener('abort', onAbort);
+              resolve(r);
+            },
+            reject: (e) => {
+              signal.removeEventListener('abort', onAbort);
+              reject(e);
+            },
+          };
+          s.phase = 'handshake';
+          s.sendMessage(encodeProxy({ type: MsgType.CONNECT, protocol: 'tcp', nodeName: t.nodeName, ip: t.ip, port: t.port }));
+        });
+      } catch (e) {
+        if (pooled && !signal.aborted) continue;
+        this.stats.dialFailures++;
+        throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel to node ${t.nodeName}: ${(e as Error).message}`, { cause: e });
+      }
+      if (result.reply.type !== MsgType.SUCCESS || !result.end) {
+        this.stats.dialFailures++;
+        throw new EdgeMeshError('TUNNEL_REFUSED', `node ${t.nodeName} could not connect ${t.protocol} ${t.ip}:${t.port}`);
+      }
+      this.stats.streamsOut++;
+      return result.end;
+    }
+  }
+
+  private dialerHooks(peerKey: string): SessionHooks {
+    return {
+      message: (s, msg) => {
+        const w = s.waiting;
+        s.waiting = null;
+        if (!w) throw new Error('a reply nobody asked for');
+        const reply = decodeProxy(msg);
+        if (reply.type === MsgType.SUCCESS) {
+          // Attached before the rest of this read is parsed: the endpoint may speak first.
+          w.resolve({ reply, end: s.attach(w.h, true) });
+        } else {
+          s.release();
+          w.resolve({ reply });
+        }
+      },
+      released: (s) => {
+        s.phase = 'idle';
+        const pool = this.idleSessions.get(peerKey) ?? [];
+        if (pool.length >= MAX_IDLE_SESSIONS || s.dead) {
+          s.close();
+          return;
+        }
+        pool.push(s);
+        this.idleSessions.set(peerKey, pool);
+        this.sessionSweep ??= setInterval(() => this.sweepSessions(), SESSION_IDLE_MS / 2);
+        this.sessionSweep.unref?.();
+      },
+      gone: (s) => {
+        s.waiting?.reject(new Error('the session stream closed'));
+        s.waiting = null;
+        const pool = this.idleSessions.get(peerKey);
+        const i = pool?.indexOf(s) ?? -1;
+        if (i >= 0) pool!.splice(i, 1);
+      },
+    };
+  }
+
+  /**
+   * An idle session on the connection new streams would take now: after a punch that is the direct one, so
+   * sessions left on the relayed connection are closed instead of reused (and stop holding it open).
+   */
+  private takeSession(peerKey: string, nodeName: string): Session | null {
+    const pool = this.idleSessions.get(peerKey);
+    if (!pool?.length) return null;
+    const peer = this.peerOf(nodeName);
+    const best = peer ? this.bestConnection(peer) : undefined;
+    while (pool.length) {
+      const s = pool.pop()!;
+      const onBest = best !== undefined && best.streams.includes(s.stream);
+      if (!s.dead && onBest && s.stream.status === 'open' && s.stream.writeStatus === 'writable') {
+        this.stats.sessionReuses++;
+        return s;
+      }
+      s.close();
+    }
+    return null;
+  }
+
+  /** Idle sessions older than SESSION_IDLE_MS are closed (the receiver closes them after twice that). */
+  private sweepSessions(): void {
+    const old = Date.now() - SESSION_IDLE_MS;
+    for (const [key, pool] of this.idleSessions) {
+      for (const s of pool.filter((x) => x.lastUsed < old)) s.close();
+      const live = pool.filter((x) => !x.dead);
+      if (live.length) this.idleSessions.set(key, live);
+      else this.idleSessions.delete(key);
+    }
+  }
+
+  async openStream(t: RemoteTarget, signal: AbortSignal): Promise<Stream> {
+    const s = await this.newStream(t, PROXY_PROTOCOL, signal);
     try {
       s.send(lengthPrefixed(encodeProxy({ type: MsgType.CONNECT, protocol: t.protocol, nodeName: t.nodeName, ip: t.ip, port: t.port })));
       const reply = decodeProxy(await readOne(s, signal));
@@ -510,6 +659,7 @@ export class TunnelModule implements RemoteDialer {
   private retire(relayed: Connection): void {
     const check = (): void => {
       if (relayed.status !== 'open') return;
+      for (const pool of this.idleSessions.values()) for (const x of pool) if (relayed.streams.includes(x.stream)) x.close();
       if (relayed.streams.length === 0) {
         relayed.close().catch(() => relayed.abort(new Error('retiring the relayed connection')));
         return;
@@ -577,6 +727,58 @@ export class TunnelModule implements RemoteDialer {
     }
     this.localIndex = { version: snap.version, keys };
     return keys;
+  }
+
+  /** The receiving end of a session stream: CONNECT after CONNECT, each checked like the proxy protocol's. */
+  private onSession(stream: Stream, conn: Connection): void {
+    let idle: ReturnType<typeof setTimeout> | undefined;
+    const arm = (): void => {
+      clearTimeout(idle);
+      idle = setTimeout(() => session.close(), 2 * SESSION_IDLE_MS);
+      idle.unref?.();
+    };
+    const session = new Session(stream, {
+      message: (s, msg) => {
+        clearTimeout(idle);
+        this.sessionConnect(s, conn, msg, arm).catch((e: unknown) => s.kill(e as Error));
+      },
+      released: (s) => {
+        s.phase = 'handshake';
+        arm();
+      },
+      gone: () => clearTimeout(idle),
+    }, 'handshake');
+    arm();
+  }
+
+  private async sessionConnect(s: Session, conn: Connection, msg: Uint8Array, arm: () => void): Promise<void> {
+    const req = decodeProxy(msg);
+    if (req.type !== MsgType.CONNECT) throw new Error('expected CONNECT');
+    const fail = (reason: string): void => {
+      this.stats.refused++;
+      this.d.logger.warn('refused a tunnel CONNECT', { peer: conn.remotePeer.toString(), node: this.nodeOf(conn.remotePeer) ?? '?', target: `${req.protocol} ${req.ip}:${req.port}`, reason });
+      if (s.dead) return;
+      s.phase = 'handshake';
+      s.sendMessage(encodeProxy({ type: MsgType.FAILED }));
+      arm();
+    };
+    const why = req.protocol === 'udp' ? 'UDP goes through /libp2p/tunnel-proxy/1.0.0, not sessions' : this.refusal(conn.remotePeer, req.protocol, req.ip, req.port);
+    if (why) return fail(why);
+    const socket = await connectWithRetry(req.ip, req.port, 3, 5000);
+    if (typeof socket === 'string') return fail(`connect failed: ${socket}`);
+    if (s.dead) {
+      socket.terminate();
+      return;
+    }
+    const entry = { close: () => splice.close(true) };
+    const splice = new Splice(() => this.active.delete(entry));
+    this.active.add(entry);
+    socket.data = splice;
+    splice.set(0, socket);
+    splice.set(1, s.attach({ data: (d) => splice.data(1, d), drain: () => splice.drain(1), end: () => splice.end(1), close: (reset) => splice.close(reset) }, false));
+    this.stats.streamsIn++;
+    s.sendMessage(encodeProxy({ ...req, type: MsgType.SUCCESS }));
+    socket.resume();
   }
 
   private async onProxy(s: Stream, conn: Connection): Promise<void> {
@@ -733,6 +935,7 @@ export class TunnelModule implements RemoteDialer {
     const st = this.stats;
     m.counterFrom('edgemesh_tunnel_streams_out_total', 'Proxied connections sent through the tunnel').set(() => st.streamsOut);
     m.counterFrom('edgemesh_tunnel_streams_in_total', 'Proxied connections received through the tunnel and dialed here').set(() => st.streamsIn);
+    m.counterFrom('edgemesh_tunnel_session_reuses_total', 'Proxied connections sent on an already open session stream').set(() => st.sessionReuses);
     m.counterFrom('edgemesh_tunnel_refused_total', 'Tunnel CONNECTs refused (not a local endpoint, unbound peer, dial failed)').set(() => st.refused);
     m.counterFrom('edgemesh_tunnel_dial_failures_total', 'Tunnel streams that could not be opened to another node').set(() => st.dialFailures);
     m.counterFrom('edgemesh_tunnel_discovery_refused_total', 'Peers refused for claiming a node name bound to another peer').set(() => st.discoveryRefused);

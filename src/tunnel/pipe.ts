@@ -12,8 +12,8 @@
 import type { Stream } from '@libp2p/interface';
 import type { Uint8ArrayList } from 'uint8arraylist';
 
-const HIGH_WATER = 1024 * 1024;
-const LOW_WATER = 256 * 1024;
+export const HIGH_WATER = 1024 * 1024;
+export const LOW_WATER = 256 * 1024;
 
 export interface PipeHandlers {
   data(chunk: Uint8Array): void;

@@ -1,0 +1,316 @@
+/**
+ * tunnel/ — session streams: one tunnel stream carries proxied TCP connections one after another, instead of one
+ * stream per connection (/libp2p/tunnel-proxy/1.0.0, which remains for UDP and for peers without sessions).
+ *
+ * Why: opening and closing a libp2p stream (yamux SYN and FIN, multistream-select's two messages each way, the
+ * registrar's handler dispatch, a dozen event listeners) cost most of the ~0.7 ms of CPU each proxied connection
+ * took in each agent, so new-connection HTTP through the tunnel ran at a small fraction of keep-alive HTTP. A
+ * session keeps the stream and sends only what a connection needs.
+ *
+ * Wire (after multistream-select of SESSION_PROTOCOL), per connection:
+ *   dialer   → CONNECT            varint length + the proxy protocol's protobuf message (protocol.ts)
+ *   receiver → SUCCESS | FAILED   the same framing; after FAILED the session is ready for the next CONNECT
+ *   both     → frames             varint h: h = 0 FIN of that direction; h = 1 RAW; h ≥ 2 data, h − 1 bytes follow
+ * Once both directions have sent their FIN the connection is over and the session is idle again.
+ * RAW: after RAW_AFTER bytes in one direction the sender stops framing it (a frame header per chunk costs a TLS
+ * record of its own, ~25% of bulk throughput): the rest of that direction is the stream's bytes as they are, its
+ * FIN is the stream's own half-close, and the session is not reused (the stream closes with the connection,
+ * as a /libp2p/tunnel-proxy/1.0.0 stream does). Short connections, the ones sessions are for, never get there. Anything else
+ * (a reset of either socket, bytes where none may come, a malformed length) resets the stream, which resets the
+ * connection it carried on both nodes, and the session is gone. Sessions never half-close the stream itself.
+ */
+import type { Stream } from '@libp2p/interface';
+import { Uint8ArrayList } from 'uint8arraylist';
+import { concat } from '../net/bytes.ts';
+import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers } from './pipe.ts';
+import { DecodeError, MAX_MESSAGE, type ProxyMsg, readVarint, writeVarint } from './protocol.ts';
+
+export const SESSION_PROTOCOL = '/edgemesh/tunnel-session/1.0.0';
+
+const FIN = new Uint8Array([0]);
+const RAW = new Uint8Array([1]);
+/** Bytes sent framed in one direction before switching it to raw. */
+export const RAW_AFTER = 256 * 1024;
+
+function header(length: number): Uint8Array {
+  const out: number[] = [];
+  writeVarint(out, length);
+  return Uint8Array.from(out);
+}
+
+export interface SessionHooks {
+  /** A handshake message: replies on the dialer's side, CONNECTs on the receiver's. */
+  message(s: Session, msg: Uint8Array): void;
+  /** The connection it carried is over, cleanly: the session can carry the next one. */
+  released(s: Session): void;
+  /** The stream is gone (closed or reset). */
+  gone(s: Session): void;
+}
+
+export class Session {
+  /** handshake: a message is expected; open: frames of a connection; idle: nothing may arrive. */
+  phase: 'handshake' | 'open' | 'idle';
+  dead = false;
+  lastUsed = Date.now();
+  /** Dialer: the CONNECT sent, waiting for its reply. */
+  waiting: { h: PipeHandlers; resolve(r: { reply: ProxyMsg; end?: FramedEnd }): void; reject(e: Error): void } | null = null;
+  private partial: Uint8Array | null = null; // an incomplete length prefix or handshake message
+  private remaining = 0; // payload bytes of the current data frame still to come
+  private conn: FramedEnd | null = null;
+  /** The remote switched its direction to raw (for the connection in progress; the session ends with it). */
+  rawIn = false;
+
+  constructor(readonly stream: Stream, private readonly hooks: SessionHooks, phase: 'handshake' | 'idle') {
+    this.phase = phase;
+    stream.maxReadBufferLength = 4 * 1024 * 1024;
+    stream.addEventListener('message', (evt) => {
+      const d = evt.data as Uint8Array | Uint8ArrayList;
+      try {
+        if (d instanceof Uint8Array) this.input(d);
+        else for (const b of d) this.input(b);
+      } catch (e) {
+        this.kill(e as Error);
+      }
+    });
+    const drain = (): void => this.conn?.maybeDrain();
+    stream.addEventListener('drain', drain);
+    stream.addEventListener('idle', drain);
+    // A raw direction ends with the stream's half-close; otherwise sessions never half-close, and the remote
+    // closing its side ends the session (and any connection on it).
+    // 'end', not 'remoteCloseWrite': the latter fires while a paused stream still holds unread bytes.
+    stream.addEventListener('end', () => {
+      if (this.rawIn && this.conn) this.conn.fin();
+      else this.close();
+    });
+    stream.addEventListener('close', (evt) => {
+      this.dead = true;
+      const c = this.conn;
+      this.conn = null;
+      c?.gone(evt.error != null);
+      this.hooks.gone(this);
+    });
+  }
+
+  /** Send a handshake message (CONNECT, SUCCESS or FAILED). */
+  sendMessage(msg: Uint8Array): void {
+    this.stream.send(new Uint8ArrayList(header(msg.length), msg));
+  }
+
+  /** Start carrying a connection; `paused` holds what arrives until the caller resumes the pipe. */
+  attach(h: PipeHandlers, paused: boolean): FramedEnd {
+    this.phase = 'open';
+    this.remaining = 0;
+    this.rawIn = false;
+    this.conn = new FramedEnd(this, h, paused);
+    return this.conn;
+  }
+
+  /** The connection ended cleanly on both sides. */
+  release(): void {
+    this.conn = null;
+    this.lastUsed = Date.now();
+    this.stream.resume();
+    this.hooks.released(this);
+  }
+
+  /** Reset the stream: the connection on it, if any, is reset on both nodes. */
+  kill(err: Error): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.stream.abort(err);
+  }
+
+  /** Close an idle session gracefully. */
+  close(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.stream.close().catch(() => this.stream.abort(new Error('closing the session')));
+  }
+
+  private input(chunk: Uint8Array): void {
+    let data = chunk;
+    if (this.partial) {
+      data = concat(this.partial, chunk);
+      this.partial = null;
+    }
+    let i = 0;
+    while (i < data.length) {
+      if (this.dead) return;
+      if (this.phase === 'open' && (this.remaining > 0 || this.rawIn)) {
+        if (this.rawIn) {
+          this.conn!.deliver(i === 0 ? data : data.subarray(i));
+          return;
+        }
+        // Payload is passed on as it arrives: only length prefixes ever wait for more bytes.
+        const n = Math.min(this.remaining, data.length - i);
+        this.remaining -= n;
+        this.conn!.deliver(data.subarray(i, i + n));
+        i += n;
+        continue;
+      }
+      if (this.phase === 'idle') throw new DecodeError('bytes on an idle session');
+      const v = readVarint(data, i);
+      if (!v) {
+        if (data.length - i > 10) throw new DecodeError('bad length prefix');
+        this.partial = data.slice(i);
+        return;
+      }
+      if (this.phase === 'handshake') {
+        if (v.value > MAX_MESSAGE) throw new DecodeError(`handshake message of ${v.value} bytes`);
+        if (data.length - v.next < v.value) {
+          this.partial = data.slice(i);
+          return;
+        }
+        i = v.next + v.value;
+        this.phase = 'idle'; // until the hook decides: the peer sends nothing before our answer
+        this.hooks.message(this, data.subarray(v.next, i));
+        continue;
+      }
+      // open: a frame header
+      i = v.next;
+      if (v.value === 0) this.conn!.fin();
+      else if (v.value === 1) this.rawIn = true;
+      else this.remaining = v.value - 1;
+    }
+  }
+}
+
+/** One proxied connection on a session, shaped like a socket for the splices (pipe.ts). */
+export class FramedEnd implements Pipe {
+  private sentFin = false;
+  private gotFin = false;
+  private framedBytes = 0;
+  /** The stream closed cleanly while this end was paused: finish once resumed. */
+  private closing = false;
+  private rawOut = false;
+  private done = false;
+  private refused = false;
+  /** What arrived while paused, in order; null is the FIN. */
+  private held: (Uint8Array | null)[] = [];
+
+  constructor(private readonly s: Session, private readonly h: PipeHandlers, private paused: boolean) {
+    if (paused) s.stream.pause();
+  }
+
+  finished(): boolean {
+    return this.sentFin && this.gotFin;
+  }
+
+  deliver(d: Uint8Array): void {
+    if (this.gotFin) throw new DecodeError('data after FIN');
+    if (this.paused || this.held.length) this.held.push(d);
+    else this.h.data(d);
+  }
+
+  fin(): void {
+    if (this.gotFin) throw new DecodeError('a second FIN');
+    this.gotFin = true;
+    if (this.paused || this.held.length) this.held.push(null);
+    else this.h.end();
+  }
+
+  maybeDrain(): void {
+    if (this.refused && this.s.stream.writeBufferLength <= LOW_WATER) {
+      this.refused = false;
+      this.h.drain();
+    }
+  }
+
+  /**
+   * The stream is gone. Reset: the connection is reset. Clean (the remote closed it after its last bytes): what
+   * is held for a paused reader is delivered first, then the end, as a socket's FIN would be.
+   */
+  gone(reset: boolean): void {
+    if (this.done) return;
+    if (!reset && (this.held.length || this.paused)) {
+      this.closing = true; // resume() finishes
+      return;
+    }
+    this.done = true;
+    if (!reset && !this.gotFin) this.h.end();
+    this.h.close(reset);
+  }
+
+  write(chunk: Uint8Array): number {
+    if (this.done || this.sentFin || this.s.dead) return chunk.length; // nowhere to go; close follows
+    if (this.s.stream.writeBufferLength > HIGH_WATER) {
+      this.refused = true;
+      return 0;
+    }
+    if (!chunk.length) return 0;
+    if (this.rawOut) {
+      this.s.stream.send(chunk);
+    } else if (this.framedBytes + chunk.length > RAW_AFTER) {
+      this.rawOut = true;
+      this.s.stream.send(new Uint8ArrayList(RAW, chunk));
+    } else {
+      this.framedBytes += chunk.length;
+      this.s.stream.send(new Uint8ArrayList(header(chunk.length + 1), chunk));
+    }
+    return chunk.length;
+  }
+
+  shutdown(): void {
+    if (this.sentFin || this.done || this.s.dead) return;
+    this.sentFin = true;
+    if (this.rawOut) this.s.stream.close().catch(() => {}); // half-close: the remote keeps sending
+    else this.s.stream.send(FIN);
+  }
+
+  /** A raw direction was used: the stream cannot carry another connection. */
+  private get spent(): boolean {
+    return this.rawOut || this.s.rawIn;
+  }
+
+  /**
+   * Both directions are done, or our side is gone without a reset (a socket can close without reporting its FIN
+   * first). As a stream would: FIN if not sent yet; if the remote has finished too the session is free for the
+   * next connection, and if it is still sending, the stream is reset (as StreamPipe resets a stream closed while
+   * the remote still sends).
+   */
+  end(): void {
+    if (this.done) return;
+    this.done = true;
+    this.held = [];
+    if (!this.gotFin) {
+      this.s.kill(new Error('the tunnelled connection closed while the remote was still sending'));
+      return;
+    }
+    if (this.spent) {
+      // Our side FINs by closing the stream (no-op if it did already); once both are closed the stream is gone.
+      this.sentFin = true;
+      this.s.close();
+      return;
+    }
+    if (!this.sentFin && !this.s.dead) {
+      this.sentFin = true;
+      this.s.stream.send(FIN);
+    }
+    this.s.release();
+  }
+
+  terminate(): void {
+    if (this.done) return;
+    this.done = true;
+    this.s.kill(new Error('the other side of the tunnelled connection was reset'));
+  }
+
+  pause(): void {
+    this.paused = true;
+    this.s.stream.pause();
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.s.stream.resume();
+    while (!this.paused && this.held.length && !this.done) {
+      const d = this.held.shift()!;
+      if (d === null) this.h.end();
+      else this.h.data(d);
+    }
+    if (this.closing && !this.paused && !this.held.length) {
+      this.closing = false;
+      this.gone(false);
+    }
+  }
+}
