@@ -417,6 +417,9 @@ modules:
           await Promise.race([closed, Bun.sleep(12_000).then(() => { throw new Error(`${proto}: b did not end a stream of garbage`); })]);
         }
       }
+      // A protocol the peer does not speak fails with the error name the session fallback (older peers) keys on.
+      const unsupported = await node.dialProtocol(b, '/edgemesh/no-such-protocol/1.0.0', { signal: AbortSignal.timeout(5000) }).then(() => 'opened', (e: Error) => e.name);
+      expect(unsupported).toBe('UnsupportedProtocolError');
       // The same peer connection and node still serve a real request.
       const ok = await c.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000));
       ok.abort(new Error('done'));
