@@ -55,6 +55,7 @@ export class Session {
   /** Dialer: the CONNECT sent, waiting for its reply. */
   waiting: { h: PipeHandlers; resolve(r: { reply: ProxyMsg; end?: FramedEnd }): void; reject(e: Error): void } | null = null;
   private partial: Uint8Array | null = null; // an incomplete length prefix or handshake message
+  private deferred: Uint8Array | null = null; // the next connection's bytes, arrived before this one ended here
   private remaining = 0; // payload bytes of the current data frame still to come
   private conn: FramedEnd | null = null;
   /** The remote switched its direction to raw (for the connection in progress; the session ends with it). */
@@ -111,6 +112,15 @@ export class Session {
     this.lastUsed = Date.now();
     this.stream.resume();
     this.hooks.released(this);
+    const next = this.deferred;
+    this.deferred = null;
+    if (next && !this.dead) {
+      try {
+        this.input(next);
+      } catch (e) {
+        this.kill(e as Error);
+      }
+    }
   }
 
   /** Reset the stream: the connection on it, if any, is reset on both nodes. */
@@ -149,6 +159,13 @@ export class Session {
         continue;
       }
       if (this.phase === 'idle') throw new DecodeError('bytes on an idle session');
+      if (this.phase === 'open' && this.conn?.remoteDone) {
+        // The remote finished this connection and already sent the next CONNECT, while our side still writes
+        // what it holds: keep the bytes until the connection is released.
+        this.deferred = concat(this.deferred, data.subarray(i));
+        this.stream.pause();
+        return;
+      }
       const v = readVarint(data, i);
       if (!v) {
         if (data.length - i > 10) throw new DecodeError('bad length prefix');
@@ -194,6 +211,11 @@ export class FramedEnd implements Pipe {
 
   finished(): boolean {
     return this.sentFin && this.gotFin;
+  }
+
+  /** The remote's direction has ended (its FIN arrived). */
+  get remoteDone(): boolean {
+    return this.gotFin;
   }
 
   deliver(d: Uint8Array): void {
