@@ -15,7 +15,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { iperfClient, wrkRun, type WrkResult } from './tools.ts';
+import { cpuSeconds, iperfClient, wrkRun, type WrkResult } from './tools.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -81,10 +81,6 @@ try {
     await Bun.sleep(300);
     return p;
   }
-  const cpuOf = async (pid: number) => {
-    const f = (await Bun.file(`/proc/${pid}/stat`).text()).split(') ')[1]!.split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  };
 
   async function iperfOnce(host: string, port: number, streams: number): Promise<number> {
     const srv = spawn(inNs(BACK, '1', ['iperf3', '-s', '-B', '10.211.0.2', '-p', '5201', '-1']));
@@ -113,9 +109,9 @@ try {
 
   type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number };
   async function measure(target: { iperf: [string, number]; web: string }, pid?: number): Promise<Row> {
-    const c0 = pid ? await cpuOf(pid) : 0;
+    const c0 = pid ? await cpuSeconds(pid) : 0;
     const iperf1 = await iperf(...target.iperf, 1);
-    const cpuPerGbit = pid ? ((await cpuOf(pid)) - c0) / (iperf1 * seconds) : undefined;
+    const cpuPerGbit = pid ? ((await cpuSeconds(pid)) - c0) / (iperf1 * seconds) : undefined;
     const iperf4 = await iperf(...target.iperf, 4);
     const keepalive = await wrk(target.web, false);
     const close = await wrk(target.web, true);

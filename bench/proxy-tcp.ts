@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../test/helpers.ts';
-import { iperfClient, startHaproxy, startProxy } from './tools.ts';
+import { cpuSeconds, iperfClient, startHaproxy, startProxy } from './tools.ts';
 
 const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -27,11 +27,8 @@ try {
   await Bun.sleep(500);
 
   const haPid = procs[1]!.pid;
-  /** CPU seconds (user + system) used so far by haproxy (its worker is the process itself in foreground mode). */
-  const haCpu = async (): Promise<number> => {
-    const f = (await Bun.file(`/proc/${haPid}/stat`).text()).split(') ')[1]!.split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
-  };
+  // haproxy's worker is the process itself in foreground mode.
+  const haCpu = () => cpuSeconds(haPid);
   const ourCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
 
   async function iperf(port: number, streams: number): Promise<number> {

@@ -29,6 +29,12 @@ export function startProxy(targetPort: number): TcpServicePort {
   return proxy;
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat (clock ticks, USER_HZ = 100). */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const f = (await Bun.file(`/proc/${pid}/stat`).text()).split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
 /** iperf3 client pinned to `cpu` against host:port; received Gbit/s. `prefix`: e.g. `ip netns exec pod`. */
 export async function iperfClient(cpu: string, host: string, port: number, seconds: number, streams: number, prefix: string[] = []): Promise<number> {
   const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'iperf3', '-c', host, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, freePort } from '../test/helpers.ts';
 import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/cipher.ts';
-import { iperfClient, spawnPinned, wrkRun } from './tools.ts';
+import { cpuSeconds, iperfClient, spawnPinned, wrkRun } from './tools.ts';
 
 const argOf = (k: string, d: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d;
 const seconds = Number(argOf('seconds', '5'));
@@ -112,11 +112,7 @@ try {
   log(`time to first byte: new peer ${first.toFixed(1)} ms (dial, PSK, TLS, yamux, proxy handshake); then p50 ${warm[10]!.toFixed(2)} ms per new connection`);
 
   // ---- CPU accounting ----
-  const cpuOf = async (pid: number): Promise<number> => {
-    const f = (await Bun.file(`/proc/${pid}/stat`).text()).split(') ')[1]!.split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  };
-  const agentsCpu = async () => (await cpuOf(agents[0]!.pid)) + (await cpuOf(agents[1]!.pid));
+  const agentsCpu = async () => (await cpuSeconds(agents[0]!.pid)) + (await cpuSeconds(agents[1]!.pid));
 
   async function iperf(port: number, streams: number): Promise<number> {
     const srv = spawnPinned('1', ['iperf3', '-s', '-p', String(pIperf), '-1']);

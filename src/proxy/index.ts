@@ -178,7 +178,7 @@ export class ProxyModule {
     let active = 0;
     for (const e of this.entries.values()) active += e.listener.stats.active;
     const rules = this.rules ? `${this.rules.name} rules${this.rulesError ? ` FAILING: ${this.rulesError}` : ''}` : 'no interception';
-    const kernel = this.rules ? this.mappings().filter((m) => m.kernel).length : 0;
+    const kernel = this.kernelPorts();
     return { state: 'running', detail: `${this.entries.size} service ports on ${this.host} (${kernel} forwarded by the kernel), ${rules}, ${active} active connections` };
   }
 
@@ -269,6 +269,11 @@ export class ProxyModule {
     this.applyRules(this.mappings());
   }
 
+  /** How many service ports the kernel forwards now. */
+  private kernelPorts(): number {
+    return this.rules ? this.mappings().filter((m) => m.kernel).length : 0;
+  }
+
   private mappings(): PortMapping[] {
     const forwarding = ipForwarding();
     return [...this.entries.entries()].map(([k, e]) => this.mapping(k, e, forwarding));
@@ -318,7 +323,7 @@ export class ProxyModule {
     if (!m) return;
     const sum = (f: (e: Entry) => number) => () => [...this.entries.values()].reduce((a, e) => a + f(e), 0);
     m.gauge('edgemesh_proxy_service_ports', 'Service ports with a listener').set(() => this.entries.size);
-    m.gauge('edgemesh_proxy_kernel_service_ports', 'Service ports the kernel forwards straight to their endpoints').set(() => (this.rules ? this.mappings().filter((x) => x.kernel).length : 0));
+    m.gauge('edgemesh_proxy_kernel_service_ports', 'Service ports the kernel forwards straight to their endpoints').set(() => this.kernelPorts());
     m.gauge('edgemesh_proxy_connections_active', 'Proxied TCP connections open now').set(sum((e) => e.listener.stats.active));
     m.counterFrom('edgemesh_proxy_connections_total', 'Proxied TCP connections accepted').set(sum((e) => e.listener.stats.accepted));
     const tcp = (f: (s: TcpServicePort['stats']) => number) => sum((e) => (e.listener instanceof TcpServicePort ? f(e.listener.stats) : 0));

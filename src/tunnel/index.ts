@@ -467,7 +467,7 @@ export class TunnelModule implements RemoteDialer {
       const peer = this.peerOf(t.nodeName);
       if (peer && !this.noSessions.has(peer.toString())) {
         try {
-          return await this.openSession(t, peer.toString(), h, signal);
+          return await this.openSession(t, peer, h, signal);
         } catch (e) {
           if (!(e instanceof SessionsUnsupported)) throw e;
           // An older edgemesh or the Go original: one stream per connection, as before.
@@ -528,9 +528,10 @@ export class TunnelModule implements RemoteDialer {
    * A TCP connection on a session stream (session.ts): an idle one to that peer when there is one, else a new
    * one. A pooled session that died while idle (its peer restarted, say) is replaced once.
    */
-  private async openSession(t: RemoteTarget, peerKey: string, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+  private async openSession(t: RemoteTarget, peer: PeerId, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+    const peerKey = peer.toString();
     for (let attempt = 0; ; attempt++) {
-      const pooled = attempt === 0 ? this.takeSession(peerKey, t.nodeName) : null;
+      const pooled = attempt === 0 ? this.takeSession(peer) : null;
       const s = pooled ?? new Session(await this.newStream(t, SESSION_PROTOCOL, signal), this.dialerHooks(peerKey), 'idle');
       let result: { reply: ProxyMsg; end?: FramedEnd };
       try {
@@ -609,11 +610,10 @@ export class TunnelModule implements RemoteDialer {
    * An idle session on the connection new streams would take now: after a punch that is the direct one, so
    * sessions left on the relayed connection are closed instead of reused (and stop holding it open).
    */
-  private takeSession(peerKey: string, nodeName: string): Session | null {
-    const pool = this.idleSessions.get(peerKey);
+  private takeSession(peer: PeerId): Session | null {
+    const pool = this.idleSessions.get(peer.toString());
     if (!pool?.length) return null;
-    const peer = this.peerOf(nodeName);
-    const best = peer ? this.bestConnection(peer) : undefined;
+    const best = this.bestConnection(peer);
     while (pool.length) {
       const s = pool.pop()!;
       const onBest = best !== undefined && best.streams.includes(s.stream);
@@ -755,8 +755,7 @@ export class TunnelModule implements RemoteDialer {
     const req = decodeProxy(msg);
     if (req.type !== MsgType.CONNECT) throw new Error('expected CONNECT');
     const fail = (reason: string): void => {
-      this.stats.refused++;
-      this.d.logger.warn('refused a tunnel CONNECT', { peer: conn.remotePeer.toString(), node: this.nodeOf(conn.remotePeer) ?? '?', target: `${req.protocol} ${req.ip}:${req.port}`, reason });
+      this.logRefusal(conn, req, reason);
       if (s.dead) return;
       s.phase = 'handshake';
       s.sendMessage(encodeProxy({ type: MsgType.FAILED }));
@@ -770,15 +769,9 @@ export class TunnelModule implements RemoteDialer {
       socket.terminate();
       return;
     }
-    const entry = { close: () => splice.close(true) };
-    const splice = new Splice(() => this.active.delete(entry));
-    this.active.add(entry);
-    socket.data = splice;
-    splice.set(0, socket);
-    splice.set(1, s.attach({ data: (d) => splice.data(1, d), drain: () => splice.drain(1), end: () => splice.end(1), close: (reset) => splice.close(reset) }, false));
     this.stats.streamsIn++;
     s.sendMessage(encodeProxy({ ...req, type: MsgType.SUCCESS }));
-    socket.resume();
+    this.spliceTcp(socket, (h) => s.attach(h, false));
   }
 
   private async onProxy(s: Stream, conn: Connection): Promise<void> {
@@ -793,8 +786,7 @@ export class TunnelModule implements RemoteDialer {
     }
     const why = this.refusal(conn.remotePeer, req.protocol, req.ip, req.port);
     const fail = async (reason: string): Promise<void> => {
-      this.stats.refused++;
-      this.d.logger.warn('refused a tunnel CONNECT', { peer: conn.remotePeer.toString(), node: this.nodeOf(conn.remotePeer) ?? '?', target: `${req.protocol} ${req.ip}:${req.port}`, reason });
+      this.logRefusal(conn, req, reason);
       try {
         s.send(lengthPrefixed(encodeProxy({ type: MsgType.FAILED })));
         await s.close({ signal });
@@ -809,22 +801,29 @@ export class TunnelModule implements RemoteDialer {
     if (typeof socket === 'string') return fail(`connect failed: ${socket}`);
     this.stats.streamsIn++;
     s.send(lengthPrefixed(success));
-    this.spliceTcp(s, socket);
+    this.spliceTcp(socket, (h) => new StreamPipe(s, h));
   }
 
-  private spliceTcp(stream: Stream, socket: Socket<Splice | null>): void {
+  /** Join an endpoint socket with the tunnel end of its connection (a stream, or a session's FramedEnd). */
+  private spliceTcp(socket: Socket<Splice | null>, tunnelEnd: (h: PipeHandlers) => Pipe): void {
     const entry = { close: () => splice.close(true) };
     const splice = new Splice(() => this.active.delete(entry));
     this.active.add(entry);
     socket.data = splice;
     splice.set(0, socket);
-    splice.set(1, new StreamPipe(stream, {
+    splice.set(1, tunnelEnd({
       data: (d) => splice.data(1, d),
       drain: () => splice.drain(1),
       end: () => splice.end(1),
       close: (reset) => splice.close(reset),
     }));
     socket.resume();
+  }
+
+  /** Count and log a refused CONNECT (either protocol). */
+  private logRefusal(conn: Connection, req: ProxyMsg, reason: string): void {
+    this.stats.refused++;
+    this.d.logger.warn('refused a tunnel CONNECT', { peer: conn.remotePeer.toString(), node: this.nodeOf(conn.remotePeer) ?? '?', target: `${req.protocol} ${req.ip}:${req.port}`, reason });
   }
 
   private async serveUdp(stream: Stream, ip: string, port: number, success: Uint8Array, fail: (why: string) => Promise<void>): Promise<void> {

@@ -23,7 +23,7 @@ import type { Stream } from '@libp2p/interface';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { concat } from '../net/bytes.ts';
 import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers } from './pipe.ts';
-import { DecodeError, MAX_MESSAGE, type ProxyMsg, readVarint, writeVarint } from './protocol.ts';
+import { DecodeError, MAX_MESSAGE, type ProxyMsg, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
 
 export const SESSION_PROTOCOL = '/edgemesh/tunnel-session/1.0.0';
 
@@ -94,7 +94,7 @@ export class Session {
 
   /** Send a handshake message (CONNECT, SUCCESS or FAILED). */
   sendMessage(msg: Uint8Array): void {
-    this.stream.send(new Uint8ArrayList(header(msg.length), msg));
+    this.stream.send(lengthPrefixed(msg));
   }
 
   /** Start carrying a connection; `paused` holds what arrives until the caller resumes the pipe. */
