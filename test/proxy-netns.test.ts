@@ -14,7 +14,7 @@ import { AgentProcess, MAIN, isRoot, runCli, tempDir, waitFor } from './helpers.
 const NODE = `emnode${process.pid}`;
 const POD = `empod${process.pid}`;
 const BACK = `emback${process.pid}`;
-const tools = ['ip', 'nft', 'iptables-save', 'curl'].every((t) => Bun.which(t));
+const tools = ['ip', 'nft', 'iptables-save', 'curl', 'sysctl'].every((t) => Bun.which(t));
 const ip = (args: string[]) => runCli(args, { bin: ['ip'] });
 
 /** name, cluster IP, protocol, service port, backend port (the backends listen on the node's loopback). */
