@@ -9,8 +9,17 @@
  * iperf3 with 1 and 4 streams, wrk with keep-alive and with a new connection per request. The agent and haproxy
  * are pinned to CPU 0; iperf3, nginx and wrk to CPU 1 (the kernel's forwarding runs in softirq on the sender's
  * CPU). Each round runs every mode once; the medians of `--rounds` are printed.
+ * Each mode reaches its own server ports: connections the node opens itself (proxy, haproxy) and pod connections
+ * the kernel masquerades to the node's address share source addresses, and a reused 4-tuple that the server still
+ * holds in TIME_WAIT from another mode is dropped by PAWS (the timestamps come from another clock): SYN
+ * retransmits and a p99 of a second (seen with --nstat: SYN retransmits on the node, PAWS drops on the back).
+ * Separate ports keep the modes independent.
  * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
- *        (needs iperf3, wrk, nginx-light, haproxy, nftables, iproute2)
+ *          [--modes=kernel,proxy,haproxy] (direct always runs)
+ *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
+ *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
+ *                        (strace slows it down many times: that run's figures are not comparable)
+ *        (needs iperf3, wrk, nginx-light, haproxy, nftables, iproute2; strace for --syscalls)
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +32,14 @@ const rounds = arg('rounds', 2);
 const conns = arg('connections', 50);
 /** `--pin=split` (default): agent and haproxy on CPU 0, iperf3/nginx/wrk on CPU 1. `--pin=none`: all float. */
 const pin = process.argv.find((a) => a.startsWith('--pin='))?.split('=')[1] ?? 'split';
+const nstat = process.argv.includes('--nstat');
+const syscalls = process.argv.includes('--syscalls');
+const allModes = ['direct', 'kernel', 'proxy', 'haproxy'] as const;
+type Mode = (typeof allModes)[number];
+const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.split(',');
+const modes = allModes.filter((m) => !only || m === 'direct' || only.includes(m));
+/** Each mode's own iperf3 and nginx ports on the back namespace (see the header: PAWS across modes). */
+const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i }; };
 const log = (s: string) => process.stderr.write(s + '\n');
 if (process.getuid?.() !== 0) { log('needs root (network namespaces)'); process.exit(1); }
 for (const t of ['iperf3', 'wrk', 'nginx', 'haproxy', 'nft', 'ip', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light haproxy nftables iproute2`); process.exit(1); }
@@ -57,19 +74,20 @@ try {
   // wrk with a new connection per request leaves ~100k sockets in TIME_WAIT: let the pod reuse them.
   sh(['ip', 'netns', 'exec', POD, 'sysctl', '-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
 
-  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 10.211.0.2:8080; location / { return 200 "hello\\n"; } }\n}\n`);
+  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { ${allModes.map((m) => `listen 10.211.0.2:${backPorts(m).web};`).join(' ')} location / { return 200 "hello\\n"; } }\n}\n`);
   procs.push(spawn(inNs(BACK, '1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir])));
   writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
-    'listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:5201\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:8080\n');
+    `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:${backPorts('haproxy').web}\n`);
   procs.push(spawn(inNs(NODE, '0', ['haproxy', '-f', join(dir, 'haproxy.cfg')])));
   const svc = (name: string, ip: string, port: number, target: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip}, ports: [{ name: p, port: ${port}, protocol: TCP }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: TCP }] }]\n`;
-  writeFileSync(join(dir, 'catalog.yaml'), svc('iperf', '10.96.0.50', 5201, 5201) + '---\n' + svc('web', '10.96.0.51', 80, 8080));
   await Bun.sleep(500);
 
   /** The agent in the node namespace on CPU 0; resolves once its rules are in. */
   async function startAgent(kernelForwarding: boolean) {
+    const ports = backPorts(kernelForwarding ? 'kernel' : 'proxy');
+    writeFileSync(join(dir, `catalog-${kernelForwarding}.yaml`), svc('iperf', '10.96.0.50', 5201, ports.iperf) + '---\n' + svc('web', '10.96.0.51', 80, ports.web));
     const cfg = join(dir, `agent-${kernelForwarding}.yaml`);
-    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${kernelForwarding}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding} }\n`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${kernelForwarding}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${kernelForwarding}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding} }\n`);
     const logFile = join(dir, `agent-${kernelForwarding}.log`);
     const p = Bun.spawn(inNs(NODE, '0', [process.execPath, MAIN, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
     const started = Date.now();
@@ -82,8 +100,8 @@ try {
     return p;
   }
 
-  async function iperfOnce(host: string, port: number, streams: number): Promise<number> {
-    const srv = spawn(inNs(BACK, '1', ['iperf3', '-s', '-B', '10.211.0.2', '-p', '5201', '-1']));
+  async function iperfOnce(mode: Mode, host: string, port: number, streams: number): Promise<number> {
+    const srv = spawn(inNs(BACK, '1', ['iperf3', '-s', '-B', '10.211.0.2', '-p', String(backPorts(mode).iperf), '-1']));
     await Bun.sleep(300);
     try {
       return await iperfClient(clientCpu, host, port, seconds, streams, ['ip', 'netns', 'exec', POD]);
@@ -92,44 +110,63 @@ try {
       await srv.exited;
     }
   }
-  async function iperf(host: string, port: number, streams: number): Promise<number> {
+  async function iperf(mode: Mode, host: string, port: number, streams: number): Promise<number> {
     try {
-      return await iperfOnce(host, port, streams);
+      return await iperfOnce(mode, host, port, streams);
     } catch (err) {
       // iperf3's control connection sometimes dies at start on this loaded machine: one more try, said aloud.
       log(`  iperf3 failed (${String(err)}); retrying once`);
-      return await iperfOnce(host, port, streams);
+      return await iperfOnce(mode, host, port, streams);
     }
   }
-  const wrk = async (url: string, close: boolean): Promise<WrkResult> => {
+  const nstatEnv = (ns: string) => ({ env: { ...process.env, NSTAT_HISTORY: join(dir, `nstat-${ns}`) } });
+  const wrk = async (mode: Mode, url: string, close: boolean, pid?: number): Promise<WrkResult> => {
+    const diag = close && (nstat || (syscalls && pid));
+    if (diag) for (const ns of [NODE, POD, BACK]) Bun.spawnSync(['ip', 'netns', 'exec', ns, 'nstat', '-n'], nstatEnv(ns));
+    const trace = close && syscalls && pid ? Bun.spawn(['strace', '-c', '-f', '-p', String(pid), '-o', join(dir, 'strace.txt')], { stdout: 'ignore', stderr: 'ignore' }) : null;
     const r = await wrkRun(clientCpu, url, conns, seconds, close, ['ip', 'netns', 'exec', POD]);
+    if (trace) {
+      trace.kill('SIGINT');
+      await trace.exited;
+      // strace -c's last line: "100.00  seconds  usecs/call  calls  errors  total".
+      const total = (await Bun.file(join(dir, 'strace.txt')).text()).split('\n').find((l) => /\stotal$/.test(l))?.trim().split(/\s+/)[3];
+      // Every connection through the agent is one accepted by it: count them from the kernel, not from wrk.
+      const accepted = Number(/TcpPassiveOpens\s+(\d+)/.exec(Bun.spawnSync(['ip', 'netns', 'exec', NODE, 'nstat', '-s', 'TcpPassiveOpens'], nstatEnv(NODE)).stdout.toString())?.[1] ?? 0);
+      log(`  ${mode}: ${total} syscalls for ${accepted} connections: ${(Number(total) / accepted).toFixed(1)} per connection (under strace)`);
+    }
+    if (nstat && close) {
+      for (const ns of [NODE, POD, BACK]) {
+        const out = Bun.spawnSync(['ip', 'netns', 'exec', ns, 'nstat', '-s'], nstatEnv(ns)).stdout.toString();
+        const keep = out.split('\n').filter((l) => /Retrans|Rst|Reset|PAWS|Overflow|Drop|TW|Abort|Timeout/.test(l)).map((l) => l.trim().split(/\s+/).slice(0, 2).join(' '));
+        log(`  ${mode} ${ns.replace(/\d+$/, '')}: ${keep.join(', ') || '(nothing)'}`);
+      }
+    }
     if (close) await Bun.sleep(2000); // let TIME_WAIT drain a little between modes
     return r;
   };
 
   type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number };
-  async function measure(target: { iperf: [string, number]; web: string }, pid?: number): Promise<Row> {
+  async function measure(mode: Mode, target: { iperf: [string, number]; web: string }, pid?: number): Promise<Row> {
     const c0 = pid ? await cpuSeconds(pid) : 0;
-    const iperf1 = await iperf(...target.iperf, 1);
+    const iperf1 = await iperf(mode, ...target.iperf, 1);
     const cpuPerGbit = pid ? ((await cpuSeconds(pid)) - c0) / (iperf1 * seconds) : undefined;
-    const iperf4 = await iperf(...target.iperf, 4);
-    const keepalive = await wrk(target.web, false);
-    const close = await wrk(target.web, true);
+    const iperf4 = await iperf(mode, ...target.iperf, 4);
+    const keepalive = await wrk(mode, target.web, false);
+    const close = await wrk(mode, target.web, true, pid);
     return { iperf1, iperf4, keepalive, close, cpuPerGbit };
   }
 
-  const modes = ['direct', 'kernel', 'proxy', 'haproxy'] as const;
-  const results: Record<(typeof modes)[number], Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [] };
+  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [] };
   const viaCluster = { iperf: ['10.96.0.50', 5201] as [string, number], web: 'http://10.96.0.51/' };
   for (let round = 1; round <= rounds; round++) {
     for (const mode of modes) {
       log(`round ${round}/${rounds}: ${mode}…`);
-      if (mode === 'direct') results.direct.push(await measure({ iperf: ['10.211.0.2', 5201], web: 'http://10.211.0.2:8080/' }));
-      else if (mode === 'haproxy') results.haproxy.push(await measure({ iperf: ['10.210.0.1', 15201], web: 'http://10.210.0.1:18080/' }, procs[1]!.pid));
+      if (mode === 'direct') results.direct.push(await measure(mode, { iperf: ['10.211.0.2', backPorts('direct').iperf], web: `http://10.211.0.2:${backPorts('direct').web}/` }));
+      else if (mode === 'haproxy') results.haproxy.push(await measure(mode, { iperf: ['10.210.0.1', 15201], web: 'http://10.210.0.1:18080/' }, procs[1]!.pid));
       else {
         const agent = await startAgent(mode === 'kernel');
         try {
-          results[mode].push(await measure(viaCluster, agent.pid));
+          results[mode].push(await measure(mode, viaCluster, agent.pid));
         } finally {
           agent.kill();
           await agent.exited;
@@ -139,7 +176,7 @@ try {
   }
 
   const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
-  const med = (mode: (typeof modes)[number]) => {
+  const med = (mode: Mode) => {
     const r = results[mode];
     return {
       iperf1: median(r.map((x) => x.iperf1)), iperf4: median(r.map((x) => x.iperf4)),
