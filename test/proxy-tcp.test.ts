@@ -3,7 +3,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { createHash } from 'node:crypto';
 import { Balancer, type LbEndpoint } from '../src/lb/balancer.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
-import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { TcpServicePort, type TcpRemoteDialer } from '../src/proxy/tcp.ts';
+import type { Pipe, PipeHandlers } from '../src/tunnel/pipe.ts';
 import { freePort, waitFor } from './helpers.ts';
 
 const RING = { partitionCount: 100, replicationFactor: 10, load: 1.25 };
@@ -181,6 +182,111 @@ describe('TCP service port', () => {
     // The proxy, the echo backend and the client share this process: all of them together stay bounded.
     expect(rssMax - rss0).toBeLessThan(300 * 1024 * 1024);
   }, 120_000);
+
+  test('bytes sent while the upstream is still connecting: kept up to a bound, then the client waits; all arrive in order', async () => {
+    // A "remote" endpoint whose dial takes 400 ms (a tunnel to a far node), reached through a real socket to the
+    // echo backend. The client sends 32 MiB and FIN at once, long before the upstream is there: more than the
+    // kernel buffers hold, so if the proxy kept reading without bound the client would be done before the upstream.
+    let opened = 0;
+    let sentAtOpen = -1;
+    const slow: TcpRemoteDialer = {
+      async open(t, h: PipeHandlers): Promise<Pipe> {
+        await Bun.sleep(400);
+        opened++;
+        sentAtOpen = off;
+        return await new Promise<Pipe>((resolve, reject) => {
+          void Bun.connect({
+            hostname: t.ip, port: t.port, allowHalfOpen: true,
+            socket: {
+              binaryType: 'uint8array',
+              open: (s) => resolve(s),
+              connectError: (_s, err) => reject(err),
+              data: (_s, d) => h.data(d),
+              drain: () => h.drain(),
+              end: () => h.end(),
+              close: (_s, err) => h.close(!!err),
+            },
+          });
+        });
+      },
+    };
+    let payload = new Uint8Array(0);
+    let off = 0;
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints([{ ...ep(echo.port, 0), nodeName: 'far' }]);
+    const p = new TcpServicePort({ ...opts, balancer: b, isLocal: (e) => e.nodeName === '', remote: slow });
+    p.start();
+    try {
+      payload = new Uint8Array(32 * 1024 * 1024).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+      // A client that writes all of it (partial writes resumed on drain), then FIN, and reads everything back.
+      const r = await new Promise<{ data: Buffer; error: boolean }>((resolve) => {
+        const parts: Buffer[] = [];
+        let error = false;
+        const push = (s: Bun.Socket<undefined>) => {
+          while (off < payload.length) {
+            const n = s.write(payload.subarray(off));
+            if (n <= 0) return;
+            off += n;
+          }
+          s.shutdown();
+        };
+        void Bun.connect({
+          hostname: '127.0.0.1', port: p.port, allowHalfOpen: true,
+          socket: {
+            open: push, drain: push,
+            data: (_s, d) => void parts.push(Buffer.from(d)),
+            end: (s) => void s.end(),
+            error: () => void (error = true),
+            close: (_s, err) => resolve({ data: Buffer.concat(parts), error: error || !!err }),
+          },
+        });
+      });
+      expect(opened).toBe(1);
+      expect(sentAtOpen).toBeGreaterThan(0);
+      // The client was made to wait: what it got out is the proxy's 64 KiB plus what the kernel buffers of a paused
+      // socket hold (~4 MiB here); a proxy reading without bound had taken 12.8 MiB by then on this machine.
+      expect(sentAtOpen).toBeLessThan(8 * 1024 * 1024);
+      expect(r.error).toBe(false);
+      expect(r.data.length).toBe(payload.length + 3);
+      expect(createHash('sha256').update(r.data.subarray(0, payload.length)).digest('hex')).toBe(createHash('sha256').update(payload).digest('hex'));
+      expect(r.data.subarray(payload.length).toString()).toBe('bye');
+    } finally {
+      p.stop();
+    }
+  }, 30_000);
+
+  test('ClientIP affinity and source-IP hashing see each client address (clients bound to 127.0.0.2–127.0.0.21)', async () => {
+    // Bun.connect cannot choose its source address; node:net can, and the proxy sees the real peer address.
+    const { connect } = await import('node:net');
+    const from = (host: string, port: number) => new Promise<string>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      const c = connect({ host: '127.0.0.1', port, localAddress: host }, () => c.end());
+      c.on('data', (d: Buffer) => parts.push(d)).on('error', reject).on('close', () => resolve(Buffer.concat(parts).toString()));
+    });
+    const clients = Array.from({ length: 20 }, (_, i) => `127.0.0.${i + 2}`);
+    for (const [policy, affinity] of [[{ kind: 'round-robin' }, { enabled: true, timeoutSec: 60 }], [{ kind: 'consistent-hash', hash: { kind: 'source-ip' } }, { enabled: false, timeoutSec: 0 }]] as const) {
+      const b = new Balancer({ ring: RING });
+      b.setEndpoints(ids.map((l, i) => ep(l.port, i)));
+      b.setPolicy(policy, affinity);
+      const p = new TcpServicePort({ ...opts, balancer: b });
+      p.start();
+      try {
+        const first = new Map<string, string>();
+        for (let round = 0; round < 3; round++) {
+          for (const host of clients) {
+            const got = await from(host, p.port);
+            expect(['a', 'b', 'c']).toContain(got);
+            if (round === 0) first.set(host, got);
+            else expect(got).toBe(first.get(host)!); // each address sticks to its endpoint
+          }
+        }
+        // ...and different addresses are told apart: they do not all land on one endpoint.
+        expect(new Set(first.values()).size).toBeGreaterThan(1);
+      } finally {
+        p.stop();
+      }
+    }
+  });
 
   test('a dead endpoint is skipped: every connection still succeeds', async () => {
     const dead = await freePort();

@@ -71,6 +71,15 @@ export class Balancer {
     return this.conflict ? ROUND_ROBIN : this.policy;
   }
 
+  /**
+   * Whether pick() reads `clientIP` (ClientIP affinity, source-IP hashing): a proxied connection asks the kernel
+   * for its peer address (getpeername) only then.
+   */
+  usesClientIP(): boolean {
+    const p = this.effectivePolicy();
+    return this.sessionAffinity.enabled || (p.kind === 'consistent-hash' && p.hash.kind === 'source-ip');
+  }
+
   setPolicy(policy: LbPolicy, affinity: SessionAffinity): void {
     this.policy = policy;
     this.sessionAffinity = affinity;

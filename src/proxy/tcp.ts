@@ -1,15 +1,16 @@
 /**
  * proxy/ — the TCP data path of one service port: accept, choose an endpoint, dial, splice.
  *
- * - The client is paused while the upstream connects (its early bytes wait in the kernel, not in memory);
- *   the pair is joined in the upstream's `open` handler.
+ * - While the upstream connects, the client's first bytes are kept (a request head, usually) and replayed on open;
+ *   past EARLY_LIMIT the client is paused and the rest waits in the kernel. Not pausing by default saves the
+ *   four epoll_ctl calls a pause/resume pair costs per connection. The pair is joined in the upstream's `open`.
  * - A failed dial (refused, timeout) excludes that endpoint and asks the balancer again, at most `maxAttempts`
  *   times; then the client is closed cleanly (FIN).
  * - Backpressure: a partial write keeps the rest (one chunk, a view: no copy) and pauses the reading side until
  *   `drain`; memory per connection is bounded by one read chunk each way.
  * - Half-close: a FIN from one side is passed on with shutdown() once pending bytes are written; the pair closes
  *   when both directions are done. An error (RST) on one side resets the other.
- * - TCP_NODELAY on both sides; optional idle timeout.
+ * - TCP_NODELAY on both sides (Bun sets it on accepted and connected sockets itself); optional idle timeout.
  * - Only when a hashing policy needs it (header, cookie or query), the first request head is read before the
  *   endpoint is chosen (bounded by MAX_HEAD and sniffTimeoutMs), kept as raw bytes and replayed: keep-alive,
  *   pipelining and bodies pass untouched; routing is per connection. A generated cookie is announced with a
@@ -75,6 +76,9 @@ export interface TcpPortStats {
 
 type Side = 'client' | 'upstream';
 
+/** Bytes kept from a client whose upstream is still connecting before the client is paused. */
+const EARLY_LIMIT = 64 * 1024;
+
 /** What an upstream socket carries: its connection and which dial attempt created it. */
 interface Dial {
   c: Conn;
@@ -108,6 +112,14 @@ interface Conn {
   /** A Set-Cookie line still to insert into the first response head, and the response bytes held for it. */
   setCookie: string | null;
   respHead: Uint8Array | null;
+  /** The client is paused (early bytes past EARLY_LIMIT, sniffing done, route decided): joined() resumes it. */
+  clientPaused: boolean;
+}
+
+function pauseClient(c: Conn): void {
+  if (c.clientPaused) return;
+  c.clientPaused = true;
+  c.client.pause();
 }
 
 export class TcpServicePort {
@@ -131,10 +143,9 @@ export class TcpServicePort {
         // Plain Uint8Array views: the splice never needs Buffer methods, and Bun can skip creating them.
         binaryType: 'uint8array',
         open(s) {
-          s.setNoDelay(true);
           const c: Conn = {
             client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
-            upstreamEnded: false, closed: false, dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null,
+            upstreamEnded: false, closed: false, dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
           };
           s.data = c;
           self.conns.add(c);
@@ -152,7 +163,6 @@ export class TcpServicePort {
             c.sniffTimer = setTimeout(() => self.endSniff(c), self.o.sniffTimeoutMs ?? 500);
             return;
           }
-          s.pause();
           self.dial(c);
         },
         data(s, chunk) {
@@ -204,7 +214,7 @@ export class TcpServicePort {
       this.close(c, false);
       return;
     }
-    c.client.pause();
+    pauseClient(c);
     c.fixedTarget = r.target;
     c.early = r.rest.length ? r.rest : null;
     this.dial(c);
@@ -215,7 +225,7 @@ export class TcpServicePort {
     if (!c.sniffing || c.closed) return;
     c.sniffing = false;
     if (c.sniffTimer) clearTimeout(c.sniffTimer);
-    c.client.pause();
+    pauseClient(c);
     const pol = this.o.balancer.effectivePolicy();
     if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
       const end = c.early ? headEnd(c.early) : -1;
@@ -232,7 +242,7 @@ export class TcpServicePort {
     if (c.closed) return;
     const ep = c.fixedTarget
       ? (c.tried.size === 0 ? c.fixedTarget : null)
-      : c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: c.client.remoteAddress, hashKey: c.hashKey, exclude: c.tried }) : null;
+      : c.tried.size < this.o.maxAttempts ? this.o.balancer.pick({ clientIP: this.o.balancer.usesClientIP() ? c.client.remoteAddress : '', hashKey: c.hashKey, exclude: c.tried }) : null;
     if (!ep) {
       if (c.fixedTarget) this.o.route?.failed?.(c.client as Socket<unknown>);
       if (c.tried.size === 0) this.stats.noEndpoint++;
@@ -314,7 +324,10 @@ export class TcpServicePort {
       }
     }
     if (c.clientEnded) u.shutdown();
-    else c.client.resume();
+    else if (c.clientPaused) {
+      c.clientPaused = false;
+      c.client.resume();
+    }
   }
 
   /**
@@ -330,7 +343,6 @@ export class TcpServicePort {
         return;
       }
       clearTimeout(c.dialTimer!);
-      u.setNoDelay(true);
       if (this.o.idleTimeoutSec > 0) u.timeout(this.o.idleTimeoutSec);
       this.joined(c, ep, u);
     },
@@ -363,9 +375,9 @@ export class TcpServicePort {
     if (c.closed) return;
     const to = from === 'client' ? c.upstream : c.client;
     if (!to) {
-      // The client is paused until the upstream is open, so this should not happen; if a read was already under
-      // way, keep its bytes with the early ones (replayed on open) rather than lose them.
+      // The upstream is still connecting: keep the bytes (replayed on open), up to EARLY_LIMIT.
       c.early = concat(c.early, chunk);
+      if (c.early.length >= EARLY_LIMIT) pauseClient(c);
       return;
     }
     if (from === 'upstream' && c.setCookie) {
