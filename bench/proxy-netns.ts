@@ -16,6 +16,7 @@
  * Separate ports keep the modes independent.
  * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
  *          [--modes=kernel,proxy,haproxy] (direct always runs)
+ *          [--base=DIR]  also run the listener path of the agent in checkout DIR (mode "base"): A/B in the same run
  *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
  *                        (strace slows it down many times: that run's figures are not comparable)
@@ -34,10 +35,12 @@ const conns = arg('connections', 50);
 const pin = process.argv.find((a) => a.startsWith('--pin='))?.split('=')[1] ?? 'split';
 const nstat = process.argv.includes('--nstat');
 const syscalls = process.argv.includes('--syscalls');
-const allModes = ['direct', 'kernel', 'proxy', 'haproxy'] as const;
+const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base'] as const;
 type Mode = (typeof allModes)[number];
 const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.split(',');
-const modes = allModes.filter((m) => !only || m === 'direct' || only.includes(m));
+/** Another checkout's agent (e.g. a `git worktree` of the previous commit), run as mode "base" for A/B in one run. */
+const baseDir = process.argv.find((a) => a.startsWith('--base='))?.split('=')[1];
+const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : !only || m === 'direct' || only.includes(m)));
 /** Each mode's own iperf3 and nginx ports on the back namespace (see the header: PAWS across modes). */
 const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i }; };
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -83,13 +86,15 @@ try {
   await Bun.sleep(500);
 
   /** The agent in the node namespace on CPU 0; resolves once its rules are in. */
-  async function startAgent(kernelForwarding: boolean) {
-    const ports = backPorts(kernelForwarding ? 'kernel' : 'proxy');
-    writeFileSync(join(dir, `catalog-${kernelForwarding}.yaml`), svc('iperf', '10.96.0.50', 5201, ports.iperf) + '---\n' + svc('web', '10.96.0.51', 80, ports.web));
-    const cfg = join(dir, `agent-${kernelForwarding}.yaml`);
-    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${kernelForwarding}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${kernelForwarding}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding} }\n`);
-    const logFile = join(dir, `agent-${kernelForwarding}.log`);
-    const p = Bun.spawn(inNs(NODE, '0', [process.execPath, MAIN, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
+  async function startAgent(mode: 'kernel' | 'proxy' | 'base') {
+    const kernelForwarding = mode === 'kernel';
+    const ports = backPorts(mode);
+    writeFileSync(join(dir, `catalog-${mode}.yaml`), svc('iperf', '10.96.0.50', 5201, ports.iperf) + '---\n' + svc('web', '10.96.0.51', 80, ports.web));
+    const cfg = join(dir, `agent-${mode}.yaml`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${mode}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${mode}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding} }\n`);
+    const logFile = join(dir, `agent-${mode}.log`);
+    const main = mode === 'base' ? join(baseDir!, 'src/cli/main.ts') : MAIN;
+    const p = Bun.spawn(inNs(NODE, '0', [process.execPath, main, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
     const started = Date.now();
     while (!/proxy listening/.test(await Bun.file(logFile).text().catch(() => ''))) {
       if (p.exitCode !== null || Date.now() - started > 15_000) throw new Error(`agent did not start: ${await Bun.file(logFile).text().catch(() => '')}`);
@@ -145,18 +150,22 @@ try {
     return r;
   };
 
-  type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number };
+  type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number; cpuPerConn?: number };
   async function measure(mode: Mode, target: { iperf: [string, number]; web: string }, pid?: number): Promise<Row> {
     const c0 = pid ? await cpuSeconds(pid) : 0;
     const iperf1 = await iperf(mode, ...target.iperf, 1);
     const cpuPerGbit = pid ? ((await cpuSeconds(pid)) - c0) / (iperf1 * seconds) : undefined;
     const iperf4 = await iperf(mode, ...target.iperf, 4);
     const keepalive = await wrk(mode, target.web, false);
+    const c1 = pid ? await cpuSeconds(pid) : 0;
     const close = await wrk(mode, target.web, true, pid);
-    return { iperf1, iperf4, keepalive, close, cpuPerGbit };
+    // CPU per proxied new connection: steadier than req/s on a noisy machine (another tenant's load slows the
+    // agent and wrk alike, but costs the agent little extra CPU per connection).
+    const cpuPerConn = pid && !syscalls ? (((await cpuSeconds(pid)) - c1) * 1e6) / (close.rps * seconds) : undefined;
+    return { iperf1, iperf4, keepalive, close, cpuPerGbit, cpuPerConn };
   }
 
-  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [] };
+  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [], base: [] };
   const viaCluster = { iperf: ['10.96.0.50', 5201] as [string, number], web: 'http://10.96.0.51/' };
   for (let round = 1; round <= rounds; round++) {
     for (const mode of modes) {
@@ -164,7 +173,7 @@ try {
       if (mode === 'direct') results.direct.push(await measure(mode, { iperf: ['10.211.0.2', backPorts('direct').iperf], web: `http://10.211.0.2:${backPorts('direct').web}/` }));
       else if (mode === 'haproxy') results.haproxy.push(await measure(mode, { iperf: ['10.210.0.1', 15201], web: 'http://10.210.0.1:18080/' }, procs[1]!.pid));
       else {
-        const agent = await startAgent(mode === 'kernel');
+        const agent = await startAgent(mode);
         try {
           results[mode].push(await measure(mode, viaCluster, agent.pid));
         } finally {
@@ -183,15 +192,16 @@ try {
       keepalive: { rps: median(r.map((x) => x.keepalive.rps)), p50: median(r.map((x) => x.keepalive.p50)), p99: median(r.map((x) => x.keepalive.p99)) },
       close: { rps: median(r.map((x) => x.close.rps)), p50: median(r.map((x) => x.close.p50)), p99: median(r.map((x) => x.close.p99)) },
       cpuPerGbit: r[0]?.cpuPerGbit === undefined ? undefined : median(r.map((x) => x.cpuPerGbit!)),
+      cpuPerConn: r[0]?.cpuPerConn === undefined ? undefined : median(r.map((x) => x.cpuPerConn!)),
     };
   };
   const d = med('direct');
-  const table = ['| mode | 1 stream | 4 streams | keep-alive HTTP | new-connection HTTP | CPU 0 cores per Gbit/s |', '|---|---:|---:|---:|---:|---:|'];
+  const table = ['| mode | 1 stream | 4 streams | keep-alive HTTP | new-connection HTTP | CPU 0 cores per Gbit/s | CPU 0 µs per new connection |', '|---|---:|---:|---:|---:|---:|---:|'];
   for (const mode of modes) {
     const m = med(mode);
     const ratio = (v: number, base: number) => (mode === 'direct' ? '' : ` (**${(v / base).toFixed(2)}**)`);
     const http = (w: WrkResult, base: WrkResult) => `${w.rps.toFixed(0)} req/s${ratio(w.rps, base.rps)}, p50 ${w.p50.toFixed(2)} / p99 ${w.p99.toFixed(2)} ms`;
-    table.push(`| ${mode} | ${m.iperf1.toFixed(2)} Gbit/s${ratio(m.iperf1, d.iperf1)} | ${m.iperf4.toFixed(2)}${ratio(m.iperf4, d.iperf4)} | ${http(m.keepalive, d.keepalive)} | ${http(m.close, d.close)} | ${m.cpuPerGbit === undefined ? '—' : m.cpuPerGbit.toFixed(3)} |`);
+    table.push(`| ${mode} | ${m.iperf1.toFixed(2)} Gbit/s${ratio(m.iperf1, d.iperf1)} | ${m.iperf4.toFixed(2)}${ratio(m.iperf4, d.iperf4)} | ${http(m.keepalive, d.keepalive)} | ${http(m.close, d.close)} | ${m.cpuPerGbit === undefined ? '—' : m.cpuPerGbit.toFixed(3)} | ${m.cpuPerConn === undefined ? '—' : m.cpuPerConn.toFixed(0)} |`);
   }
   console.log(table.join('\n'));
   log(JSON.stringify(results));
