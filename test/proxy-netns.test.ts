@@ -43,6 +43,8 @@ kind: Endpoints
 metadata: { name: pool, namespace: shop }
 subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: p, port: 8080, protocol: TCP }] }]
 `;
+/** The pool with Kubernetes ClientIP session affinity. */
+const AFFINE = POOL.replace('spec: { clusterIP: 10.96.0.30,', 'spec: { clusterIP: 10.96.0.30, sessionAffinity: ClientIP, sessionAffinityConfig: { clientIP: { timeoutSeconds: 300 } },');
 const HASHED = `---
 apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
@@ -250,6 +252,38 @@ sock.end();
       }
       const left = await ruleset(backendName);
       expect(left).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
+    }, 60_000);
+  }
+  for (const backendName of ['nftables', 'iptables'] as const) {
+    test(`${backendName}: ClientIP affinity on the kernel path: each client address keeps its endpoint, across rule rewrites`, async () => {
+      expect(AFFINE).toContain('sessionAffinity: ClientIP');
+      writeFileSync(catalog, catalogYaml(BASE) + '---\n' + AFFINE);
+      await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+      const agent = await startAgent(backendName);
+      try {
+        await waitFor(async () => (await ruleset(backendName)).includes(backendName === 'nftables' ? 'dnat to 10.201.0.3:8080' : '--to-destination 10.201.0.3:8080'), 'kernel rules for the pool', 3000, 100);
+        // The pod (10.200.0.2) and the node (10.200.0.1) are two clients: round robin gives them one endpoint
+        // each, and every later connection of each goes back to its own.
+        const pod = Object.keys((await spread(POD, 8)).counts);
+        const node = Object.keys((await spread(NODE, 8)).counts);
+        expect(pod).toHaveLength(1);
+        expect(node).toHaveLength(1);
+        expect(pod[0]).not.toBe(node[0]);
+        const ports = JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[];
+        expect(ports.find((p) => p.service === 'shop/pool:p')?.path).toBe('kernel');
+        // Another service appears: the rules are written again, and what the kernel remembers survives it.
+        writeFileSync(catalog, catalogYaml([...BASE, ['web2', '10.96.0.12', 'TCP', 80, 18080]]) + '---\n' + AFFINE);
+        await waitFor(async () => (await ruleset(backendName)).includes('10.96.0.12'), 'rules rewritten', 3000, 100);
+        // The node asks first now: with the kernel's memory lost, the new rules' round robin would start over and
+        // send it to the pod's endpoint.
+        expect(Object.keys((await spread(NODE, 6)).counts)).toEqual(node);
+        expect(Object.keys((await spread(POD, 6)).counts)).toEqual(pod);
+      } finally {
+        expect(await agent.stop()).toBe(0);
+        await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        writeFileSync(catalog, catalogYaml(BASE));
+      }
+      expect(await ruleset(backendName)).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
     }, 60_000);
   }
 });

@@ -56,6 +56,8 @@ export interface PortMapping {
 export interface KernelTarget {
   endpoints: { ip: string; port: number }[];
   pick: 'round-robin' | 'random';
+  /** ClientIP session affinity: seconds a client address stays with its endpoint since its last connection; 0 = none. */
+  affinitySec: number;
   /** Pods' connections too (they are forwarded, so this needs ip_forward and no loopback endpoint). */
   pods: boolean;
 }
@@ -198,17 +200,20 @@ export class ProxyModule {
 
   /**
    * Whether the kernel can carry this service port by itself (docs/proxy.md#kernel-forwarding): only what a DNAT
-   * rule can express exactly. Hash and least-request policies, ClientIP affinity, UDP (whose conntrack entries
-   * would outlive a removed endpoint), IPv6 and endpoints behind the tunnel stay on the listener.
+   * rule can express exactly: round robin or random, and ClientIP affinity with round robin (the kernel keeps each
+   * client address per endpoint with its timeout, as kube-proxy does). Hash and least-request policies, UDP (whose
+   * conntrack entries would outlive a removed endpoint), IPv6 and endpoints behind the tunnel stay on the listener.
    */
   private kernelTarget(e: Entry, forwarding: boolean): KernelTarget | null {
-    if (!this.cfg.kernelForwarding || !this.rules || e.sp.protocol !== 'TCP' || e.svc.sessionAffinity === 'ClientIP') return null;
+    if (!this.cfg.kernelForwarding || !this.rules || e.sp.protocol !== 'TCP') return null;
     const pick = e.balancer.effectivePolicy().kind;
     if (pick !== 'round-robin' && pick !== 'random') return null;
+    const affinitySec = e.svc.sessionAffinity === 'ClientIP' ? e.svc.sessionAffinityTimeout : 0;
+    if (affinitySec && pick !== 'round-robin') return null; // the balancer resolves that conflict to round robin
     const eps = e.balancer.endpoints();
     if (!eps.length || !eps.every((ep) => !ep.ip.includes(':') && this.isLocal(ep))) return null;
     // A loopback endpoint is reachable from the node only: pods' packets cannot be routed to it.
-    return { endpoints: eps.map((ep) => ({ ip: ep.ip, port: ep.port })), pick, pods: forwarding && !eps.some((ep) => ep.ip.startsWith('127.')) };
+    return { endpoints: eps.map((ep) => ({ ip: ep.ip, port: ep.port })), pick, affinitySec, pods: forwarding && !eps.some((ep) => ep.ip.startsWith('127.')) };
   }
 
   private queueSync(snap: CatalogSnapshot): Promise<void> {

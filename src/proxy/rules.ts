@@ -3,7 +3,9 @@
  * port to its listener, from processes on the node (OUTPUT) and from pods (PREROUTING). Always the full desired
  * set, applied atomically, so restarts never duplicate and a half-applied state never exists:
  *
- * - nftables: one table `ip edgemesh`, replaced in a single `nft -f` transaction. Its nat chains hook at
+ * - nftables: one table `ip edgemesh`, rewritten in a single `nft -f` transaction: the first one of a process
+ *   deletes and recreates it, later ones flush its rules and declare them again (sets keep their elements: the
+ *   kernel's ClientIP affinity lives there) and delete chains and sets no longer wanted. Its nat chains hook at
  *   priority -105, just before kube-proxy's (dstnat, -100), so edgemesh wins for the services it proxies;
  *   everything it does not match falls through to kube-proxy untouched.
  * - iptables: our own chains EDGEMESH-PORTALS-CONTAINER / -HOST in the nat table, rewritten with
@@ -18,6 +20,9 @@
  * all. Pods' connections (PREROUTING) are forwarded, so they get a conntrack mark (KERNEL_MARK) that lets them
  * through our FORWARD rule and masquerades them on the way out: the endpoint answers the node, which un-NATs the
  * reply (without it, an endpoint on the pod's own bridge would answer the pod directly from the wrong address).
+ * ClientIP affinity on that path, as kube-proxy: one chain per endpoint that records the client address (an nft
+ * set with a timeout / the `recent` match) before its DNAT, and the service chain first sends a recorded address
+ * back to its endpoint, then picks round robin.
  */
 import { EdgeMeshError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
@@ -49,30 +54,64 @@ function chainId(p: PortMapping): string {
 }
 const quote = (s: string) => `"${s.replace(/["\\]/g, '')}"`;
 
+/** A short stable name part for one endpoint of a service port (affinity chains and sets). */
+function endpointId(p: PortMapping, e: { ip: string; port: number }, len: number): string {
+  return new Bun.CryptoHasher('sha256').update(`${p.service}/${p.protocol}/${e.ip}:${e.port}`).digest('hex').slice(0, len);
+}
+
 /** Destination IPs a service port is reachable on (IPv4; IPv6 interception arrives with ip6 tables). */
 function destinations(p: PortMapping): string[] {
   return [...new Set([...p.clusterIPs, ...p.externalIPs, ...p.loadBalancerIPs])].filter(v4);
 }
 
+/** The chains and sets an nftables transaction left in our table (the next one deletes those it no longer wants). */
+interface NftObjects {
+  chains: Set<string>;
+  sets: Set<string>;
+}
+
 export class NftablesRules implements RulesBackend {
   readonly name = 'nftables';
+  /** What this process last applied; null: nothing yet (the next apply starts from an empty table). */
+  private applied: NftObjects | null = null;
   constructor(private readonly log: Logger, readonly table = 'edgemesh') {}
 
-  render(ports: readonly PortMapping[]): string {
+  /** The transaction, and the chains and sets it leaves. `previous` null: delete the table and start afresh. */
+  render(ports: readonly PortMapping[], previous: NftObjects | null = null): { text: string; objects: NftObjects } {
     const mark = `0x${KERNEL_MARK.toString(16)}`;
-    const host: string[] = [], pod: string[] = [], svcChains: string[] = [];
+    const host: string[] = [], pod: string[] = [], body: string[] = [];
+    const objects: NftObjects = { chains: new Set(['services_host', 'services_pod', 'prerouting', 'output', 'postrouting', 'forward']), sets: new Set() };
     for (const p of ports) {
       const proto = p.protocol.toLowerCase();
       const comment = `comment ${quote(p.service)}`;
       const toListener = `dnat to ${p.listenHost}:${p.listenPort} ${comment}`;
       let toKernel = '';
       if (p.kernel) {
-        const chain = `svc_${chainId(p).toLowerCase()}`;
+        const id = chainId(p).toLowerCase();
+        const chain = `svc_${id}`;
         const eps = p.kernel.endpoints;
-        const target = eps.length === 1
-          ? `${eps[0]!.ip}:${eps[0]!.port}`
-          : `numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ')} }`;
-        svcChains.push(`  chain ${chain} {`, `    meta l4proto ${proto} counter dnat to ${target} ${comment}`, '  }');
+        const lines: string[] = [];
+        if (p.kernel.affinitySec > 0) {
+          // Per endpoint: a set of client addresses (its timeout in the name: a changed timeout is a new set) and
+          // a chain that refreshes the client's entry and DNATs.
+          const T = p.kernel.affinitySec;
+          const per = eps.map((e) => ({ e, set: `aff_${id}_${endpointId(p, e, 8)}_${T}`, chain: `sep_${id}_${endpointId(p, e, 8)}` }));
+          for (const x of per) {
+            body.push(`  set ${x.set} {`, '    type ipv4_addr; flags dynamic,timeout;', `    timeout ${T}s;`, '  }');
+            body.push(`  chain ${x.chain} {`, `    update @${x.set} { ip saddr }`, `    meta l4proto ${proto} counter dnat to ${x.e.ip}:${x.e.port} ${comment}`, '  }');
+            objects.sets.add(x.set);
+            objects.chains.add(x.chain);
+            lines.push(`    ip saddr @${x.set} goto ${x.chain}`);
+          }
+          lines.push(per.length === 1 ? `    goto ${per[0]!.chain}` : `    numgen inc mod ${per.length} vmap { ${per.map((x, i) => `${i} : goto ${x.chain}`).join(', ')} }`);
+        } else {
+          const target = eps.length === 1
+            ? `${eps[0]!.ip}:${eps[0]!.port}`
+            : `numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ')} }`;
+          lines.push(`    meta l4proto ${proto} counter dnat to ${target} ${comment}`);
+        }
+        body.push(`  chain ${chain} {`, ...lines, '  }');
+        objects.chains.add(chain);
         toKernel = `jump ${chain}`;
       }
       for (const ip of destinations(p)) {
@@ -81,7 +120,9 @@ export class NftablesRules implements RulesBackend {
         pod.push(`${match} ${p.kernel?.pods ? `ct mark set ct mark | ${mark} ${toKernel}` : toListener}`);
       }
     }
-    const lines = [`table ip ${this.table}`, `delete table ip ${this.table}`, `table ip ${this.table} {`, ...svcChains];
+    const t = this.table;
+    // A first apply starts from nothing (whatever an earlier process left); later ones keep the sets' elements.
+    const lines = previous ? [`table ip ${t}`, `flush table ip ${t}`, `table ip ${t} {`, ...body] : [`table ip ${t}`, `delete table ip ${t}`, `table ip ${t} {`, ...body];
     lines.push('  chain services_host {', ...host, '  }', '  chain services_pod {', ...pod, '  }');
     // -105: just before dstnat (-100), where kube-proxy's nat chains sit. Numeric because nft rejects the named
     // form on the output hook.
@@ -92,16 +133,30 @@ export class NftablesRules implements RulesBackend {
     lines.push('  chain postrouting {', '    type nat hook postrouting priority 95; policy accept;', `    ct mark & ${mark} == ${mark} masquerade`, '  }');
     lines.push('  chain forward {', '    type filter hook forward priority -5; policy accept;', `    ct mark & ${mark} == ${mark} accept`, '  }');
     lines.push('}');
-    return lines.join('\n') + '\n';
+    // Flushed above, so nothing refers to them any more.
+    for (const c of previous?.chains ?? []) if (!objects.chains.has(c)) lines.push(`delete chain ip ${t} ${c}`);
+    for (const x of previous?.sets ?? []) if (!objects.sets.has(x)) lines.push(`delete set ip ${t} ${x}`);
+    return { text: lines.join('\n') + '\n', objects };
   }
 
   async apply(ports: readonly PortMapping[]): Promise<void> {
-    const r = await run(['nft', '-f', '-'], this.render(ports));
-    if (r.code !== 0) throw new EdgeMeshError('INTERNAL', `nft -f failed: ${r.err}`);
+    let { text, objects } = this.render(ports, this.applied);
+    let r = await run(['nft', '-f', '-'], text);
+    if (r.code !== 0 && this.applied) {
+      // Someone else changed our table (deleted it, say): start afresh, as the first apply does.
+      ({ text, objects } = this.render(ports, null));
+      r = await run(['nft', '-f', '-'], text);
+    }
+    if (r.code !== 0) {
+      this.applied = null;
+      throw new EdgeMeshError('INTERNAL', `nft -f failed: ${r.err}`);
+    }
+    this.applied = objects;
     this.log.debug('nftables rules applied', { servicePorts: ports.length });
   }
 
   async cleanup(): Promise<void> {
+    this.applied = null;
     await run(['nft', 'delete', 'table', 'ip', this.table]);
   }
 }
@@ -111,6 +166,8 @@ export class IptablesRules implements RulesBackend {
   static readonly CHAINS = { container: 'EDGEMESH-PORTALS-CONTAINER', host: 'EDGEMESH-PORTALS-HOST', postrouting: 'EDGEMESH-POSTROUTING', forward: 'EDGEMESH-FORWARD' } as const;
   /** A kernel-forwarded service port's own chain (shared by both portals, so its round-robin counters are one). */
   static readonly SVC_PREFIX = 'EDGEMESH-SVC-';
+  /** With ClientIP affinity, one chain per endpoint (and a `recent` list of the same name). */
+  static readonly SEP_PREFIX = 'EDGEMESH-SEP-';
   private readonly jumps: { table: 'nat' | 'filter'; from: string; to: string }[] = [
     { table: 'nat', from: 'PREROUTING', to: IptablesRules.CHAINS.container },
     { table: 'nat', from: 'OUTPUT', to: IptablesRules.CHAINS.host },
@@ -145,11 +202,21 @@ export class IptablesRules implements RulesBackend {
         chain = IptablesRules.SVC_PREFIX + chainId(p);
         svcChains.push(chain);
         const eps = p.kernel.endpoints;
+        const T = p.kernel.affinitySec;
+        // ClientIP affinity: an address seen within T seconds goes back to its endpoint's chain, which records it.
+        const sep = (e: { ip: string; port: number }) => IptablesRules.SEP_PREFIX + endpointId(p, e, 12).toUpperCase();
+        if (T > 0) for (const e of eps) rules.push(`-A ${chain} -p ${proto} ${comment} -m recent --name ${sep(e)} --rcheck --seconds ${T} --reap -j ${sep(e)}`);
         eps.forEach((e, i) => {
           const left = eps.length - i;
           // nth: of the connections reaching this rule, one in `left` (round robin); random: probability 1/left.
           const pick = left === 1 ? '' : p.kernel!.pick === 'random' ? `-m statistic --mode random --probability ${(1 / left).toFixed(10)} ` : `-m statistic --mode nth --every ${left} --packet 0 `;
-          rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j DNAT --to-destination ${e.ip}:${e.port}`);
+          if (T > 0) {
+            svcChains.push(sep(e));
+            rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j ${sep(e)}`);
+            rules.push(`-A ${sep(e)} -p ${proto} ${comment} -m recent --name ${sep(e)} --set -j DNAT --to-destination ${e.ip}:${e.port}`);
+          } else {
+            rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j DNAT --to-destination ${e.ip}:${e.port}`);
+          }
         });
       }
       for (const ip of destinations(p)) {
@@ -171,7 +238,7 @@ export class IptablesRules implements RulesBackend {
   /** Our service chains now in the nat table. */
   private async serviceChains(): Promise<string[]> {
     const r = await run([this.bin('iptables-save'), '-t', 'nat']);
-    return r.out.split('\n').filter((l) => l.startsWith(`:${IptablesRules.SVC_PREFIX}`)).map((l) => l.slice(1).split(' ')[0]!);
+    return r.out.split('\n').filter((l) => l.startsWith(`:${IptablesRules.SVC_PREFIX}`) || l.startsWith(`:${IptablesRules.SEP_PREFIX}`)).map((l) => l.slice(1).split(' ')[0]!);
   }
 
   async apply(ports: readonly PortMapping[]): Promise<void> {
