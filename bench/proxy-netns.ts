@@ -16,6 +16,7 @@
  * Separate ports keep the modes independent.
  * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
  *          [--modes=kernel,proxy,haproxy] (direct always runs)
+ *          [--affinity]  the services have ClientIP session affinity
  *          [--base=DIR]  also run the listener path of the agent in checkout DIR (mode "base"): A/B in the same run
  *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
@@ -35,6 +36,8 @@ const conns = arg('connections', 50);
 const pin = process.argv.find((a) => a.startsWith('--pin='))?.split('=')[1] ?? 'split';
 const nstat = process.argv.includes('--nstat');
 const syscalls = process.argv.includes('--syscalls');
+/** The services get `sessionAffinity: ClientIP` (the kernel path then keeps it in nft sets / iptables recent). */
+const affinity = process.argv.includes('--affinity');
 const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base'] as const;
 type Mode = (typeof allModes)[number];
 const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.split(',');
@@ -82,7 +85,7 @@ try {
   writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
     `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:${backPorts('haproxy').web}\n`);
   procs.push(spawn(inNs(NODE, '0', ['haproxy', '-f', join(dir, 'haproxy.cfg')])));
-  const svc = (name: string, ip: string, port: number, target: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip}, ports: [{ name: p, port: ${port}, protocol: TCP }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: TCP }] }]\n`;
+  const svc = (name: string, ip: string, port: number, target: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip},${affinity ? ' sessionAffinity: ClientIP,' : ''} ports: [{ name: p, port: ${port}, protocol: TCP }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: TCP }] }]\n`;
   await Bun.sleep(500);
 
   /** The agent in the node namespace on CPU 0; resolves once its rules are in. */
