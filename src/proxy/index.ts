@@ -35,6 +35,8 @@ export interface ProxyModuleDeps {
   remote?: TcpRemoteDialer & UdpRemoteDialer & { reachesDirectly?(nodeName: string, ip: string): boolean };
   /** Endpoint addresses reached directly even when their node is another one (edgeTunnel.directCIDRs). */
   directCIDRs?: readonly string[];
+  /** An interception backend to use instead of the one `interception` chooses (tests). */
+  rules?: RulesBackend;
 }
 
 /** What a listener serves; the rules backends turn these into DNAT rules. */
@@ -102,6 +104,8 @@ export class ProxyModule {
   /** Syncs run one at a time, in order (opening a UDP socket is async). */
   private syncing: Promise<void> = Promise.resolve();
   private socks5: TcpServicePort | null = null;
+  /** False once the kernel refused the ClientIP-affinity rules (an old kernel, no xt_recent): the listener keeps it. */
+  private kernelAffinity = true;
 
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
@@ -113,7 +117,7 @@ export class ProxyModule {
     const { config, catalog, logger } = this.deps;
     try {
       await ensureListenAddress(this.host, config.commonConfig, logger);
-      this.rules = await chooseRules(this.cfg.interception, logger);
+      this.rules = this.deps.rules ?? (await chooseRules(this.cfg.interception, logger));
       // Subscribe before the first sync: a change landing while it runs (the file source loading over a restored
       // snapshot, say) would otherwise be missed until the next change.
       this.unsubscribe = catalog.subscribe((snap, change) => {
@@ -209,7 +213,7 @@ export class ProxyModule {
     const pick = e.balancer.effectivePolicy().kind;
     if (pick !== 'round-robin' && pick !== 'random') return null;
     const affinitySec = e.svc.sessionAffinity === 'ClientIP' ? e.svc.sessionAffinityTimeout : 0;
-    if (affinitySec && pick !== 'round-robin') return null; // the balancer resolves that conflict to round robin
+    if (affinitySec && (pick !== 'round-robin' || !this.kernelAffinity)) return null; // a policy conflict resolves to round robin
     const eps = e.balancer.endpoints();
     if (!eps.length || !eps.every((ep) => !ep.ip.includes(':') && this.isLocal(ep))) return null;
     // A loopback endpoint is reachable from the node only: pods' packets cannot be routed to it.
@@ -301,6 +305,14 @@ export class ProxyModule {
           if (this.rulesError) this.deps.logger.info('interception rules applied again');
           this.rulesError = null;
         } catch (err) {
+          if (this.kernelAffinity && next.some((p) => (p.kernel?.affinitySec ?? 0) > 0)) {
+            // Sets with timeouts updated from the packet path (nft) or the recent match (iptables) are missing on
+            // some kernels: those services keep their affinity on the listener, the rest stays as it was.
+            this.kernelAffinity = false;
+            this.deps.logger.warn('the kernel refused the ClientIP-affinity rules; services with sessionAffinity: ClientIP go through the listener', { error: describeError(err) });
+            next = this.mappings();
+            continue;
+          }
           if (describeError(err) !== this.rulesError) this.deps.logger.error('applying interception rules failed; retrying on the next change or resync', { error: describeError(err) });
           this.rulesError = describeError(err);
         }

@@ -1,0 +1,74 @@
+/**
+ * Kernel forwarding's fallback when the kernel refuses the ClientIP-affinity rules (an old kernel, no xt_recent):
+ * a stand-in interception backend refuses them the way `nft -f` would, and the affinity service must move to
+ * the listener (reported so, and serving through it with its affinity), while the others keep the kernel path.
+ * No root needed: the backend is injected.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { Catalog } from '../src/catalog/catalog.ts';
+import type { Service } from '../src/catalog/model.ts';
+import { mergeConfig } from '../src/config/load.ts';
+import { createMemoryLogger } from '../src/obs/logger.ts';
+import { type PortMapping, ProxyModule } from '../src/proxy/index.ts';
+import type { RulesBackend } from '../src/proxy/rules.ts';
+
+describe('kernel forwarding without kernel support for affinity', () => {
+  const logger = createMemoryLogger('debug');
+  const catalog = new Catalog({ logger });
+  const backends = ['a', 'b'].map((name) => Bun.serve({ hostname: '127.0.0.1', port: 0, fetch: () => new Response(name) }));
+  const applied: PortMapping[][] = [];
+  let refused = 0;
+  const rules: RulesBackend = {
+    name: 'stand-in',
+    async apply(ports) {
+      if (ports.some((p) => (p.kernel?.affinitySec ?? 0) > 0)) {
+        refused++;
+        throw new Error('Error: Could not process rule: Operation not supported');
+      }
+      applied.push(ports.map((p) => ({ ...p })));
+    },
+    async cleanup() {},
+  };
+  let proxy: ProxyModule;
+
+  const service = (name: string, clusterIP: string, affinity: boolean): Service => ({
+    namespace: 'shop', name, type: 'ClusterIP', clusterIPs: [clusterIP], headless: false, externalIPs: [], loadBalancerIPs: [],
+    ports: [{ name: 'p', protocol: 'TCP', port: 80, targetPort: 'p', nodePort: 0 }],
+    sessionAffinity: affinity ? 'ClientIP' : 'None', sessionAffinityTimeout: 300, labels: {}, proxied: true,
+  });
+
+  beforeAll(async () => {
+    for (const [name, ip, affinity] of [['sticky', '10.96.5.1', true], ['plain', '10.96.5.2', false]] as const) {
+      catalog.upsert({ kind: 'services', value: service(name, ip, affinity) });
+      catalog.upsert({
+        kind: 'endpoints',
+        value: { namespace: 'shop', name, from: 'Endpoints', endpoints: backends.map((b, i) => ({ ip: '127.0.0.1', nodeName: 'n1', podName: `${name}-${i}`, hostname: '', ready: true, ports: [{ name: 'p', port: b.port!, protocol: 'TCP' as const }] })) },
+      });
+    }
+    catalog.flush();
+    const { config } = mergeConfig('agent', 'edge', { modules: { edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'nftables' } } });
+    proxy = new ProxyModule({ config, catalog, nodeName: 'n1', logger, rules });
+    await proxy.start();
+  });
+  afterAll(async () => {
+    await proxy.stop();
+    for (const b of backends) b.stop(true);
+  });
+
+  test('the affinity service moves to the listener and keeps its affinity there; the other stays on the kernel path', async () => {
+    expect(refused).toBeGreaterThanOrEqual(1);
+    const last = applied.at(-1)!;
+    expect(last.find((p) => p.service === 'shop/sticky:p')?.kernel).toBeNull();
+    expect(last.find((p) => p.service === 'shop/plain:p')?.kernel?.endpoints).toHaveLength(2);
+    const paths = Object.fromEntries(proxy.ports().map((p) => [p.service, p.path]));
+    expect(paths['shop/sticky:p']).toBe('proxy');
+    expect(paths['shop/plain:p']).toMatch(/^kernel/);
+    expect(logger.lines.some((l) => l.includes('refused the ClientIP-affinity rules'))).toBe(true);
+    // Through the sticky service's listener (what its DNAT rule points at): one client, one backend, every time.
+    const listen = proxy.ports().find((p) => p.service === 'shop/sticky:p')!;
+    const seen = new Set<string>();
+    for (let i = 0; i < 6; i++) seen.add(await (await fetch(`http://${listen.listenHost}:${listen.listenPort}/`, { headers: { connection: 'close' } })).text());
+    expect(seen.size).toBe(1);
+    expect([...seen].join()).toMatch(/^[ab]$/);
+  });
+});
