@@ -50,13 +50,15 @@ export const KERNEL_MARK = 0x2000;
 
 /** A name for a service port's own chain: stable across restarts, ≤ 28 characters as iptables requires. */
 function chainId(p: PortMapping): string {
-  return new Bun.CryptoHasher('sha256').update(`${p.service}/${p.protocol}`).digest('hex').slice(0, 12).toUpperCase();
+  return shortHash(`${p.service}/${p.protocol}`).toUpperCase();
 }
+/** 12 hex characters of SHA-256: stable names for chains, sets and recent lists. */
+const shortHash = (text: string): string => new Bun.CryptoHasher('sha256').update(text).digest('hex').slice(0, 12);
 const quote = (s: string) => `"${s.replace(/["\\]/g, '')}"`;
 
-/** A short stable name part for one endpoint of a service port (affinity chains and sets). */
-function endpointId(p: PortMapping, e: { ip: string; port: number }, len: number): string {
-  return new Bun.CryptoHasher('sha256').update(`${p.service}/${p.protocol}/${e.ip}:${e.port}`).digest('hex').slice(0, len);
+/** A stable name part for one endpoint of a service port (affinity chains and sets). */
+function endpointId(p: PortMapping, e: { ip: string; port: number }): string {
+  return shortHash(`${p.service}/${p.protocol}/${e.ip}:${e.port}`);
 }
 
 /** Destination IPs a service port is reachable on (IPv4; IPv6 interception arrives with ip6 tables). */
@@ -95,7 +97,10 @@ export class NftablesRules implements RulesBackend {
           // Per endpoint: a set of client addresses (its timeout in the name: a changed timeout is a new set) and
           // a chain that refreshes the client's entry and DNATs.
           const T = p.kernel.affinitySec;
-          const per = eps.map((e) => ({ e, set: `aff_${id}_${endpointId(p, e, 8)}_${T}`, chain: `sep_${id}_${endpointId(p, e, 8)}` }));
+          const per = eps.map((e) => {
+            const eid = endpointId(p, e).slice(0, 8);
+            return { e, set: `aff_${id}_${eid}_${T}`, chain: `sep_${id}_${eid}` };
+          });
           for (const x of per) {
             body.push(`  set ${x.set} {`, '    type ipv4_addr; flags dynamic,timeout;', `    timeout ${T}s;`, '  }');
             body.push(`  chain ${x.chain} {`, `    update @${x.set} { ip saddr }`, `    meta l4proto ${proto} counter dnat to ${x.e.ip}:${x.e.port} ${comment}`, '  }');
@@ -204,16 +209,17 @@ export class IptablesRules implements RulesBackend {
         const eps = p.kernel.endpoints;
         const T = p.kernel.affinitySec;
         // ClientIP affinity: an address seen within T seconds goes back to its endpoint's chain, which records it.
-        const sep = (e: { ip: string; port: number }) => IptablesRules.SEP_PREFIX + endpointId(p, e, 12).toUpperCase();
-        if (T > 0) for (const e of eps) rules.push(`-A ${chain} -p ${proto} ${comment} -m recent --name ${sep(e)} --rcheck --seconds ${T} --reap -j ${sep(e)}`);
+        const seps = T > 0 ? eps.map((e) => IptablesRules.SEP_PREFIX + endpointId(p, e).toUpperCase()) : [];
+        for (const sep of seps) rules.push(`-A ${chain} -p ${proto} ${comment} -m recent --name ${sep} --rcheck --seconds ${T} --reap -j ${sep}`);
         eps.forEach((e, i) => {
           const left = eps.length - i;
           // nth: of the connections reaching this rule, one in `left` (round robin); random: probability 1/left.
           const pick = left === 1 ? '' : p.kernel!.pick === 'random' ? `-m statistic --mode random --probability ${(1 / left).toFixed(10)} ` : `-m statistic --mode nth --every ${left} --packet 0 `;
-          if (T > 0) {
-            svcChains.push(sep(e));
-            rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j ${sep(e)}`);
-            rules.push(`-A ${sep(e)} -p ${proto} ${comment} -m recent --name ${sep(e)} --set -j DNAT --to-destination ${e.ip}:${e.port}`);
+          const sep = seps[i];
+          if (sep) {
+            svcChains.push(sep);
+            rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j ${sep}`);
+            rules.push(`-A ${sep} -p ${proto} ${comment} -m recent --name ${sep} --set -j DNAT --to-destination ${e.ip}:${e.port}`);
           } else {
             rules.push(`-A ${chain} -p ${proto} ${comment} ${pick}-j DNAT --to-destination ${e.ip}:${e.port}`);
           }
