@@ -53,20 +53,29 @@ function backend(kind: 'id' | 'echo', id: string) {
 
 const ep = (port: number, i: number): LbEndpoint => ({ key: `127.0.0.1:${port}`, ip: '127.0.0.1', port, nodeName: '', podName: `pod-${i}` });
 
-/** Connect, send `send` (then FIN if `halfClose`), collect everything until the proxy closes. */
-function exchange(port: number, send?: Uint8Array, halfClose = false): Promise<{ data: Buffer; error: boolean }> {
+/**
+ * Connect, send all of `send` (partial writes resumed on drain; `progress.sent` counts what the socket took), then
+ * FIN if `halfClose`, and collect everything until the proxy closes.
+ */
+function exchange(port: number, send?: Uint8Array, halfClose = false, progress = { sent: 0 }): Promise<{ data: Buffer; error: boolean }> {
   return new Promise((resolve) => {
     const parts: Buffer[] = [];
     let error = false;
+    const pump = (s: Bun.Socket<undefined>) => {
+      while (send && progress.sent < send.length) {
+        const n = s.write(send.subarray(progress.sent));
+        if (n <= 0) return;
+        progress.sent += n;
+      }
+      if (halfClose) s.shutdown();
+    };
     void Bun.connect({
       hostname: '127.0.0.1',
       port,
       allowHalfOpen: true,
       socket: {
-        open(s) {
-          if (send) s.write(send);
-          if (halfClose) s.shutdown();
-        },
+        open: pump,
+        drain: pump,
         data(_s, d) {
           parts.push(Buffer.from(d));
         },
@@ -193,7 +202,7 @@ describe('TCP service port', () => {
       async open(t, h: PipeHandlers): Promise<Pipe> {
         await Bun.sleep(400);
         opened++;
-        sentAtOpen = off;
+        sentAtOpen = progress.sent;
         return await new Promise<Pipe>((resolve, reject) => {
           void Bun.connect({
             hostname: t.ip, port: t.port, allowHalfOpen: true,
@@ -210,37 +219,14 @@ describe('TCP service port', () => {
         });
       },
     };
-    let payload = new Uint8Array(0);
-    let off = 0;
+    const progress = { sent: 0 };
     const b = new Balancer({ ring: RING });
     b.setEndpoints([{ ...ep(echo.port, 0), nodeName: 'far' }]);
     const p = new TcpServicePort({ ...opts, balancer: b, isLocal: (e) => e.nodeName === '', remote: slow });
     p.start();
     try {
-      payload = new Uint8Array(32 * 1024 * 1024).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
-      // A client that writes all of it (partial writes resumed on drain), then FIN, and reads everything back.
-      const r = await new Promise<{ data: Buffer; error: boolean }>((resolve) => {
-        const parts: Buffer[] = [];
-        let error = false;
-        const push = (s: Bun.Socket<undefined>) => {
-          while (off < payload.length) {
-            const n = s.write(payload.subarray(off));
-            if (n <= 0) return;
-            off += n;
-          }
-          s.shutdown();
-        };
-        void Bun.connect({
-          hostname: '127.0.0.1', port: p.port, allowHalfOpen: true,
-          socket: {
-            open: push, drain: push,
-            data: (_s, d) => void parts.push(Buffer.from(d)),
-            end: (s) => void s.end(),
-            error: () => void (error = true),
-            close: (_s, err) => resolve({ data: Buffer.concat(parts), error: error || !!err }),
-          },
-        });
-      });
+      const payload = new Uint8Array(32 * 1024 * 1024).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+      const r = await exchange(p.port, payload, true, progress);
       expect(opened).toBe(1);
       expect(sentAtOpen).toBeGreaterThan(0);
       // The client was made to wait: what it got out is the proxy's 64 KiB plus what the kernel buffers of a paused

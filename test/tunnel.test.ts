@@ -204,6 +204,34 @@ function upload(port: number, total: number): Promise<{ sent: string; reply: str
 }
 
 /** Send one message, read back the same number of bytes. */
+/** Send all of `payload` (with backpressure), then FIN; resolve with the reply once both sides have closed. */
+function sendAndRead(port: number, payload: Uint8Array): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    let off = 0;
+    const pump = (s: import('bun').Socket<undefined>) => {
+      while (off < payload.length) {
+        const n = s.write(payload.subarray(off));
+        if (n <= 0) return;
+        off += n;
+      }
+      s.shutdown();
+    };
+    Bun.connect({
+      hostname: '127.0.0.1', port, allowHalfOpen: true,
+      socket: {
+        open: pump,
+        drain: pump,
+        data(_s, d) { text += Buffer.from(d).toString(); },
+        // Both sides have sent FIN: Bun reports that as close, not always as end first.
+        end(s) { s.end(); },
+        close() { resolve(text); },
+        error(_s, e) { reject(e); },
+      },
+    }).catch(reject);
+  });
+}
+
 function echoOnce(port: number, msg: Uint8Array): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
@@ -302,6 +330,9 @@ modules:
     await waitFor(async () => (await fetch(`${n.admin}/readyz`).catch(() => null))?.status === 200, () => `${n.name} ready\n${n.agent!.logs}`, 15_000);
   }
 
+  /** Node a's count of proxied connections that took a pooled session. */
+  const sessionReuses = async () => Number(/^edgemesh_tunnel_session_reuses_total (\d+)/m.exec(await (await fetch(`${nodes[0]!.admin}/metrics`)).text())?.[1] ?? NaN);
+
   async function proxyPort(n: Node, service: string): Promise<number> {
     const ports = await waitFor(async () => {
       const p = await getJson<{ service: string; listenPort: number; endpoints: number }[]>(`${n.admin}/debug/proxy`);
@@ -387,34 +418,19 @@ modules:
   test('sequential connections reuse session streams: small, large (raw) and half-closed ones all arrive intact', async () => {
     const [a] = nodes;
     const port = await proxyPort(a!, 'default/echo:p');
-    const reuses = async () => Number(/^edgemesh_tunnel_session_reuses_total (\d+)/m.exec(await (await fetch(`${a!.admin}/metrics`)).text())?.[1] ?? NaN);
-    const before = await reuses();
+    const before = await sessionReuses();
     // Small echoes stay framed and free their session; 1 MiB ones switch to raw and close theirs; mixed in turn.
     for (let i = 0; i < 30; i++) {
       const msg = randomBytes(i % 5 === 4 ? 1024 * 1024 : 100 + i * 37);
       expect((await echoOnce(port, msg)).equals(msg)).toBe(true);
     }
-    expect(await reuses()).toBeGreaterThanOrEqual(before + 15);
+    expect(await sessionReuses()).toBeGreaterThanOrEqual(before + 15);
     // A backend that answers and ends first, and reads late: the client gets the answer and the end through a
     // session, and the next connection on the session works. (Meant to have b still holding bytes for the
     // backend when the next CONNECT arrives, the case session.ts defers; loopback buffers absorb them here.)
     const closerPort = await proxyPort(a!, 'default/closer:p');
     for (let i = 0; i < 4; i++) {
-      const got = await new Promise<string>((resolve, reject) => {
-        let text = '';
-        Bun.connect({
-          hostname: '127.0.0.1', port: closerPort, allowHalfOpen: true,
-          socket: {
-            open(s) { s.write(new Uint8Array(250 * 1024)); s.shutdown(); },
-            data(_s, d) { text += Buffer.from(d).toString(); },
-            // Both sides have sent FIN: Bun reports that as close, not always as end first.
-            end(s) { s.end(); },
-            close() { resolve(text); },
-            error(_s, e) { reject(e); },
-          },
-        }).catch(reject);
-      });
-      expect(got).toBe("bye");
+      expect(await sendAndRead(closerPort, new Uint8Array(250 * 1024))).toBe('bye');
       expect((await echoOnce(port, Buffer.from(`after ${i}`))).toString()).toBe(`after ${i}`);
     }
     // The sink answers only after the client's FIN: a FIN carried on a session, then the reply, then its end.
@@ -429,42 +445,17 @@ modules:
     const [a] = nodes;
     const slowPort = await proxyPort(a!, 'default/slow:p');
     const echoPort = await proxyPort(a!, 'default/echo:p');
-    const reuses = async () => Number(/^edgemesh_tunnel_session_reuses_total (\d+)/m.exec(await (await fetch(`${a!.admin}/metrics`)).text())?.[1] ?? NaN);
     const payload = randomBytes(200 * 1024); // under RAW_AFTER: the session stays framed and is reused
     // The client sends 200 KiB and FIN; the backend has already answered "bye" and ended, so the client is done and
     // a's side releases the session while b still holds most of the 200 KiB for a backend that is not reading.
     const t0 = performance.now();
-    const got = await new Promise<string>((resolve, reject) => {
-      let text = '';
-      Bun.connect({
-        hostname: '127.0.0.1', port: slowPort, allowHalfOpen: true,
-        socket: {
-          open(s) {
-            const n = s.write(payload);
-            if (n === payload.length) s.shutdown();
-            else (s as unknown as { rest: Uint8Array }).rest = payload.subarray(Math.max(0, n));
-          },
-          drain(s) {
-            const rest = (s as unknown as { rest?: Uint8Array }).rest;
-            if (!rest) return;
-            const n = s.write(rest);
-            (s as unknown as { rest?: Uint8Array }).rest = n === rest.length ? undefined : rest.subarray(Math.max(0, n));
-            if (n === rest.length) s.shutdown();
-          },
-          data(_s, d) { text += Buffer.from(d).toString(); },
-          end(s) { s.end(); },
-          close() { resolve(text); },
-          error(_s, e) { reject(e); },
-        },
-      }).catch(reject);
-    });
-    expect(got).toBe('bye');
-    const before = await reuses();
+    expect(await sendAndRead(slowPort, payload)).toBe('bye');
+    const before = await sessionReuses();
     // The next connection takes the same pooled session: its CONNECT reaches b behind the held bytes. (Here the
     // stream's own pause holds it until b has written the rest; session.ts's deferral covers a CONNECT delivered
     // in the same read as the FIN, which this run does not produce: checked with a log line in that branch.)
     expect((await echoOnce(echoPort, Buffer.from('next'))).toString()).toBe('next');
-    expect(await reuses()).toBeGreaterThan(before);
+    expect(await sessionReuses()).toBeGreaterThan(before);
     await waitFor(() => slow.counts.length > 0 || null, 'the slow backend counted what it got', 10_000);
     expect(slow.counts[0]).toBe(payload.length);
     expect(performance.now() - t0).toBeGreaterThan(1000); // the backend really read late
