@@ -1,6 +1,6 @@
 /** The node identity and the pre-shared key (groundwork of the tunnel, issue 5). */
 import { describe, expect, test } from 'bun:test';
-import { statSync, writeFileSync, chmodSync } from 'node:fs';
+import { chmodSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { IDENTITY_FILE, loadOrCreateIdentity } from '../src/tunnel/identity.ts';
@@ -19,11 +19,19 @@ describe('node identity', () => {
       const b = await loadOrCreateIdentity(t.path, log);
       expect(b.created).toBe(false);
       expect(b.peerId).toBe(a.peerId);
-      // Concurrent first starts agree on one identity.
-      const u = tempDir();
-      const both = await Promise.all([loadOrCreateIdentity(u.path, log), loadOrCreateIdentity(u.path, log)]);
-      expect(both[0].peerId).toBe(both[1].peerId);
-      u.cleanup();
+      // Concurrent first starts agree on one identity, and none of them reads it half-written (repeated: the
+      // window is small, and CI once caught a reader that saw the file empty).
+      for (let round = 0; round < 20; round++) {
+        const u = tempDir();
+        try {
+          const all = await Promise.all(Array.from({ length: 6 }, () => loadOrCreateIdentity(u.path, log)));
+          expect(new Set(all.map((x) => x.peerId)).size).toBe(1);
+          expect(all.filter((x) => x.created).length).toBe(1);
+          expect(readdirSync(u.path)).toEqual([IDENTITY_FILE]);
+        } finally {
+          u.cleanup();
+        }
+      }
       // Too open: tightened, with a warning.
       chmodSync(a.path, 0o644);
       await loadOrCreateIdentity(t.path, log);

@@ -9,7 +9,7 @@
  *   const id = await loadOrCreateIdentity('/var/lib/edgemesh', logger)
  *   id.peerId   // '12D3KooW…'
  */
-import { chmod, mkdir, open, readFile, stat } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
@@ -69,18 +69,24 @@ export async function loadOrCreateIdentity(stateDir: string, logger: Logger): Pr
   }
   const privateKey = await generateKeyPair('Ed25519');
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  // Written whole to a private temporary file, then linked into place: link() fails with EEXIST when another
+  // process won the race, and a reader never sees a half-written identity (open('wx') then write would show it
+  // an empty file, which it must refuse as damaged).
+  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   try {
-    // 'wx': never overwrite an identity another process created meanwhile.
-    const fh = await open(path, 'wx', 0o600);
+    const fh = await open(tmp, 'wx', 0o600);
     try {
       await fh.writeFile(encodeIdentity(privateKey));
       await fh.sync();
     } finally {
       await fh.close();
     }
+    await link(tmp, path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return loadOrCreateIdentity(stateDir, logger);
     throw new EdgeMeshError('STATE_DIR', `cannot write ${path}: ${describeError(err)}; set commonConfig.stateDir to a writable directory`);
+  } finally {
+    await unlink(tmp).catch(() => {});
   }
   const peerId = peerIdFromPrivateKey(privateKey).toString();
   logger.info('created this node\'s identity', { path, peerId });
