@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { createHash } from 'node:crypto';
 import { Balancer, type LbEndpoint } from '../src/lb/balancer.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
+import { BulkSplicer } from '../src/proxy/splicer.ts';
 import { TcpServicePort, type TcpRemoteDialer } from '../src/proxy/tcp.ts';
 import type { Pipe, PipeHandlers } from '../src/tunnel/pipe.ts';
 import { freePort, waitFor } from './helpers.ts';
@@ -93,6 +94,63 @@ function exchange(port: number, send?: Uint8Array, halfClose = false, progress =
   });
 }
 
+/**
+ * Sends `size` bytes of a pattern to an echo backend through `port` (partial writes resumed on drain), then FIN;
+ * hashes what was sent and what came back before the backend's "bye". Reports the RSS growth seen meanwhile.
+ */
+async function bulkEcho(port: number, size: number): Promise<{ received: number; sent: string; got: string; rssGrowth: number }> {
+  const chunk = new Uint8Array(1024 * 1024);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 31 + 7) & 0xff;
+  const sent = createHash('sha256');
+  const got = createHash('sha256');
+  let received = 0;
+  let written = 0;
+  const rss0 = process.memoryUsage.rss();
+  let rssMax = rss0;
+  await new Promise<void>((resolve, reject) => {
+    let offset = 0;
+    const pump = (s: { write(b: Uint8Array): number; shutdown(): void }) => {
+      while (written < size) {
+        const view = chunk.subarray(offset);
+        const n = s.write(view);
+        if (n > 0) {
+          sent.update(view.subarray(0, n));
+          written += n;
+          offset = (offset + n) % chunk.length;
+        }
+        if (n < view.length) return; // wait for drain
+      }
+      s.shutdown();
+    };
+    void Bun.connect({
+      hostname: '127.0.0.1',
+      port,
+      allowHalfOpen: true,
+      socket: {
+        open: pump,
+        drain: pump,
+        data(_s, d) {
+          // "bye" arrives after all echoed bytes.
+          const body = received + d.length > size ? d.subarray(0, Math.max(0, size - received)) : d;
+          got.update(body);
+          received += d.length;
+          if (received % (32 * 1024 * 1024) < d.length) rssMax = Math.max(rssMax, process.memoryUsage.rss());
+        },
+        end(s) {
+          s.end();
+        },
+        error(_s, e) {
+          reject(e);
+        },
+        close() {
+          resolve();
+        },
+      },
+    });
+  });
+  return { received, sent: sent.digest('hex'), got: got.digest('hex'), rssGrowth: rssMax - rss0 };
+}
+
 describe('TCP service port', () => {
   const logger = createMemoryLogger('warn');
   const ids = [backend('id', 'a'), backend('id', 'b'), backend('id', 'c')];
@@ -137,59 +195,12 @@ describe('TCP service port', () => {
 
   test('256 MiB through the proxy and back with backpressure: byte-exact, memory bounded', async () => {
     const size = 256 * 1024 * 1024;
-    const chunk = new Uint8Array(1024 * 1024);
-    for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 31 + 7) & 0xff;
-    const sent = createHash('sha256');
-    const got = createHash('sha256');
-    let received = 0;
-    let written = 0;
-    const rss0 = process.memoryUsage.rss();
-    let rssMax = rss0;
-    await new Promise<void>((resolve, reject) => {
-      let offset = 0;
-      const pump = (s: { write(b: Uint8Array): number; shutdown(): void }) => {
-        while (written < size) {
-          const view = chunk.subarray(offset);
-          const n = s.write(view);
-          if (n > 0) {
-            sent.update(view.subarray(0, n));
-            written += n;
-            offset = (offset + n) % chunk.length;
-          }
-          if (n < view.length) return; // wait for drain
-        }
-        s.shutdown();
-      };
-      void Bun.connect({
-        hostname: '127.0.0.1',
-        port: echoPort.port,
-        allowHalfOpen: true,
-        socket: {
-          open: pump,
-          drain: pump,
-          data(_s, d) {
-            // "bye" arrives after all echoed bytes.
-            const body = received + d.length > size ? d.subarray(0, Math.max(0, size - received)) : d;
-            got.update(body);
-            received += d.length;
-            if (received % (32 * 1024 * 1024) < d.length) rssMax = Math.max(rssMax, process.memoryUsage.rss());
-          },
-          end(s) {
-            s.end();
-          },
-          error(_s, e) {
-            reject(e);
-          },
-          close() {
-            resolve();
-          },
-        },
-      });
-    });
-    expect(received).toBe(size + 3);
-    expect(got.digest('hex')).toBe(sent.digest('hex'));
+    const r = await bulkEcho(echoPort.port, size);
+    expect(r.received).toBe(size + 3);
+    expect(r.got).toBe(r.sent);
     // The proxy, the echo backend and the client share this process: all of them together stay bounded.
-    expect(rssMax - rss0).toBeLessThan(300 * 1024 * 1024);
+    expect(r.rssGrowth).toBeLessThan(300 * 1024 * 1024);
+    expect(echoPort.stats.spliced).toBe(0);
   }, 120_000);
 
   test('bytes sent while the upstream is still connecting: kept up to a bound, then the client waits; all arrive in order', async () => {
@@ -342,6 +353,162 @@ describe('TCP service port', () => {
     } finally {
       p.stop();
       for (const l of backs) l.stop(true);
+    }
+  });
+});
+
+describe('bulk connections on the splice(2) worker', () => {
+  const logger = createMemoryLogger('warn');
+  const echo = backend('echo', 'e');
+  const balancer = new Balancer({ ring: RING });
+  const splicer = new BulkSplicer({ logger, pipeSize: 1024 * 1024, idleTimeoutSec: 0 });
+  let port: TcpServicePort;
+  const opts = { host: '127.0.0.1', port: 0, logger, isLocal: () => true, connectTimeoutMs: 1000, idleTimeoutSec: 0, maxAttempts: 3 };
+
+  beforeAll(async () => {
+    expect(await splicer.start()).toBe(true);
+    balancer.setEndpoints([ep(echo.port, 0)]);
+    port = new TcpServicePort({ ...opts, balancer, splicer, bulkBytes: 256 * 1024 });
+    port.start();
+  });
+
+  afterAll(async () => {
+    port.stop();
+    await splicer.stop();
+    echo.stop(true);
+  });
+
+  test('256 MiB handed over mid-stream: byte-exact, the FIN passed on and the answer after it returned', async () => {
+    const size = 256 * 1024 * 1024;
+    const r = await bulkEcho(port.port, size);
+    expect(r.received).toBe(size + 3);
+    expect(r.got).toBe(r.sent);
+    expect(port.stats.spliced).toBe(1);
+    await waitFor(() => port.stats.active === 0 && splicer.stats.active === 0, 'the worker reported the pair closed', 3000);
+    // Bytes moved by the worker are counted too (both ways: 256 MiB + "bye" each way, minus what JS moved first).
+    expect(port.stats.bytesUp + port.stats.bytesDown).toBe(2 * size + 3);
+    expect(balancer.activeCount(`127.0.0.1:${echo.port}`)).toBe(0);
+  }, 120_000);
+
+  test('24 bulk connections at once, each byte-exact; small ones stay in JavaScript', async () => {
+    const before = port.stats.spliced;
+    const [bulk, small] = await Promise.all([
+      Promise.all(Array.from({ length: 24 }, () => bulkEcho(port.port, 8 * 1024 * 1024))),
+      Promise.all(Array.from({ length: 24 }, () => exchange(port.port, new TextEncoder().encode('small'), true))),
+    ]);
+    for (const r of bulk) {
+      expect(r.received).toBe(8 * 1024 * 1024 + 3);
+      expect(r.got).toBe(r.sent);
+    }
+    for (const r of small) expect(r.data.toString()).toBe('smallbye');
+    expect(port.stats.spliced - before).toBe(24);
+    await waitFor(() => port.stats.active === 0 && splicer.stats.active === 0, 'all pairs closed', 3000);
+  }, 120_000);
+
+  test('past maxPairs, connections stay in JavaScript (and are handed over later when a slot frees)', async () => {
+    const capped = new BulkSplicer({ logger, pipeSize: 0, idleTimeoutSec: 0, maxPairs: 2 });
+    expect(await capped.start()).toBe(true);
+    const p = new TcpServicePort({ ...opts, balancer, splicer: capped, bulkBytes: 256 * 1024 });
+    p.start();
+    let most = 0;
+    const watch = setInterval(() => (most = Math.max(most, capped.stats.active)), 1);
+    try {
+      const rs = await Promise.all(Array.from({ length: 8 }, () => bulkEcho(p.port, 16 * 1024 * 1024)));
+      for (const r of rs) expect(r.got).toBe(r.sent);
+      expect(capped.stats.refused).toBeGreaterThan(0);
+      expect(most).toBeLessThanOrEqual(2);
+      expect(p.stats.spliced).toBeGreaterThanOrEqual(2);
+    } finally {
+      clearInterval(watch);
+      p.stop();
+      await capped.stop();
+    }
+  }, 60_000);
+
+  test('an RST from the backend after the hand-over resets the client', async () => {
+    // The backend reads 4 MiB, then resets.
+    const rst = Bun.listen<{ n: number }>({
+      hostname: '127.0.0.1', port: 0, socket: {
+        open(s) { s.data = { n: 0 }; },
+        data(s, d) {
+          s.data.n += d.length;
+          s.write(d);
+          if (s.data.n >= 4 * 1024 * 1024) s.terminate();
+        },
+      },
+    });
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints([ep(rst.port, 0)]);
+    const p = new TcpServicePort({ ...opts, balancer: b, splicer, bulkBytes: 64 * 1024 });
+    p.start();
+    try {
+      // Exactly what the backend reads before it resets: the client is only waiting when the RST comes, so it
+      // sees one only if the worker passes it on (a FIN instead would close it cleanly).
+      const r = await exchange(p.port, new Uint8Array(4 * 1024 * 1024));
+      expect(p.stats.spliced).toBe(1);
+      expect(r.error).toBe(true);
+      await waitFor(() => p.stats.active === 0, 'the reset pair is gone', 3000);
+    } finally {
+      p.stop();
+      rst.stop(true);
+    }
+  });
+
+  test('stopping the port closes spliced connections with a FIN; a stopped splicer keeps new ones in JavaScript', async () => {
+    const p = new TcpServicePort({ ...opts, balancer, splicer, bulkBytes: 64 * 1024 });
+    p.start();
+    const got: number[] = [];
+    let ended = false;
+    const sock = await Bun.connect({
+      hostname: '127.0.0.1', port: p.port, socket: {
+        data(_s, d) { got.push(d.length); },
+        end() { ended = true; },
+      },
+    });
+    sock.write(new Uint8Array(256 * 1024));
+    await waitFor(() => got.reduce((a, n) => a + n, 0) === 256 * 1024, 'echoed', 3000);
+    expect(p.stats.spliced).toBe(1);
+    p.stop();
+    await waitFor(() => ended, 'FIN after stop', 3000);
+    sock.end();
+
+    const other = new BulkSplicer({ logger, pipeSize: 0, idleTimeoutSec: 0 });
+    expect(await other.start()).toBe(true);
+    await other.stop();
+    const q = new TcpServicePort({ ...opts, balancer, splicer: other, bulkBytes: 1 });
+    q.start();
+    try {
+      const r = await exchange(q.port, new Uint8Array(1024 * 1024), true);
+      expect(r.data.length).toBe(1024 * 1024 + 3);
+      expect(q.stats.spliced).toBe(0);
+    } finally {
+      q.stop();
+    }
+  });
+
+  test('an idle spliced connection is closed after the idle timeout', async () => {
+    const idle = new BulkSplicer({ logger, pipeSize: 0, idleTimeoutSec: 1 });
+    expect(await idle.start()).toBe(true);
+    const p = new TcpServicePort({ ...opts, idleTimeoutSec: 1, balancer, splicer: idle, bulkBytes: 64 * 1024 });
+    p.start();
+    try {
+      let closedAt = 0;
+      const t0 = Date.now();
+      let echoed = 0;
+      const sock = await Bun.connect({
+        hostname: '127.0.0.1', port: p.port, socket: {
+          data(_s, d) { echoed += d.length; },
+          close() { closedAt = Date.now(); },
+        },
+      });
+      sock.write(new Uint8Array(128 * 1024));
+      await waitFor(() => echoed === 128 * 1024, 'echoed', 3000);
+      expect(p.stats.spliced).toBe(1);
+      await waitFor(() => closedAt > 0, 'closed for idleness', 5000);
+      expect(closedAt - t0).toBeGreaterThanOrEqual(900);
+    } finally {
+      p.stop();
+      await idle.stop();
     }
   });
 });

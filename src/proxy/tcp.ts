@@ -15,6 +15,9 @@
  *   endpoint is chosen (bounded by MAX_HEAD and sniffTimeoutMs), kept as raw bytes and replayed: keep-alive,
  *   pipelining and bodies pass untouched; routing is per connection. A generated cookie is announced with a
  *   Set-Cookie line inserted into the first response head.
+ * - Bulk: a connection that has moved `bulkBytes` with nothing buffered is handed to the splice worker
+ *   (splicer.ts: splice(2) off the main thread, no copies into JavaScript); its slot is freed when the worker
+ *   reports it closed.
  */
 import type { Socket, TCPSocketListener } from 'bun';
 import { randomBytes } from 'node:crypto';
@@ -23,6 +26,7 @@ import { concat } from '../net/bytes.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Pipe, PipeHandlers } from '../tunnel/pipe.ts';
 import { MAX_HEAD, headEnd, insertIntoHead, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
+import type { BulkSplicer } from './splicer.ts';
 
 
 /**
@@ -58,6 +62,10 @@ export interface TcpPortOptions {
   sniffTimeoutMs?: number;
   /** Targets chosen by a protocol handshake instead of the balancer (the balancer then only counts). */
   route?: RouteHook;
+  /** The splice(2) worker for bulk connections (started by its owner); absent = everything stays in JavaScript. */
+  splicer?: BulkSplicer;
+  /** Bytes a connection moves (both ways) before it is handed to the splicer. */
+  bulkBytes?: number;
 }
 
 export interface TcpRemoteDialer {
@@ -72,6 +80,8 @@ export interface TcpPortStats {
   remoteDials: number;
   bytesUp: number;
   bytesDown: number;
+  /** Connections handed to the splice worker. */
+  spliced: number;
 }
 
 type Side = 'client' | 'upstream';
@@ -114,7 +124,14 @@ interface Conn {
   respHead: Uint8Array | null;
   /** The client is paused (early bytes past EARLY_LIMIT, sniffing done, route decided): joined() resumes it. */
   clientPaused: boolean;
+  /** Bytes forwarded so far, both ways (counts towards the bulk hand-over; -1 = never hand over). */
+  moved: number;
+  /** The splice worker's id for this pair once handed over; 0 = still spliced here. */
+  spliceId: number;
 }
+
+/** The state handed-over sockets point at: closed, so their last callbacks (Bun still calls close) do nothing. */
+const DETACHED = { closed: true, upstream: null, sniffing: false } as unknown as Conn;
 
 function pauseClient(c: Conn): void {
   if (c.clientPaused) return;
@@ -125,9 +142,12 @@ function pauseClient(c: Conn): void {
 export class TcpServicePort {
   private listener: TCPSocketListener<Conn> | null = null;
   private readonly conns = new Set<Conn>();
-  readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, remoteDials: 0, bytesUp: 0, bytesDown: 0 };
+  readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, remoteDials: 0, bytesUp: 0, bytesDown: 0, spliced: 0 };
+  private readonly bulkBytes: number;
 
-  constructor(private readonly o: TcpPortOptions) {}
+  constructor(private readonly o: TcpPortOptions) {
+    this.bulkBytes = o.bulkBytes ?? 1024 * 1024;
+  }
 
   get port(): number {
     return this.listener?.port ?? this.o.port;
@@ -146,6 +166,7 @@ export class TcpServicePort {
           const c: Conn = {
             client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
             upstreamEnded: false, closed: false, dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
+            moved: self.o.splicer ? 0 : -1, spliceId: 0,
           };
           s.data = c;
           self.conns.add(c);
@@ -199,7 +220,10 @@ export class TcpServicePort {
   stop(): void {
     this.listener?.stop(true);
     this.listener = null;
-    for (const c of [...this.conns]) this.close(c, false);
+    for (const c of [...this.conns]) {
+      if (c.spliceId) this.o.splicer?.close(c.spliceId, false);
+      else this.close(c, false);
+    }
   }
 
   private routeDecide(c: Conn): void {
@@ -296,6 +320,7 @@ export class TcpServicePort {
         }
         clearTimeout(c.dialTimer!);
         pipe = p;
+        c.moved = -1; // a tunnel stream has no fd to splice
         this.joined(c, ep, p);
         p.resume();
       },
@@ -404,7 +429,36 @@ export class TcpServicePort {
       if (from === 'client') c.pendingToUpstream = rest;
       else c.pendingToClient = rest;
       (from === 'client' ? c.client : c.upstream!).pause();
+      return;
     }
+    if (c.moved >= 0 && (c.moved += chunk.length) >= this.bulkBytes) this.handOver(c);
+  }
+
+  /** A bulk connection with nothing held here goes to the splice worker (see splicer.ts). */
+  private handOver(c: Conn): void {
+    if (c.pendingToClient || c.pendingToUpstream || c.clientEnded || c.upstreamEnded || c.clientPaused || c.setCookie || c.respHead || c.early || !c.upstream) return;
+    const u = c.upstream as Socket<Dial>;
+    const dial = u.data;
+    c.client.data = DETACHED;
+    u.data = { c: DETACHED, ep: dial.ep, attempt: -1 };
+    const id = this.o.splicer!.handOver(c.client as Socket<unknown>, u as Socket<unknown>, (d) => {
+      this.stats.bytesUp += d.up;
+      this.stats.bytesDown += d.down;
+      this.stats.active--;
+      this.conns.delete(c);
+      if (c.ep) this.o.balancer.release(c.ep.key);
+    });
+    if (!id) {
+      // Not now (the worker is full, busy or gone): stay here, and ask again after another bulkBytes.
+      c.client.data = c;
+      u.data = dial;
+      c.moved = 0;
+      return;
+    }
+    c.spliceId = id;
+    c.closed = true;
+    if (c.dialTimer) clearTimeout(c.dialTimer);
+    this.stats.spliced++;
   }
 
   /** `side` can take more: write what waits for it and resume the other side. */

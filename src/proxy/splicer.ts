@@ -1,0 +1,260 @@
+/**
+ * proxy/splicer — hands long-lived bulk TCP connections from the JavaScript splice to a worker thread that moves
+ * their bytes with splice(2) (splice-worker.ts): no copy into JavaScript, and the main thread is free for new
+ * connections and small requests.
+ *
+ * Only connections that have already moved `bulkBytes` are handed over (tcp.ts decides): a hand-over costs a
+ * few syscalls and two pipes, which short requests would never earn back.
+ *
+ * Hand-over: both Bun sockets are paused, their fds duplicated (close-on-exec), then Bun's sockets are closed —
+ * which closes only Bun's descriptors: with a duplicate open the kernel sends neither FIN nor RST (checked:
+ * close(), not end() or terminate(), which would set SO_LINGER 0 on the shared socket). Bun still calls the
+ * socket's close handler, so the caller detaches its state first. Commands go through a SharedArrayBuffer ring and
+ * an eventfd because the worker sits in epoll_wait and would never see a postMessage.
+ *
+ * The worker (a second JavaScript VM: ~5 MiB RSS and a thread) starts on the first hand-over attempt, so a node
+ * that never carries a bulk stream never pays for it; that first connection stays in JavaScript until it asks
+ * again. Not available (no glibc to dlopen, no Worker, the worker failed to start): start() resolves false, it is
+ * not tried again, and the JS splice keeps every connection.
+ *
+ *   const s = new BulkSplicer({ logger, pipeSize: 256 * 1024, idleTimeoutSec: 0 })
+ *   s.handOver(client, upstream, (d) => … d.up, d.down, d.reset)   // 0 until the worker is up
+ */
+import type { Socket } from 'bun';
+import { dlopen, FFIType } from 'bun:ffi';
+import { describeError } from '../errors.ts';
+import type { Logger } from '../obs/logger.ts';
+import { CMD_ADD, CMD_CLOSE, CMD_STOP, RING_HEADER, RING_SLOT, type SpliceDone, type SpliceInit } from './splice-shared.ts';
+
+export interface SplicerOptions {
+  logger: Logger;
+  /** Pipe capacity per direction (bytes; 0 = the kernel default, 64 KiB). */
+  pipeSize: number;
+  /** Spliced pairs idle this long are closed (0 = never), as the listener's own idle timeout. */
+  idleTimeoutSec: number;
+  /** Commands that may wait for the worker at once; a full ring keeps a connection on the JS splice. */
+  ringSlots?: number;
+  /**
+   * Pairs spliced at once; more stay on the JS splice. Pipe capacity counts against the user's
+   * fs.pipe-user-pages-soft (64 MiB by default) for an agent without CAP_SYS_RESOURCE, past which the kernel gives
+   * new pipes two pages: 96 pairs × 2 pipes × 256 KiB stays within it with room for the process's other pipes.
+   */
+  maxPairs?: number;
+}
+
+export interface SplicerStats {
+  handedOver: number;
+  active: number;
+  refused: number;
+}
+
+type Libc = {
+  fcntl: (fd: number, cmd: number, arg: number) => number;
+  eventfd: (initval: number, flags: number) => number;
+  write: (fd: number, buf: Uint8Array, n: number) => number | bigint;
+  close: (fd: number) => number;
+};
+
+const F_DUPFD_CLOEXEC = 1030;
+const EFD_CLOEXEC = 0o2000000;
+const EFD_NONBLOCK = 0o4000;
+
+function openLibc(): Libc {
+  const lib = dlopen('libc.so.6', {
+    fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    eventfd: { args: [FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+    write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i64_fast },
+    close: { args: [FFIType.i32], returns: FFIType.i32 },
+  });
+  return lib.symbols as unknown as Libc;
+}
+
+/**
+ * Where the worker's code is. In a compiled binary Bun keeps each extra entrypoint (scripts/build.ts lists this
+ * one) under its virtual root by its path from the entrypoints' common ancestor, src/, and resolves a relative
+ * Worker path against that root; from source, the file sits next to this one.
+ */
+function workerSpec(): string | URL {
+  return import.meta.url.includes('/$bunfs/') ? './proxy/splice-worker.ts' : new URL('./splice-worker.ts', import.meta.url);
+}
+
+function fdOf(s: Socket<unknown>): number {
+  return (s as unknown as { fd: number }).fd;
+}
+
+export class BulkSplicer {
+  private libc: Libc | null = null;
+  private worker: Worker | null = null;
+  private ring: Int32Array | null = null;
+  private wakeFd = -1;
+  private nextId = 1;
+  private readonly waiting = new Map<number, (d: SpliceDone) => void>();
+  private readonly wake = new Uint8Array(new BigUint64Array([1n]).buffer);
+  private starting: Promise<boolean> | null = null;
+  private stopped: Promise<void> | null = null;
+  private onStopped: (() => void) | null = null;
+  readonly stats: SplicerStats = { handedOver: 0, active: 0, refused: 0 };
+
+  constructor(private readonly o: SplicerOptions) {}
+
+  get running(): boolean {
+    return this.worker !== null && this.stopped === null;
+  }
+
+  /** Starts the worker (once; handOver() does it on first use); false, with a log line, when not available here. */
+  start(): Promise<boolean> {
+    if (this.stopped) return Promise.resolve(false);
+    return (this.starting ??= this.spawn());
+  }
+
+  private async spawn(): Promise<boolean> {
+    let worker: Worker | null = null;
+    try {
+      this.libc = openLibc();
+      this.wakeFd = this.libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      if (this.wakeFd < 0) throw new Error('eventfd failed');
+      const slots = this.o.ringSlots ?? 4096;
+      if (slots & (slots - 1)) throw new Error(`ringSlots must be a power of two, not ${slots}`);
+      const sab = new SharedArrayBuffer((RING_HEADER + slots * RING_SLOT) * 4);
+      this.ring = new Int32Array(sab);
+      const w = (worker = new Worker(workerSpec()));
+      const ready = new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), 5000);
+        w.onmessage = (ev: MessageEvent<SpliceDone>) => {
+          const d = ev.data;
+          if (d.id > 0) return this.done(d);
+          clearTimeout(timer);
+          if (d.id === 0) resolve(true);
+          else if (d.id === -1) resolve(false);
+          else this.onStopped?.();
+        };
+        w.onerror = (ev) => {
+          clearTimeout(timer);
+          this.o.logger.warn('the splice worker failed; bulk connections stay on the JavaScript splice', { error: ev.message });
+          resolve(false);
+        };
+      });
+      w.postMessage({ ring: sab, wakeFd: this.wakeFd, pipeSize: this.o.pipeSize, idleMs: this.o.idleTimeoutSec * 1000 } satisfies SpliceInit);
+      if (!(await ready)) throw new Error('the worker did not start');
+      // Only now may connections be handed over: one sent to a worker that failed would be lost.
+      this.worker = w;
+      // The worker must not keep a stopping process alive; explicit stop() ends it.
+      w.unref();
+      this.o.logger.info('splice worker started: bulk connections move to splice(2)', { pipeSize: this.o.pipeSize, maxPairs: this.o.maxPairs ?? 96 });
+      return true;
+    } catch (err) {
+      this.o.logger.warn('splice(2) bulk path not available; bulk connections stay on the JavaScript splice', { error: describeError(err) });
+      worker?.terminate();
+      if (this.wakeFd >= 0) this.libc?.close(this.wakeFd);
+      this.wakeFd = -1;
+      return false;
+    }
+  }
+
+  /**
+   * Moves a connected pair to the worker. The caller has detached its handlers' state from both sockets, has
+   * nothing buffered for either, and gets `done` once the pair has closed. Returns the pair's id, or 0: nothing
+   * changed, keep splicing in JavaScript.
+   */
+  handOver(client: Socket<unknown>, upstream: Socket<unknown>, done: (d: SpliceDone) => void): number {
+    const ring = this.ring;
+    const libc = this.libc;
+    if (!this.running || !ring || !libc) {
+      void this.start();
+      return 0;
+    }
+    if (this.stats.active >= (this.o.maxPairs ?? 96)) {
+      this.stats.refused++;
+      return 0;
+    }
+    const cap = (ring.length - RING_HEADER) / RING_SLOT;
+    const w = ring[0]!;
+    if (((w - Atomics.load(ring, 1)) | 0) >= cap) {
+      this.stats.refused++;
+      return 0;
+    }
+    const da = libc.fcntl(fdOf(client), F_DUPFD_CLOEXEC, 0);
+    if (da < 0) return 0;
+    const db = libc.fcntl(fdOf(upstream), F_DUPFD_CLOEXEC, 0);
+    if (db < 0) {
+      libc.close(da);
+      return 0;
+    }
+    client.pause();
+    upstream.pause();
+    const id = this.nextId++;
+    const o = RING_HEADER + (w & (cap - 1)) * RING_SLOT;
+    ring[o] = CMD_ADD;
+    ring[o + 1] = id;
+    ring[o + 2] = da;
+    ring[o + 3] = db;
+    Atomics.store(ring, 0, (w + 1) | 0);
+    libc.write(this.wakeFd, this.wake, 8);
+    this.waiting.set(id, done);
+    this.stats.handedOver++;
+    this.stats.active++;
+    // Bun's descriptors only: the duplicates keep both connections open.
+    client.close();
+    upstream.close();
+    return id;
+  }
+
+  /** Closes a handed-over pair (FIN, or RST with `reset`); its `done` follows. */
+  close(id: number, reset: boolean): void {
+    this.command(CMD_CLOSE, id, reset ? 1 : 0);
+  }
+
+  /** Closes every spliced pair with a FIN and ends the worker. */
+  stop(): Promise<void> {
+    if (this.stopped) return this.stopped;
+    const starting = this.starting ?? Promise.resolve(false);
+    this.stopped = starting.then(() => this.end());
+    return this.stopped;
+  }
+
+  private end(): Promise<void> {
+    if (!this.worker) return Promise.resolve();
+    const worker = this.worker;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      this.onStopped = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.command(CMD_STOP, 0, 0, true);
+    }).then(() => {
+      worker.terminate();
+      this.worker = null;
+      if (this.wakeFd >= 0) this.libc?.close(this.wakeFd);
+      this.wakeFd = -1;
+      // Anything the worker could not report is over now.
+      for (const [id, done] of this.waiting) done({ id, up: 0, down: 0, reset: false });
+      this.waiting.clear();
+      this.stats.active = 0;
+    });
+  }
+
+  private command(op: number, a: number, b: number, force = false): void {
+    const ring = this.ring;
+    if (!ring || !this.libc || (!this.running && !force)) return;
+    const cap = (ring.length - RING_HEADER) / RING_SLOT;
+    const w = ring[0]!;
+    // Close and stop must not be lost: the ring is sized far above the pairs in flight, so a full ring here
+    // means the worker is wedged; the stop path's terminate() then ends it anyway.
+    if (((w - Atomics.load(ring, 1)) | 0) >= cap) return;
+    const o = RING_HEADER + (w & (cap - 1)) * RING_SLOT;
+    ring[o] = op;
+    ring[o + 1] = a;
+    ring[o + 2] = b;
+    Atomics.store(ring, 0, (w + 1) | 0);
+    this.libc.write(this.wakeFd, this.wake, 8);
+  }
+
+  private done(d: SpliceDone): void {
+    const cb = this.waiting.get(d.id);
+    if (!cb) return;
+    this.waiting.delete(d.id);
+    this.stats.active--;
+    cb(d);
+  }
+}
