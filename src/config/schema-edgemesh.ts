@@ -169,6 +169,7 @@ export const agentSchema = obj({
       kernelForwarding: bool(true),
       connectTimeoutMs: int(5000, 100, 120_000),
       tcpIdleTimeout: int(0, 0, 7 * 86400),
+      spliceBulkBytes: int(1024 * 1024, 0, 2 ** 30),
       maxDialAttempts: int(4, 1, 32),
       udpIdleTimeout: int(60, 1, 86400),
       udpMaxSessions: int(65536, 1, 10_000_000),

@@ -23,6 +23,7 @@ import { type TcpRemoteDialer, TcpServicePort } from './tcp.ts';
 import { type UdpRemoteDialer, UdpServicePort } from './udp.ts';
 import { cidrMatcher } from '../net/cidr.ts';
 import { socks5Route } from './socks5.ts';
+import { BulkSplicer } from './splicer.ts';
 import { readFileSync } from 'node:fs';
 
 export interface ProxyModuleDeps {
@@ -106,6 +107,8 @@ export class ProxyModule {
   private socks5: TcpServicePort | null = null;
   /** False once the kernel refused the ClientIP-affinity rules (an old kernel, no xt_recent): the listener keeps it. */
   private kernelAffinity = true;
+  /** The splice(2) worker that long bulk connections move to (spliceBulkBytes > 0 and available here). */
+  private splicer: BulkSplicer | null = null;
 
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
@@ -118,6 +121,8 @@ export class ProxyModule {
     try {
       await ensureListenAddress(this.host, config.commonConfig, logger);
       this.rules = this.deps.rules ?? (await chooseRules(this.cfg.interception, logger));
+      // Its worker starts on the first bulk connection (splicer.ts), so nodes without one never pay for it.
+      if (this.cfg.spliceBulkBytes > 0) this.splicer = new BulkSplicer({ logger: logger.child('splice'), pipeSize: 256 * 1024, idleTimeoutSec: this.cfg.tcpIdleTimeout });
       // Subscribe before the first sync: a change landing while it runs (the file source loading over a restored
       // snapshot, say) would otherwise be missed until the next change.
       this.unsubscribe = catalog.subscribe((snap, change) => {
@@ -176,6 +181,8 @@ export class ProxyModule {
     this.socks5 = null;
     for (const e of this.entries.values()) e.listener.stop();
     this.entries.clear();
+    await this.splicer?.stop();
+    this.splicer = null;
     if (this.state === 'running') this.state = 'stopped';
   }
 
@@ -185,7 +192,8 @@ export class ProxyModule {
     for (const e of this.entries.values()) active += e.listener.stats.active;
     const rules = this.rules ? `${this.rules.name} rules${this.rulesError ? ` FAILING: ${this.rulesError}` : ''}` : 'no interception';
     const kernel = this.kernelPorts();
-    return { state: 'running', detail: `${this.entries.size} service ports on ${this.host} (${kernel} forwarded by the kernel), ${rules}, ${active} active connections` };
+    const spliced = this.splicer ? ` (${this.splicer.stats.active} on the splice worker)` : '';
+    return { state: 'running', detail: `${this.entries.size} service ports on ${this.host} (${kernel} forwarded by the kernel), ${rules}, ${active} active connections${spliced}` };
   }
 
   ports(): (PortMapping & { path: string; endpoints: number; policy: string; warning: string | null; active: number })[] {
@@ -248,7 +256,7 @@ export class ProxyModule {
           const common = { host: this.host, port: 0, balancer, logger: this.deps.logger.child(key), isLocal: this.isLocal, remote: this.deps.remote };
           const listener = sp.protocol === 'UDP'
             ? new UdpServicePort({ ...common, idleTimeoutMs: this.cfg.udpIdleTimeout * 1000, maxSessions: this.cfg.udpMaxSessions, connectTimeoutMs: this.cfg.connectTimeoutMs })
-            : new TcpServicePort({ ...common, connectTimeoutMs: this.cfg.connectTimeoutMs, idleTimeoutSec: this.cfg.tcpIdleTimeout, maxAttempts: this.cfg.maxDialAttempts });
+            : new TcpServicePort({ ...common, connectTimeoutMs: this.cfg.connectTimeoutMs, idleTimeoutSec: this.cfg.tcpIdleTimeout, maxAttempts: this.cfg.maxDialAttempts, splicer: this.splicer ?? undefined, bulkBytes: this.cfg.spliceBulkBytes });
           try {
             await listener.start();
           } catch (err) {
@@ -349,5 +357,7 @@ export class ProxyModule {
     m.counterFrom('edgemesh_proxy_bytes_total', 'TCP bytes proxied').set(tcp((s) => s.bytesUp + s.bytesDown));
     m.counterFrom('edgemesh_proxy_udp_datagrams_total', 'UDP datagrams proxied').set(udp((s) => s.datagramsUp + s.datagramsDown));
     m.counterFrom('edgemesh_proxy_udp_dropped_total', 'UDP datagrams dropped').set(udp((s) => s.dropped));
+    m.counterFrom('edgemesh_proxy_spliced_connections_total', 'Bulk TCP connections handed to the splice(2) worker').set(() => this.splicer?.stats.handedOver ?? 0);
+    m.gauge('edgemesh_proxy_spliced_connections_active', 'Connections on the splice(2) worker now').set(() => this.splicer?.stats.active ?? 0);
   }
 }
