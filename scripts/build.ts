@@ -23,7 +23,8 @@ const dirty = Bun.spawnSync(['git', 'status', '--porcelain', '--untracked-files=
 if (dirty.exitCode === 0 && dirty.stdout.toString().trim()) commit += '-dirty';
 
 const cmd = [
-  process.execPath, 'build', join(root, 'src/cli/main.ts'),
+  // The splice worker is a second entrypoint: Bun bundles a Worker's file into the binary only when listed.
+  process.execPath, 'build', join(root, 'src/cli/main.ts'), join(root, 'src/proxy/splice-worker.ts'),
   '--compile', '--format=esm',
   ...(plain ? [] : ['--minify', '--bytecode']),
   ...(target ? [`--target=${target}`] : []),
