@@ -4,7 +4,9 @@
  * namespace (another pod on the node) through a "node" namespace that runs the agent with its interception
  * rules. Same run, ratios to direct (pod → back, routed by the node with no NAT):
  *   kernel   the agent with kernel forwarding (the default for round-robin services whose endpoints are local)
- *   proxy    the agent with kernelForwarding: false (every byte through the agent's listener)
+ *   proxy    the agent with kernelForwarding: false (every byte through the agent's listener; connections past
+ *            spliceBulkBytes move to its splice(2) worker)
+ *   jsonly   the same with spliceBulkBytes: 0 (every byte through the JavaScript splice)
  *   haproxy  haproxy (mode tcp) in the node namespace, dialed at the node's address
  * iperf3 with 1 and 4 streams, wrk with keep-alive and with a new connection per request. The agent and haproxy
  * are pinned to CPU 0; iperf3, nginx and wrk to CPU 1 (the kernel's forwarding runs in softirq on the sender's
@@ -15,8 +17,9 @@
  * retransmits and a p99 of a second (seen with --nstat: SYN retransmits on the node, PAWS drops on the back).
  * Separate ports keep the modes independent.
  * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
- *          [--modes=kernel,proxy,haproxy] (direct always runs)
+ *          [--modes=kernel,proxy,jsonly,haproxy] (direct always runs; jsonly only when named)
  *          [--affinity]  the services have ClientIP session affinity
+ *          [--splice-bytes=N]  the agent's spliceBulkBytes in mode proxy (default: the agent's default)
  *          [--base=DIR]  also run the listener path of the agent in checkout DIR (mode "base"): A/B in the same run
  *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
@@ -38,12 +41,13 @@ const nstat = process.argv.includes('--nstat');
 const syscalls = process.argv.includes('--syscalls');
 /** The services get `sessionAffinity: ClientIP` (the kernel path then keeps it in nft sets / iptables recent). */
 const affinity = process.argv.includes('--affinity');
-const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base'] as const;
+const spliceBytes = process.argv.find((a) => a.startsWith('--splice-bytes='))?.split('=')[1];
+const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base', 'jsonly'] as const;
 type Mode = (typeof allModes)[number];
 const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.split(',');
 /** Another checkout's agent (e.g. a `git worktree` of the previous commit), run as mode "base" for A/B in one run. */
 const baseDir = process.argv.find((a) => a.startsWith('--base='))?.split('=')[1];
-const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : !only || m === 'direct' || only.includes(m)));
+const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : m === 'direct' || (only ? only.includes(m) : m !== 'jsonly')));
 /** Each mode's own iperf3 and nginx ports on the back namespace (see the header: PAWS across modes). */
 const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i }; };
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -89,12 +93,12 @@ try {
   await Bun.sleep(500);
 
   /** The agent in the node namespace on CPU 0; resolves once its rules are in. */
-  async function startAgent(mode: 'kernel' | 'proxy' | 'base') {
+  async function startAgent(mode: 'kernel' | 'proxy' | 'base' | 'jsonly') {
     const kernelForwarding = mode === 'kernel';
     const ports = backPorts(mode);
     writeFileSync(join(dir, `catalog-${mode}.yaml`), svc('iperf', '10.96.0.50', 5201, ports.iperf) + '---\n' + svc('web', '10.96.0.51', 80, ports.web));
     const cfg = join(dir, `agent-${mode}.yaml`);
-    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${mode}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${mode}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding} }\n`);
+    writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${mode}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${mode}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding}${mode === 'jsonly' ? ', spliceBulkBytes: 0' : mode === 'proxy' && spliceBytes ? `, spliceBulkBytes: ${Number(spliceBytes)}` : ''} }\n`);
     const logFile = join(dir, `agent-${mode}.log`);
     const main = mode === 'base' ? join(baseDir!, 'src/cli/main.ts') : MAIN;
     const p = Bun.spawn(inNs(NODE, '0', [process.execPath, main, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
@@ -168,7 +172,7 @@ try {
     return { iperf1, iperf4, keepalive, close, cpuPerGbit, cpuPerConn };
   }
 
-  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [], base: [] };
+  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [], base: [], jsonly: [] };
   const viaCluster = { iperf: ['10.96.0.50', 5201] as [string, number], web: 'http://10.96.0.51/' };
   for (let round = 1; round <= rounds; round++) {
     for (const mode of modes) {

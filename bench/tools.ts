@@ -1,4 +1,5 @@
 /** Pieces the comparison benchmarks share: pinned servers, the haproxy baseline, the proxy under test. */
+import type { BulkSplicer } from '../src/proxy/splicer.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Balancer } from '../src/lb/balancer.ts';
@@ -21,10 +22,10 @@ export function startHaproxy(dir: string, bindPort: number, targetPort: number):
 }
 
 /** The shipped TCP data path in this process, one local endpoint. */
-export function startProxy(targetPort: number): TcpServicePort {
+export function startProxy(targetPort: number, splicer?: BulkSplicer): TcpServicePort {
   const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
   balancer.setEndpoints([{ key: `127.0.0.1:${targetPort}`, ip: '127.0.0.1', port: targetPort, nodeName: '', podName: '' }]);
-  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3 });
+  const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3, splicer });
   proxy.start();
   return proxy;
 }
