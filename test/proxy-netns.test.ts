@@ -4,7 +4,8 @@
  * with the nftables and the iptables backend; after stop no rule is left; a restart does not duplicate rules.
  * Kernel forwarding: a service whose endpoints are two pods in a third namespace ("back") is DNATed by the
  * kernel straight to them, round robin, masqueraded for pods, and falls back to the listener when a
- * DestinationRule asks for a hash or when the node does not forward.
+ * DestinationRule asks for a hash or when the node does not forward. UDP takes the kernel path too, and a client
+ * that keeps sending from one port moves to another endpoint when its own leaves (conntrack entries deleted).
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFileSync } from 'node:fs';
@@ -16,6 +17,8 @@ const POD = `empod${process.pid}`;
 const BACK = `emback${process.pid}`;
 const tools = ['ip', 'nft', 'iptables-save', 'curl', 'sysctl'].every((t) => Bun.which(t));
 const ip = (args: string[]) => runCli(args, { bin: ['ip'] });
+/** UDP takes the kernel path only where the conntrack tool can clean up after it (.ci/run installs it). */
+const CONNTRACK = !!Bun.which('conntrack');
 
 /** name, cluster IP, protocol, service port, backend port (the backends listen on the node's loopback). */
 type Svc = [string, string, 'TCP' | 'UDP', number, number];
@@ -42,6 +45,17 @@ apiVersion: v1
 kind: Endpoints
 metadata: { name: pool, namespace: shop }
 subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: p, port: 8080, protocol: TCP }] }]
+`;
+/** A UDP service on the same two pods (each answers with its name). */
+const UPOOL = `apiVersion: v1
+kind: Service
+metadata: { name: upool, namespace: shop }
+spec: { clusterIP: 10.96.0.40, ports: [{ name: u, port: 53, protocol: UDP }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: upool, namespace: shop }
+subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: u, port: 9053, protocol: UDP }] }]
 `;
 /** The pool with Kubernetes ClientIP session affinity. */
 const AFFINE = POOL.replace('spec: { clusterIP: 10.96.0.30,', 'spec: { clusterIP: 10.96.0.30, sessionAffinity: ClientIP, sessionAffinityConfig: { clientIP: { timeoutSeconds: 300 } },');
@@ -80,7 +94,10 @@ describe.skipIf(!isRoot || !tools)('proxy interception in network namespaces (ro
     await ip(['-n', BACK, 'link', 'set', `w${process.pid}b`, 'up']);
     await ip(['-n', BACK, 'route', 'add', 'default', 'via', '10.201.0.1']);
     const pods = join(t.path, 'pods.ts');
-    writeFileSync(pods, "for (const [host, name] of [['10.201.0.2', 'b2'], ['10.201.0.3', 'b3']]) Bun.serve({ hostname: host, port: 8080, fetch: (req, srv) => new Response(`${name} ${srv.requestIP(req)?.address}`) });\nconsole.log('serving');\n");
+    writeFileSync(pods, "for (const [host, name] of [['10.201.0.2', 'b2'], ['10.201.0.3', 'b3']]) {\n" +
+      "  Bun.serve({ hostname: host, port: 8080, fetch: (req, srv) => new Response(`${name} ${srv.requestIP(req)?.address}`) });\n" +
+      "  await Bun.udpSocket({ hostname: host, port: 9053, socket: { data(s, _b, port, addr) { s.send(name, port, addr); }, error() {} } });\n" +
+      "}\nconsole.log('serving');\n");
     backPods = new AgentProcess([pods], { bin: ['ip', 'netns', 'exec', BACK, process.execPath] });
     await backPods.waitForLog(/serving/);
     // The backend: an HTTP server inside the node namespace, on its loopback.
@@ -101,6 +118,19 @@ for (let i = 0; i < 1000; i++) { const d = Buffer.alloc(8 + (i % 1000)); d.write
 await Bun.sleep(500);
 console.log(JSON.stringify({ ok, wrongSource }));
 s.close();
+`);
+    // A UDP client that keeps one socket (one conntrack entry) and asks every 50 ms; prints who answered.
+    writeFileSync(join(t.path, 'udp-sticky.ts'), `
+const s = await Bun.udpSocket({ socket: { data(_s, b) { console.log('reply ' + Buffer.from(b).toString()); }, error() {} } });
+for (;;) { s.send('ping', 53, '10.96.0.40'); await Bun.sleep(50); }
+`);
+    // One datagram from a new socket (a new conntrack entry each time); prints who answered.
+    writeFileSync(join(t.path, 'udp-once.ts'), `
+const s = await Bun.udpSocket({ socket: { data(_s, b) { console.log(Buffer.from(b).toString()); process.exit(0); }, error() {} } });
+s.send('ping', 53, '10.96.0.40');
+await Bun.sleep(2000);
+console.log('no answer');
+process.exit(0);
 `);
     // A keep-alive client: one request, then (once the test says go) another on the same connection.
     writeFileSync(join(t.path, 'keepalive.ts'), `
@@ -222,8 +252,8 @@ sock.end();
         await rulesFor((r) => r.includes(backendName === 'nftables' ? '10.201.0.2 . 8080' : '--to-destination 10.201.0.2:8080') && r.includes(backendName === 'nftables' ? '10.201.0.3 . 8080' : '--to-destination 10.201.0.3:8080'), 'both endpoints back');
         // Reported: the path per service port, and the count in the metrics.
         const ports = JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[];
-        expect(Object.fromEntries(ports.map((p) => [p.service, p.path]))).toEqual({ 'shop/web:p': 'kernel from the node, proxy from pods', 'shop/echo:p': 'proxy', 'shop/pool:p': 'kernel' });
-        expect((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/metrics'])).stdout).toContain('edgemesh_proxy_kernel_service_ports 2');
+        expect(Object.fromEntries(ports.map((p) => [p.service, p.path]))).toEqual({ 'shop/web:p': 'kernel from the node, proxy from pods', 'shop/echo:p': CONNTRACK ? 'kernel from the node, proxy from pods' : 'proxy', 'shop/pool:p': 'kernel' });
+        expect((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/metrics'])).stdout).toContain(`edgemesh_proxy_kernel_service_ports ${CONNTRACK ? 3 : 2}`);
         // The loopback endpoint of "web": kernel-forwarded from the node, through the listener for pods.
         expect((await curl(NODE)).stdout).toBe('hello from the backend');
         expect((await curl(POD)).stdout).toBe('hello from the backend');
@@ -231,8 +261,8 @@ sock.end();
         // A consistent-hash DestinationRule needs the proxy: the rules go back to the listener, and it sticks.
         writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL + HASHED);
         await rulesFor((r) => !dnatToPods(r), 'pool back on the listener');
-        // iptables: the pool's own chain went with it, in the same restore (only web's is left).
-        if (backendName === 'iptables') expect((await ruleset(backendName)).split('\n').filter((l) => l.startsWith(':EDGEMESH-SVC-'))).toHaveLength(1);
+        // iptables: the pool's own chain went with it, in the same restore (web's and echo's are left).
+        if (backendName === 'iptables') expect((await ruleset(backendName)).split('\n').filter((l) => l.startsWith(':EDGEMESH-SVC-'))).toHaveLength(CONNTRACK ? 2 : 1);
         for (const user of ['alice', 'bob', 'carol']) expect(Object.keys((await spread(POD, 4, user)).counts)).toHaveLength(1);
         expect(await agent.stop()).toBe(0);
 
@@ -281,6 +311,60 @@ sock.end();
       } finally {
         expect(await agent.stop()).toBe(0);
         await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        writeFileSync(catalog, catalogYaml(BASE));
+      }
+      expect(await ruleset(backendName)).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
+    }, 60_000);
+  }
+  for (const backendName of ['nftables', 'iptables'] as const) {
+    test.skipIf(!CONNTRACK)(`${backendName}: UDP on the kernel path; a client that keeps its port moves on when its endpoint leaves (needs conntrack)`, async () => {
+      const udpOnce = async (ns: string) => (await inNs(ns, [process.execPath, join(t.path, 'udp-once.ts')])).stdout.trim();
+      writeFileSync(catalog, catalogYaml(BASE) + '---\n' + UPOOL);
+      await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+      const agent = await startAgent(backendName);
+      const client = new AgentProcess([join(t.path, 'udp-sticky.ts')], { bin: ['ip', 'netns', 'exec', POD, process.execPath] });
+      try {
+        await waitFor(async () => (await ruleset(backendName)).includes(backendName === 'nftables' ? '10.201.0.3 . 9053' : '--to-destination 10.201.0.3:9053'), 'kernel rules for the UDP pool', 3000, 100);
+        const ports = JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[];
+        expect(ports.find((p) => p.service === 'shop/upool:u')?.path).toBe('kernel');
+        // Each new socket is a new flow: the kernel's round robin alternates, from pods and from the node.
+        const fromPod: string[] = [];
+        for (let i = 0; i < 4; i++) fromPod.push(await udpOnce(POD));
+        expect(fromPod.sort()).toEqual(['b2', 'b2', 'b3', 'b3']);
+        const fromNode: string[] = [];
+        for (let i = 0; i < 4; i++) fromNode.push(await udpOnce(NODE));
+        expect(fromNode.sort()).toEqual(['b2', 'b2', 'b3', 'b3']);
+        // One socket: its conntrack entry keeps it on one endpoint.
+        await client.waitForLog(/(reply b\d\n[^]*){5}/);
+        const replies = () => [...client.logs.matchAll(/reply (b\d)/g)].map((m) => m[1]!);
+        const first = replies()[0]!;
+        expect(new Set(replies())).toEqual(new Set([first]));
+        // Its endpoint leaves the catalog (the pod itself keeps running and answering): the same socket's next
+        // datagrams go to the other endpoint. Without deleting the entry they would go to the old one for as long
+        // as the client keeps sending.
+        const other = first === 'b2' ? 'b3' : 'b2';
+        const keep = other === 'b2' ? '10.201.0.2' : '10.201.0.3';
+        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + UPOOL.replace(/addresses: \[.*?\]\]?, ports/, `addresses: [{ ip: ${keep}, nodeName: n1 }], ports`));
+        await waitFor(() => replies().at(-1) === other, `replies move to ${other}`, 5000, 50).catch((err) => {
+          console.error(client.logs.split('\n').slice(-5).join('\n'), agent.logs);
+          throw err;
+        });
+        const metrics = (await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/metrics'])).stdout;
+        expect(Number(/^edgemesh_proxy_udp_conntrack_deleted_total (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(1);
+        // The service leaves the catalog: its entries go with its rules, so the client is answered no more (a
+        // leftover entry would keep delivering to the endpoint).
+        writeFileSync(catalog, catalogYaml(BASE));
+        await waitFor(async () => !(await ruleset(backendName)).includes('10.96.0.40'), 'the UDP pool gone from the rules', 3000, 100);
+        await waitFor(async () => {
+          const n = replies().length;
+          await Bun.sleep(500);
+          return replies().length === n;
+        }, 'no more answers for the removed service', 5000, 0);
+      } finally {
+        await client.stop();
+        expect(await agent.stop()).toBe(0);
+        await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        await inNs(NODE, ['conntrack', '-F']);
         writeFileSync(catalog, catalogYaml(BASE));
       }
       expect(await ruleset(backendName)).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');

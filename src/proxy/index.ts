@@ -24,6 +24,7 @@ import { type UdpRemoteDialer, UdpServicePort } from './udp.ts';
 import { cidrMatcher } from '../net/cidr.ts';
 import { socks5Route } from './socks5.ts';
 import { BulkSplicer } from './splicer.ts';
+import { UdpConntrack } from './conntrack.ts';
 import { readFileSync } from 'node:fs';
 
 export interface ProxyModuleDeps {
@@ -109,6 +110,8 @@ export class ProxyModule {
   private kernelAffinity = true;
   /** The splice(2) worker that long bulk connections move to (spliceBulkBytes > 0 and available here). */
   private splicer: BulkSplicer | null = null;
+  /** Deletes UDP conntrack entries a rule change left pointing elsewhere; without it UDP stays on the listener. */
+  private conntrack: UdpConntrack | null = null;
 
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
@@ -121,6 +124,10 @@ export class ProxyModule {
     try {
       await ensureListenAddress(this.host, config.commonConfig, logger);
       this.rules = this.deps.rules ?? (await chooseRules(this.cfg.interception, logger));
+      if (this.rules && this.cfg.kernelForwarding) {
+        if (UdpConntrack.available()) this.conntrack = new UdpConntrack(logger.child('conntrack'));
+        else logger.info('the conntrack tool is not installed: UDP services stay on the listener (apt-get install conntrack for kernel forwarding of UDP)');
+      }
       // Its worker starts on the first bulk connection (splicer.ts), so nodes without one never pay for it.
       if (this.cfg.spliceBulkBytes > 0) this.splicer = new BulkSplicer({ logger: logger.child('splice'), pipeSize: 256 * 1024, idleTimeoutSec: this.cfg.tcpIdleTimeout });
       // Subscribe before the first sync: a change landing while it runs (the file source loading over a restored
@@ -213,11 +220,13 @@ export class ProxyModule {
   /**
    * Whether the kernel can carry this service port by itself (docs/proxy.md#kernel-forwarding): only what a DNAT
    * rule can express exactly: round robin or random, and ClientIP affinity with round robin (the kernel keeps each
-   * client address per endpoint with its timeout, as kube-proxy does). Hash and least-request policies, UDP (whose
-   * conntrack entries would outlive a removed endpoint), IPv6 and endpoints behind the tunnel stay on the listener.
+   * client address per endpoint with its timeout, as kube-proxy does). UDP too when the conntrack tool can delete
+   * the entries a removed endpoint leaves (conntrack.ts). Hash and least-request policies, IPv6 and endpoints
+   * behind the tunnel stay on the listener.
    */
   private kernelTarget(e: Entry, forwarding: boolean): KernelTarget | null {
-    if (!this.cfg.kernelForwarding || !this.rules || e.sp.protocol !== 'TCP') return null;
+    if (!this.cfg.kernelForwarding || !this.rules) return null;
+    if (e.sp.protocol !== 'TCP' && !(e.sp.protocol === 'UDP' && this.conntrack)) return null;
     const pick = e.balancer.effectivePolicy().kind;
     if (pick !== 'round-robin' && pick !== 'random') return null;
     const affinitySec = e.svc.sessionAffinity === 'ClientIP' ? e.svc.sessionAffinityTimeout : 0;
@@ -312,6 +321,8 @@ export class ProxyModule {
           await rules.apply(next);
           if (this.rulesError) this.deps.logger.info('interception rules applied again');
           this.rulesError = null;
+          // Only once the new rules are in: an entry deleted before would be recreated by the old ones.
+          await this.conntrack?.sync(next).catch((err) => this.deps.logger.warn('UDP conntrack cleanup failed', { error: describeError(err) }));
         } catch (err) {
           if (this.kernelAffinity && next.some((p) => (p.kernel?.affinitySec ?? 0) > 0)) {
             // Sets with timeouts updated from the packet path (nft) or the recent match (iptables) are missing on
@@ -357,6 +368,7 @@ export class ProxyModule {
     m.counterFrom('edgemesh_proxy_bytes_total', 'TCP bytes proxied').set(tcp((s) => s.bytesUp + s.bytesDown));
     m.counterFrom('edgemesh_proxy_udp_datagrams_total', 'UDP datagrams proxied').set(udp((s) => s.datagramsUp + s.datagramsDown));
     m.counterFrom('edgemesh_proxy_udp_dropped_total', 'UDP datagrams dropped').set(udp((s) => s.dropped));
+    m.counterFrom('edgemesh_proxy_udp_conntrack_deleted_total', 'UDP conntrack entries deleted because their endpoint left').set(() => this.conntrack?.deleted ?? 0);
     m.counterFrom('edgemesh_proxy_spliced_connections_total', 'Bulk TCP connections handed to the splice(2) worker').set(() => this.splicer?.stats.handedOver ?? 0);
     m.gauge('edgemesh_proxy_spliced_connections_active', 'Connections on the splice(2) worker now').set(() => this.splicer?.stats.active ?? 0);
   }

@@ -62,7 +62,7 @@ function endpointId(p: PortMapping, e: { ip: string; port: number }): string {
 }
 
 /** Destination IPs a service port is reachable on (IPv4; IPv6 interception arrives with ip6 tables). */
-function destinations(p: PortMapping): string[] {
+export function destinations(p: PortMapping): string[] {
   return [...new Set([...p.clusterIPs, ...p.externalIPs, ...p.loadBalancerIPs])].filter(v4);
 }
 
