@@ -20,6 +20,8 @@
  *          [--modes=kernel,proxy,jsonly,haproxy] (direct always runs; jsonly only when named)
  *          [--affinity]  the services have ClientIP session affinity
  *          [--splice-bytes=N]  the agent's spliceBulkBytes in mode proxy (default: the agent's default)
+ *          [--udp]       also UDP: dnsperf from the pod to dnsmasq in "back" behind a UDP cluster IP (kernel
+ *                        forwarding of UDP needs the conntrack tool; haproxy has no UDP)
  *          [--base=DIR]  also run the listener path of the agent in checkout DIR (mode "base"): A/B in the same run
  *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
@@ -42,6 +44,7 @@ const syscalls = process.argv.includes('--syscalls');
 /** The services get `sessionAffinity: ClientIP` (the kernel path then keeps it in nft sets / iptables recent). */
 const affinity = process.argv.includes('--affinity');
 const spliceBytes = process.argv.find((a) => a.startsWith('--splice-bytes='))?.split('=')[1];
+const udp = process.argv.includes('--udp');
 const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base', 'jsonly'] as const;
 type Mode = (typeof allModes)[number];
 const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.split(',');
@@ -49,10 +52,10 @@ const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.
 const baseDir = process.argv.find((a) => a.startsWith('--base='))?.split('=')[1];
 const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : m === 'direct' || (only ? only.includes(m) : m !== 'jsonly')));
 /** Each mode's own iperf3 and nginx ports on the back namespace (see the header: PAWS across modes). */
-const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i }; };
+const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i, dns: 5300 + i }; };
 const log = (s: string) => process.stderr.write(s + '\n');
 if (process.getuid?.() !== 0) { log('needs root (network namespaces)'); process.exit(1); }
-for (const t of ['iperf3', 'wrk', 'nginx', 'haproxy', 'nft', 'ip', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light haproxy nftables iproute2`); process.exit(1); }
+for (const t of ['iperf3', 'wrk', 'nginx', 'haproxy', 'nft', 'ip', 'taskset', ...(udp ? ['dnsperf', 'dnsmasq'] : [])]) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light haproxy nftables iproute2`); process.exit(1); }
 
 const NODE = `bnode${process.pid}`, POD = `bpod${process.pid}`, BACK = `bback${process.pid}`;
 const MAIN = join(import.meta.dir, '../src/cli/main.ts');
@@ -89,14 +92,19 @@ try {
   writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
     `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:${backPorts('haproxy').web}\n`);
   procs.push(spawn(inNs(NODE, '0', ['haproxy', '-f', join(dir, 'haproxy.cfg')])));
-  const svc = (name: string, ip: string, port: number, target: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip},${affinity ? ' sessionAffinity: ClientIP,' : ''} ports: [{ name: p, port: ${port}, protocol: TCP }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: TCP }] }]\n`;
+  const svc = (name: string, ip: string, port: number, target: number, proto = 'TCP') => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip},${affinity ? ' sessionAffinity: ClientIP,' : ''} ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n`;
+  if (udp) {
+    // One dnsmasq per mode's port: it answers every name under bench.test itself.
+    for (const m of allModes) procs.push(spawn(inNs(BACK, '1', ['dnsmasq', '--no-daemon', '--no-hosts', '--no-resolv', '--listen-address=10.211.0.2', '--bind-interfaces', `--port=${backPorts(m).dns}`, '--address=/bench.test/192.0.2.1', `--pid-file=${join(dir, `dnsmasq-${m}.pid`)}`])));
+    writeFileSync(join(dir, 'dns.q'), Array.from({ length: 100 }, (_, i) => `q${i}.bench.test A`).join('\n') + '\n');
+  }
   await Bun.sleep(500);
 
   /** The agent in the node namespace on CPU 0; resolves once its rules are in. */
   async function startAgent(mode: 'kernel' | 'proxy' | 'base' | 'jsonly') {
     const kernelForwarding = mode === 'kernel';
     const ports = backPorts(mode);
-    writeFileSync(join(dir, `catalog-${mode}.yaml`), svc('iperf', '10.96.0.50', 5201, ports.iperf) + '---\n' + svc('web', '10.96.0.51', 80, ports.web));
+    writeFileSync(join(dir, `catalog-${mode}.yaml`), svc('iperf', '10.96.0.50', 5201, ports.iperf) + '---\n' + svc('web', '10.96.0.51', 80, ports.web) + (udp ? '---\n' + svc('dns', '10.96.0.52', 53, ports.dns, 'UDP') : ''));
     const cfg = join(dir, `agent-${mode}.yaml`);
     writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${mode}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${mode}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding}${mode === 'jsonly' ? ', spliceBulkBytes: 0' : mode === 'proxy' && spliceBytes ? `, spliceBulkBytes: ${Number(spliceBytes)}` : ''} }\n`);
     const logFile = join(dir, `agent-${mode}.log`);
@@ -157,7 +165,20 @@ try {
     return r;
   };
 
-  type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number; cpuPerConn?: number };
+  type Dns = { qps: number; avgMs: number; lost: number; cpuPerKq?: number };
+  type Row = { iperf1: number; iperf4: number; keepalive: WrkResult; close: WrkResult; cpuPerGbit?: number; cpuPerConn?: number; dns?: Dns };
+  /** dnsperf from the pod (10 clients, 500 outstanding); the agent's CPU per 1,000 answered queries. */
+  async function dnsperf(host: string, port: number, pid?: number): Promise<Dns> {
+    const c0 = pid ? await cpuSeconds(pid) : 0;
+    const r = Bun.spawnSync(['ip', 'netns', 'exec', POD, 'taskset', '-c', clientCpu, 'dnsperf', '-s', host, '-p', String(port), '-d', join(dir, 'dns.q'), '-l', String(seconds), '-c', '10', '-q', '500', '-t', '2'], { stdout: 'pipe', stderr: 'pipe' });
+    const out = r.stdout.toString();
+    const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+    if (!qps) throw new Error(`dnsperf failed:\n${out}\n${r.stderr.toString()}`);
+    const avgMs = Number(/Average Latency \(s\):\s+([\d.]+)/.exec(out)?.[1] ?? 0) * 1000;
+    const lost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? 0);
+    const cpuPerKq = pid ? (((await cpuSeconds(pid)) - c0) * 1e3 * 1e3) / (qps * seconds) : undefined;
+    return { qps, avgMs, lost, cpuPerKq };
+  }
   async function measure(mode: Mode, target: { iperf: [string, number]; web: string }, pid?: number): Promise<Row> {
     const c0 = pid ? await cpuSeconds(pid) : 0;
     const iperf1 = await iperf(mode, ...target.iperf, 1);
@@ -169,7 +190,8 @@ try {
     // CPU per proxied new connection: steadier than req/s on a noisy machine (another tenant's load slows the
     // agent and wrk alike, but costs the agent little extra CPU per connection).
     const cpuPerConn = pid && !syscalls ? (((await cpuSeconds(pid)) - c1) * 1e6) / (close.rps * seconds) : undefined;
-    return { iperf1, iperf4, keepalive, close, cpuPerGbit, cpuPerConn };
+    const dns = udp && mode !== 'haproxy' ? await dnsperf(mode === 'direct' ? '10.211.0.2' : '10.96.0.52', mode === 'direct' ? backPorts('direct').dns : 53, pid) : undefined;
+    return { iperf1, iperf4, keepalive, close, cpuPerGbit, cpuPerConn, dns };
   }
 
   const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [], base: [], jsonly: [] };
@@ -200,6 +222,7 @@ try {
       close: { rps: median(r.map((x) => x.close.rps)), p50: median(r.map((x) => x.close.p50)), p99: median(r.map((x) => x.close.p99)) },
       cpuPerGbit: r[0]?.cpuPerGbit === undefined ? undefined : median(r.map((x) => x.cpuPerGbit!)),
       cpuPerConn: r[0]?.cpuPerConn === undefined ? undefined : median(r.map((x) => x.cpuPerConn!)),
+      dns: r[0]?.dns === undefined ? undefined : { qps: median(r.map((x) => x.dns!.qps)), avgMs: median(r.map((x) => x.dns!.avgMs)), lost: median(r.map((x) => x.dns!.lost)), cpuPerKq: r[0].dns.cpuPerKq === undefined ? undefined : median(r.map((x) => x.dns!.cpuPerKq!)) },
     };
   };
   const d = med('direct');
@@ -211,6 +234,15 @@ try {
     table.push(`| ${mode} | ${m.iperf1.toFixed(2)} Gbit/s${ratio(m.iperf1, d.iperf1)} | ${m.iperf4.toFixed(2)}${ratio(m.iperf4, d.iperf4)} | ${http(m.keepalive, d.keepalive)} | ${http(m.close, d.close)} | ${m.cpuPerGbit === undefined ? '—' : m.cpuPerGbit.toFixed(3)} | ${m.cpuPerConn === undefined ? '—' : m.cpuPerConn.toFixed(0)} |`);
   }
   console.log(table.join('\n'));
+  if (udp) {
+    const dt = ['', '| mode | UDP (dnsperf through the cluster IP) | agent CPU ms per 1,000 queries |', '|---|---:|---:|'];
+    for (const mode of modes) {
+      const x = med(mode).dns;
+      if (!x) continue;
+      dt.push(`| ${mode} | ${x.qps.toFixed(0)} q/s${mode === 'direct' ? '' : ` (**${(x.qps / d.dns!.qps).toFixed(2)}**)`}, avg ${x.avgMs.toFixed(2)} ms, lost ${x.lost} | ${x.cpuPerKq === undefined ? '—' : x.cpuPerKq.toFixed(1)} |`);
+    }
+    console.log(dt.join('\n'));
+  }
   log(JSON.stringify(results));
 } finally {
   for (const p of procs) p.kill();
