@@ -2,7 +2,7 @@
  * `edgemesh bench proxy` and `edgemesh bench dns`: profile this node with nothing but the binary, each against a
  * baseline measured in the same run (the machine may be busy: compare ratios, not absolutes).
  * - proxy: bulk throughput and small request/response latency through a TcpServicePort vs a direct connection
- *   to the same local echo server;
+ *   to the same local echo server, with the shipped bulk path (splice(2) worker) as the agent runs it;
  * - dns: query rate and latency of the DNS server (1,000 services) vs a bare UDP echo server on the same event
  *   loop, the floor for any UDP service on this runtime.
  * Everything listens on 127.0.0.1 and stops by itself. Client, server and proxy share this one process (and
@@ -16,6 +16,7 @@ import { Forwarder } from '../src/dns/forwarder.ts';
 import { Balancer } from '../src/lb/balancer.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { BulkSplicer } from '../src/proxy/splicer.ts';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { emptyObjects } from '../src/catalog/model.ts';
@@ -146,12 +147,18 @@ export const proxyScenario: Scenario = {
     const echo = echoServer();
     const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
     balancer.setEndpoints([{ key: `127.0.0.1:${echo.port}`, ip: '127.0.0.1', port: echo.port, nodeName: '', podName: '' }]);
-    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1 });
+    // As the agent runs it (defaults of edgeProxy.spliceBulkBytes and the module's pipe size).
+    const cfg = defaultConfig('agent', 'edge').modules.edgeProxy;
+    const splicer = new BulkSplicer({ logger, pipeSize: 256 * 1024, idleTimeoutSec: 0 });
+    const spliceOn = cfg.spliceBulkBytes > 0 && (await splicer.start());
+    progress(spliceOn ? 'bulk path: splice(2) worker' : 'bulk path: JavaScript (the splice worker is not available here)');
+    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1, splicer: spliceOn ? splicer : undefined, bulkBytes: cfg.spliceBulkBytes });
     proxy.start();
     try {
       return await compareEcho(progress, echo.port, proxy.port, 'proxy', 512, 20_000);
     } finally {
       proxy.stop();
+      await splicer.stop();
       echo.stop(true);
     }
   },
