@@ -153,6 +153,8 @@ export class ProxyModule {
           connectTimeoutMs: this.cfg.connectTimeoutMs,
           idleTimeoutSec: this.cfg.tcpIdleTimeout,
           maxAttempts: 1,
+          splicer: this.splicer ?? undefined,
+          bulkBytes: this.cfg.spliceBulkBytes,
           route: socks5Route({ nodeName: this.deps.nodeName, catalog: () => catalog.snapshot(), logger: logger.child('socks5') }),
         });
         this.socks5.start();
