@@ -486,6 +486,39 @@ describe('bulk connections on the splice(2) worker', () => {
     }
   });
 
+  test('if the worker dies, its connections are reset and new ones stay in JavaScript', async () => {
+    const mortal = new BulkSplicer({ logger, pipeSize: 0, idleTimeoutSec: 0 });
+    expect(await mortal.start()).toBe(true);
+    const p = new TcpServicePort({ ...opts, balancer, splicer: mortal, bulkBytes: 64 * 1024 });
+    p.start();
+    try {
+      let echoed = 0;
+      let reset = false;
+      const sock = await Bun.connect({
+        hostname: '127.0.0.1', port: p.port, socket: {
+          data(_s, d) { echoed += d.length; },
+          close(_s, err) { reset = !!err; },
+          error() { reset = true; },
+        },
+      });
+      sock.write(new Uint8Array(128 * 1024));
+      await waitFor(() => echoed === 128 * 1024, 'echoed', 3000);
+      expect(p.stats.spliced).toBe(1);
+      // The thread goes away under the idle pair (terminate, then a wake-up so it leaves epoll_wait).
+      (mortal as unknown as { worker: Worker }).worker.terminate();
+      mortal.close(0, false);
+      await waitFor(() => reset, 'the client reset', 3000);
+      await waitFor(() => p.stats.active === 0 && mortal.stats.active === 0, 'its slot freed', 3000);
+      expect(logger.lines.join('\n')).toContain('the splice worker died');
+      const r = await bulkEcho(p.port, 4 * 1024 * 1024);
+      expect(r.got).toBe(r.sent);
+      expect(p.stats.spliced).toBe(1);
+    } finally {
+      p.stop();
+      await mortal.stop();
+    }
+  });
+
   test('an idle spliced connection is closed after the idle timeout', async () => {
     const idle = new BulkSplicer({ logger, pipeSize: 0, idleTimeoutSec: 1 });
     expect(await idle.start()).toBe(true);

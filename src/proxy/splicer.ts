@@ -50,6 +50,7 @@ export interface SplicerStats {
 
 type Libc = {
   fcntl: (fd: number, cmd: number, arg: number) => number;
+  setsockopt: (fd: number, level: number, name: number, value: Int32Array, len: number) => number;
   eventfd: (initval: number, flags: number) => number;
   write: (fd: number, buf: Uint8Array, n: number) => number | bigint;
   close: (fd: number) => number;
@@ -62,6 +63,7 @@ const EFD_NONBLOCK = 0o4000;
 function openLibc(): Libc {
   const lib = dlopen('libc.so.6', {
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     eventfd: { args: [FFIType.u32, FFIType.i32], returns: FFIType.i32 },
     write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i64_fast },
     close: { args: [FFIType.i32], returns: FFIType.i32 },
@@ -88,7 +90,8 @@ export class BulkSplicer {
   private ring: Int32Array | null = null;
   private wakeFd = -1;
   private nextId = 1;
-  private readonly waiting = new Map<number, (d: SpliceDone) => void>();
+  /** Pairs on the worker: their completion, and the descriptors it holds (to reset them if the worker dies). */
+  private readonly waiting = new Map<number, { done: (d: SpliceDone) => void; fds: [number, number] }>();
   private readonly wake = new Uint8Array(new BigUint64Array([1n]).buffer);
   private starting: Promise<boolean> | null = null;
   private stopped: Promise<void> | null = null;
@@ -130,9 +133,14 @@ export class BulkSplicer {
         };
         w.onerror = (ev) => {
           clearTimeout(timer);
-          this.o.logger.warn('the splice worker failed; bulk connections stay on the JavaScript splice', { error: ev.message });
+          if (this.worker === w) this.died(ev.message);
+          else this.o.logger.warn('the splice worker failed; bulk connections stay on the JavaScript splice', { error: ev.message });
           resolve(false);
         };
+        // Bun's own event: the thread is gone, for whatever reason.
+        w.addEventListener('close', () => {
+          if (this.worker === w && !this.stopped) this.died('the worker thread exited');
+        });
       });
       w.postMessage({ ring: sab, wakeFd: this.wakeFd, pipeSize: this.o.pipeSize, idleMs: this.o.idleTimeoutSec * 1000 } satisfies SpliceInit);
       if (!(await ready)) throw new Error('the worker did not start');
@@ -190,7 +198,7 @@ export class BulkSplicer {
     ring[o + 3] = db;
     Atomics.store(ring, 0, (w + 1) | 0);
     libc.write(this.wakeFd, this.wake, 8);
-    this.waiting.set(id, done);
+    this.waiting.set(id, { done, fds: [da, db] });
     this.stats.handedOver++;
     this.stats.active++;
     // Bun's descriptors only: the duplicates keep both connections open.
@@ -228,7 +236,7 @@ export class BulkSplicer {
       if (this.wakeFd >= 0) this.libc?.close(this.wakeFd);
       this.wakeFd = -1;
       // Anything the worker could not report is over now.
-      for (const [id, done] of this.waiting) done({ id, up: 0, down: 0, reset: false });
+      for (const [id, w] of this.waiting) w.done({ id, up: 0, down: 0, reset: false });
       this.waiting.clear();
       this.stats.active = 0;
     });
@@ -251,10 +259,34 @@ export class BulkSplicer {
   }
 
   private done(d: SpliceDone): void {
-    const cb = this.waiting.get(d.id);
-    if (!cb) return;
+    const w = this.waiting.get(d.id);
+    if (!w) return;
     this.waiting.delete(d.id);
     this.stats.active--;
-    cb(d);
+    w.done(d);
+  }
+
+  /**
+   * The worker died while running: nothing moves its pairs' bytes any more and their descriptors (process-wide)
+   * would keep both connections open for ever. Reset them from here, free their slots, and hand nothing over
+   * again (a worker that crashed once would crash again; the JavaScript splice carries on).
+   */
+  private died(why: string): void {
+    const libc = this.libc;
+    this.worker = null;
+    const n = this.waiting.size;
+    const linger0 = new Int32Array([1, 0]);
+    for (const [id, w] of this.waiting) {
+      for (const fd of w.fds) {
+        libc?.setsockopt(fd, 1 /* SOL_SOCKET */, 13 /* SO_LINGER */, linger0, 8);
+        libc?.close(fd);
+      }
+      this.stats.active--;
+      w.done({ id, up: 0, down: 0, reset: true });
+    }
+    this.waiting.clear();
+    if (this.wakeFd >= 0) libc?.close(this.wakeFd);
+    this.wakeFd = -1;
+    this.o.logger.error('the splice worker died; its connections were reset and bulk connections stay in JavaScript', { error: why, connections: n });
   }
 }
