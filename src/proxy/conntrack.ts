@@ -94,7 +94,8 @@ export class UdpConntrack {
     }
     let deleted = 0;
     for (const from of stale) {
-      const [rip, rport] = from.split(':') as [string, string];
+      const cut = from.lastIndexOf(':'); // an IPv6 listener address has colons of its own
+      const [rip, rport] = [from.slice(0, cut), from.slice(cut + 1)];
       const r = await this.run(['-D', '-p', 'udp', '--orig-dst', ip, '--orig-port-dst', String(port), '--reply-src', rip, '--reply-port-src', rport]);
       // conntrack exits 1 when nothing matched (gone meanwhile); the count is on stderr.
       const n = Number(/(\d+) flow entr/.exec(r.err)?.[1] ?? 0);
