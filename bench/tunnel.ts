@@ -7,7 +7,7 @@
  *   - time to first byte to a new peer (first request after start: dial + PSK + TLS + yamux + proxy handshake);
  *   - the PSK cipher engines' own speed.
  * Usage: bun bench/tunnel.ts [--seconds=5] [--connections=50] [--cipher=auto|noble] [--encryption=tls|noise]
- *        [--only=iperf|http|newconn]   (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
+ *        [--only=iperf|http|newconn] [--repeat=N (run them N times on the same agents, RSS after each)]   (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -125,6 +125,10 @@ try {
   const rows: Record<string, unknown>[] = [];
   // --only=iperf|http|newconn runs a subset (for profiling one workload).
   const only = argOf('only', '');
+  const repeat = Number(argOf('repeat', '1'));
+  const rss = async (admin: number) => Number(/^process_resident_memory_bytes (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text())?.[1]) / 1048576;
+  const wrk = (port: number, close: boolean) => wrkRun('0', `http://127.0.0.1:${port}/`, conns, seconds, close);
+  for (let round = 1; round <= repeat; round++) {
   for (const streams of only && only !== 'iperf' ? [] : [1, 4]) {
     const direct = await iperf(pIperf, streams);
     const c0 = await agentsCpu();
@@ -135,7 +139,6 @@ try {
     log(`iperf3 ${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, tunnel ${tunnel.toFixed(2)} Gbit/s (${(tunnel / direct).toFixed(3)} of direct; both agents ${perGbit.toFixed(3)} cores per Gbit/s)`);
   }
 
-  const wrk = (port: number, close: boolean) => wrkRun('0', `http://127.0.0.1:${port}/`, conns, seconds, close);
   for (const close of only === 'iperf' ? [] : only === 'newconn' ? [true] : only === 'http' ? [false, true] : [false, true]) {
     const mode = close ? 'HTTP, new connection per request' : 'HTTP keep-alive';
     const direct = await wrk(pNginx, close);
@@ -148,8 +151,8 @@ try {
     rows.push({ test: mode, direct, tunnel, ratio: tunnel.rps / direct.rps, agentsCpuUsPerRequest: usPerReq });
     log(`${mode}: direct ${direct.rps.toFixed(0)} req/s (p50 ${direct.p50.toFixed(2)} ms, p99 ${direct.p99.toFixed(2)} ms); tunnel ${tunnel.rps.toFixed(0)} req/s (${(tunnel.rps / direct.rps).toFixed(3)}, p50 ${tunnel.p50.toFixed(2)} ms, p99 ${tunnel.p99.toFixed(2)} ms; both agents ${usPerReq.toFixed(0)} µs CPU per request)`);
   }
-  const rss = async (admin: number) => Number(/^process_resident_memory_bytes (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text())?.[1]) / 1048576;
-  log(`agent RSS after the run: a ${(await rss(adminA)).toFixed(0)} MiB, b ${(await rss(adminB)).toFixed(0)} MiB`);
+  log(`agent RSS after ${repeat > 1 ? `round ${round}/${repeat}` : 'the run'}: a ${(await rss(adminA)).toFixed(0)} MiB, b ${(await rss(adminB)).toFixed(0)} MiB`);
+  }
   console.log(JSON.stringify({ cipher: cipherRows, ttfbMs: { newPeer: first, warmP50: warm[10] }, rows }, null, 2));
 } finally {
   for (const p of procs) p.kill();
