@@ -10,6 +10,7 @@ import type { Service } from '../src/catalog/model.ts';
 import { mergeConfig } from '../src/config/load.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { type PortMapping, ProxyModule } from '../src/proxy/index.ts';
+import { UdpConntrack } from '../src/proxy/conntrack.ts';
 import type { RulesBackend } from '../src/proxy/rules.ts';
 
 describe('kernel forwarding without kernel support for affinity', () => {
@@ -70,5 +71,61 @@ describe('kernel forwarding without kernel support for affinity', () => {
     for (let i = 0; i < 6; i++) seen.add(await (await fetch(`http://${listen.listenHost}:${listen.listenPort}/`, { headers: { connection: 'close' } })).text());
     expect(seen.size).toBe(1);
     expect([...seen].join()).toMatch(/^[ab]$/);
+  });
+});
+
+describe('kernel forwarding of UDP when the conntrack tool cannot work', () => {
+  const service: Service = {
+    namespace: 'shop', name: 'dns', type: 'ClusterIP', clusterIPs: ['10.96.6.1'], headless: false, externalIPs: [], loadBalancerIPs: [],
+    ports: [{ name: 'u', protocol: 'UDP', port: 53, targetPort: 'u', nodePort: 0 }],
+    sessionAffinity: 'None', sessionAffinityTimeout: 0, labels: {}, proxied: true,
+  };
+  /** An agent with a stand-in rules backend and a conntrack tool that answers `-L` with `listing`. */
+  async function agent(listing: { code: number; err: string }, echoPort: number) {
+    const logger = createMemoryLogger('debug');
+    const catalog = new Catalog({ logger });
+    catalog.upsert({ kind: 'services', value: service });
+    catalog.upsert({ kind: 'endpoints', value: { namespace: 'shop', name: 'dns', from: 'Endpoints', endpoints: [{ ip: '127.0.0.1', nodeName: 'n1', podName: 'dns-0', hostname: '', ready: true, ports: [{ name: 'u', port: echoPort, protocol: 'UDP' as const }] }] } });
+    catalog.flush();
+    const applied: PortMapping[][] = [];
+    const rules: RulesBackend = { name: 'stand-in', async apply(ports) { applied.push(ports.map((p) => ({ ...p }))); }, async cleanup() {} };
+    const conntrack = new UdpConntrack(logger, async (args) => (args[0] === '-L' ? { ...listing, out: '' } : { code: 1, out: '', err: '0 flow entries have been deleted.' }));
+    const { config } = mergeConfig('agent', 'edge', { modules: { edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'nftables' } } });
+    const proxy = new ProxyModule({ config, catalog, nodeName: 'n1', logger, rules, conntrack });
+    await proxy.start();
+    return { proxy, applied, logger, conntrack };
+  }
+  let echo: { port: number; close(): void };
+  beforeAll(async () => {
+    echo = await Bun.udpSocket({ hostname: '127.0.0.1', socket: { data(s, b, port, addr) { s.send(b, port, addr); }, error() {} } });
+  });
+  afterAll(() => echo.close());
+
+  test('a tool that cannot list sends UDP back to the listener, which serves it; a working one keeps the kernel path', async () => {
+    const broken = await agent({ code: 1, err: 'conntrack v1.4.7 (conntrack-tools): Operation failed: Protocol not supported' }, echo.port);
+    try {
+      expect(broken.applied[0]!.find((p) => p.service === 'shop/dns:u')?.kernel?.endpoints).toHaveLength(1);
+      expect(broken.applied.at(-1)!.find((p) => p.service === 'shop/dns:u')?.kernel).toBeNull();
+      expect(broken.conntrack.broken).toContain('Protocol not supported');
+      expect(broken.logger.lines.filter((l) => l.includes('cannot list entries'))).toHaveLength(1);
+      const port = broken.proxy.ports().find((p) => p.service === 'shop/dns:u')!;
+      expect(port.path).toBe('proxy');
+      // Served through the listener (what the DNAT rule now points at), through real sockets.
+      const answer = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('no answer through the listener')), 2000);
+        void Bun.udpSocket({ socket: { data(s, b) { clearTimeout(timer); s.close(); resolve(Buffer.from(b).toString()); }, error() {} } }).then((s) => s.send('ping', port.listenPort, port.listenHost));
+      });
+      expect(answer).toBe('ping');
+    } finally {
+      await broken.proxy.stop();
+    }
+    const working = await agent({ code: 0, err: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.' }, echo.port);
+    try {
+      expect(working.applied.at(-1)!.find((p) => p.service === 'shop/dns:u')?.kernel?.endpoints).toHaveLength(1);
+      expect(working.conntrack.broken).toBeNull();
+      expect(working.proxy.ports().find((p) => p.service === 'shop/dns:u')!.path).toMatch(/^kernel/);
+    } finally {
+      await working.proxy.stop();
+    }
   });
 });

@@ -11,7 +11,10 @@
  * kernel path, its listener otherwise — has its entries listed (`conntrack -L` by original destination) and
  * those answering from anywhere else deleted; a service port that is gone loses all of its entries. The first
  * sync after a start checks every UDP service port, so entries left from before a restart go too. Needs the
- * conntrack tool (conntrack-tools); without it UDP stays on the listener (index.ts decides).
+ * conntrack tool (conntrack-tools); without it UDP stays on the listener (index.ts decides). A tool that is there
+ * but cannot list (no nf_conntrack_netlink in a restricted container, say) marks this `broken` on its first
+ * failure, and UDP goes back to the listener too: a kernel path whose entries cannot be cleaned is the blackhole
+ * this exists to prevent.
  *
  *   const ct = new UdpConntrack(logger)
  *   await ct.sync(mappings)   // after rules.apply(mappings)
@@ -40,6 +43,8 @@ export class UdpConntrack {
   private known = new Map<string, Known>();
   /** Entries deleted since start (metrics). */
   deleted = 0;
+  /** Why the tool cannot be used, once a listing failed; null while it works. */
+  broken: string | null = null;
 
   constructor(private readonly log: Logger, private readonly run: ConntrackRun = runConntrack) {}
 
@@ -58,6 +63,7 @@ export class UdpConntrack {
       now.set(p.service, { dests: destinations(p), port: p.port, allowed: [...targets].sort().join(',') });
     }
     for (const [service, k] of now) {
+      if (this.broken) break;
       const before = this.known.get(service);
       if (before && before.allowed === k.allowed && before.port === k.port && before.dests.join() === k.dests.join()) continue;
       const allowed = new Set(k.allowed.split(','));
@@ -79,7 +85,8 @@ export class UdpConntrack {
   private async flushExcept(ip: string, port: number, allowed: Set<string>): Promise<number> {
     const list = await this.run(['-L', '-p', 'udp', '--orig-dst', ip, '--orig-port-dst', String(port)]);
     if (list.code !== 0) {
-      this.log.warn('cannot list UDP conntrack entries; stale ones expire on their own', { destination: `${ip}:${port}`, error: list.err });
+      if (!this.broken) this.log.warn('the conntrack tool cannot list entries: UDP services go back to the listener (entries made meanwhile expire when their clients go quiet)', { destination: `${ip}:${port}`, error: list.err || `exit ${list.code}` });
+      this.broken = list.err || `exit ${list.code}`;
       return 0;
     }
     // A line: "udp 17 29 src=C dst=SVC sport=… dport=… [UNREPLIED] src=EP dst=C sport=EPPORT dport=… mark=0 use=1":

@@ -39,6 +39,8 @@ export interface ProxyModuleDeps {
   directCIDRs?: readonly string[];
   /** An interception backend to use instead of the one `interception` chooses (tests). */
   rules?: RulesBackend;
+  /** The UDP conntrack clean-up to use instead of the conntrack tool's (tests); null: none. */
+  conntrack?: UdpConntrack | null;
 }
 
 /** What a listener serves; the rules backends turn these into DNAT rules. */
@@ -125,7 +127,8 @@ export class ProxyModule {
       await ensureListenAddress(this.host, config.commonConfig, logger);
       this.rules = this.deps.rules ?? (await chooseRules(this.cfg.interception, logger));
       if (this.rules && this.cfg.kernelForwarding) {
-        if (UdpConntrack.available()) this.conntrack = new UdpConntrack(logger.child('conntrack'));
+        if (this.deps.conntrack !== undefined) this.conntrack = this.deps.conntrack;
+        else if (UdpConntrack.available()) this.conntrack = new UdpConntrack(logger.child('conntrack'));
         else logger.info('the conntrack tool is not installed: UDP services stay on the listener (apt-get install conntrack for kernel forwarding of UDP)');
       }
       // Its worker starts on the first bulk connection (splicer.ts), so nodes without one never pay for it.
@@ -228,7 +231,7 @@ export class ProxyModule {
    */
   private kernelTarget(e: Entry, forwarding: boolean): KernelTarget | null {
     if (!this.cfg.kernelForwarding || !this.rules) return null;
-    if (e.sp.protocol !== 'TCP' && !(e.sp.protocol === 'UDP' && this.conntrack)) return null;
+    if (e.sp.protocol !== 'TCP' && !(e.sp.protocol === 'UDP' && this.conntrack && !this.conntrack.broken)) return null;
     const pick = e.balancer.effectivePolicy().kind;
     if (pick !== 'round-robin' && pick !== 'random') return null;
     const affinitySec = e.svc.sessionAffinity === 'ClientIP' ? e.svc.sessionAffinityTimeout : 0;
@@ -325,6 +328,10 @@ export class ProxyModule {
           this.rulesError = null;
           // Only once the new rules are in: an entry deleted before would be recreated by the old ones.
           await this.conntrack?.sync(next).catch((err) => this.deps.logger.warn('UDP conntrack cleanup failed', { error: describeError(err) }));
+          if (this.conntrack?.broken && next.some((p) => p.protocol === 'UDP' && p.kernel)) {
+            next = this.mappings(); // UDP back on the listener (kernelTarget now says so)
+            continue;
+          }
         } catch (err) {
           if (this.kernelAffinity && next.some((p) => (p.kernel?.affinitySec ?? 0) > 0)) {
             // Sets with timeouts updated from the packet path (nft) or the recent match (iptables) are missing on
