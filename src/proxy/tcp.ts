@@ -126,7 +126,7 @@ interface Conn {
   clientPaused: boolean;
   /** Bytes forwarded so far, both ways (counts towards the bulk hand-over; -1 = never hand over). */
   moved: number;
-  /** The splice worker's id for this pair once handed over; 0 = still spliced here. */
+  /** The splice worker's id for this pair once handed over; 0 = still carried in JavaScript here. */
   spliceId: number;
 }
 
