@@ -360,6 +360,13 @@ sock.end();
           await Bun.sleep(500);
           return replies().length === n;
         }, 'no more answers for the removed service', 5000, 0);
+        // With ClientIP affinity each client address keeps one endpoint across flows (new sockets each time).
+        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + UPOOL.replace('spec: { clusterIP: 10.96.0.40,', 'spec: { clusterIP: 10.96.0.40, sessionAffinity: ClientIP, sessionAffinityConfig: { clientIP: { timeoutSeconds: 300 } },'));
+        await waitFor(async () => (await ruleset(backendName)).includes(backendName === 'nftables' ? 'dnat to 10.201.0.3:9053' : '--to-destination 10.201.0.3:9053'), 'affinity rules for the UDP pool', 3000, 100);
+        const sticky: string[] = [];
+        for (let i = 0; i < 4; i++) sticky.push(await udpOnce(POD));
+        expect(new Set(sticky).size).toBe(1);
+        expect(sticky[0]).toMatch(/^b[23]$/);
       } finally {
         await client.stop();
         expect(await agent.stop()).toBe(0);
