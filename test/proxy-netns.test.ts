@@ -132,6 +132,23 @@ await Bun.sleep(2000);
 console.log('no answer');
 process.exit(0);
 `);
+    // New connections to the pool for `ms`, each bounded to 800 ms (a SYN lost to a missing rule is retried
+    // after 1 s): prints how many answered and the slowest.
+    writeFileSync(join(t.path, 'churn-client.ts'), `
+const until = Date.now() + Number(process.argv[2]);
+let ok = 0, failed = 0, slowest = 0;
+const errors: string[] = [];
+while (Date.now() < until) {
+  const t0 = performance.now();
+  try {
+    const r = await fetch('http://10.96.0.30/', { headers: { connection: 'close' }, signal: AbortSignal.timeout(800) });
+    const body = await r.text();
+    if (/^b[23] /.test(body)) ok++; else { failed++; errors.push(\`\${ok + failed}: \${r.status} \${body.slice(0, 40)}\`); }
+  } catch (e) { failed++; errors.push(\`\${ok + failed} after \${Math.round(performance.now() - t0)} ms: \${String(e)}\`); }
+  slowest = Math.max(slowest, performance.now() - t0);
+}
+console.log(JSON.stringify({ ok, failed, slowest: Math.round(slowest), errors }));
+`);
     // A keep-alive client: one request, then (once the test says go) another on the same connection.
     writeFileSync(join(t.path, 'keepalive.ts'), `
 const go = process.argv[2]!;
@@ -375,6 +392,44 @@ sock.end();
         writeFileSync(catalog, catalogYaml(BASE));
       }
       expect(await ruleset(backendName)).not.toContain(backendName === 'nftables' ? 'edgemesh' : 'EDGEMESH');
+    }, 60_000);
+  }
+  for (const backendName of ['nftables', 'iptables'] as const) {
+    test(`${backendName}: rule rewrites under traffic: 30 catalog changes while a pod opens connections, no SYN escapes the rules`, async () => {
+      writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL);
+      await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+      const agent = await startAgent(backendName);
+      try {
+        await waitFor(async () => (await ruleset(backendName)).includes(backendName === 'nftables' ? '10.201.0.3 . 8080' : '--to-destination 10.201.0.3:8080'), 'kernel rules for the pool', 3000, 100);
+        // Counters from here: a SYN that missed the DNAT would be routed back to the pod (the node's default route)
+        // and counted there as an address error. That, not the request timings, is what tells a rule gap.
+        const nstat = ['env', `NSTAT_HISTORY=${t.path}/nstat-${backendName}`, 'nstat'];
+        await inNs(POD, [...nstat, '-n']);
+        const client = inNs(POD, [process.execPath, join(t.path, 'churn-client.ts'), '6000']);
+        // Each change adds or removes a service: the whole rule set is written again (one transaction).
+        let changes = 0;
+        const started = Date.now();
+        while (Date.now() - started < 5000) {
+          const extra = changes % 2 === 0 ? [...BASE, ['churn', '10.96.0.99', 'TCP', 80, 18080] as Svc] : BASE;
+          writeFileSync(catalog, catalogYaml(extra) + '---\n' + POOL);
+          const want = changes % 2 === 0;
+          await waitFor(async () => (await ruleset(backendName)).includes('10.96.0.99') === want, 'the change in the rules', 3000, 20);
+          changes++;
+        }
+        const r = JSON.parse((await client).stdout) as { ok: number; failed: number; slowest: number; errors: string[] };
+        const escaped = Number(/IpInAddrErrors\s+(\d+)/.exec((await inNs(POD, [...nstat, '-s', 'IpInAddrErrors'])).stdout)?.[1] ?? 0);
+        expect(changes).toBeGreaterThanOrEqual(20);
+        expect(r.ok).toBeGreaterThan(100);
+        // Measured: a rewrite split in two (a gap of a few ms) lets 7–9 SYNs escape per run; atomic rewrites
+        // none in ~165,000 connections. This busy two-core machine stalls a request past 800 ms now and then
+        // (no retransmit, no escape), so a few slow requests are tolerated; escapes are not.
+        expect(escaped).toBe(0);
+        expect(r.failed, r.errors.join('\n')).toBeLessThanOrEqual(3);
+      } finally {
+        expect(await agent.stop()).toBe(0);
+        await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        writeFileSync(catalog, catalogYaml(BASE));
+      }
     }, 60_000);
   }
 });
