@@ -21,16 +21,12 @@
  */
 import type { Logger } from '../obs/logger.ts';
 import type { PortMapping } from './index.ts';
-import { destinations } from './rules.ts';
+import { destinations, run } from './rules.ts';
 
 /** The conntrack command, injectable for tests. */
 export type ConntrackRun = (args: string[]) => Promise<{ code: number; out: string; err: string }>;
 
-async function runConntrack(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const p = Bun.spawn(['conntrack', ...args], { stdin: 'ignore', stdout: 'pipe', stderr: 'pipe' });
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, out, err: err.trim() };
-}
+const runConntrack: ConntrackRun = (args) => run(['conntrack', ...args]);
 
 interface Known {
   dests: string[];

@@ -34,7 +34,8 @@ export interface RulesBackend {
   cleanup(): Promise<void>;
 }
 
-async function run(cmd: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
+/** Runs a rules tool (nft, iptables-restore, conntrack) and collects its exit code and output. */
+export async function run(cmd: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
   const p = Bun.spawn(cmd, { stdin: stdin === undefined ? 'ignore' : new TextEncoder().encode(stdin), stdout: 'pipe', stderr: 'pipe' });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { code, out, err: err.trim() };
