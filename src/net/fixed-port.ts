@@ -12,12 +12,10 @@
  *   const sock = await Bun.connect({ fd, socket: handlers });
  */
 import { EdgeMeshError } from '../errors.ts';
+import { SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET } from './linux.ts';
 
 const AF_INET = 2;
 const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const SO_ERROR = 4;
 const SO_REUSEPORT = 15;

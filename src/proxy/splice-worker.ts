@@ -12,6 +12,7 @@
  * is bounded per pair (BUDGET) and unfinished pairs are revisited first, so one fast stream cannot starve others.
  */
 import { dlopen, FFIType, read as ptrRead } from 'bun:ffi';
+import { EAGAIN, EINTR, O_CLOEXEC, O_NONBLOCK, closeWithReset } from '../net/linux.ts';
 import { CMD_ADD, CMD_CLOSE, CMD_STOP, RING_HEADER, RING_SLOT, type SpliceDone, type SpliceInit } from './splice-shared.ts';
 
 declare const self: Worker;
@@ -33,8 +34,6 @@ const libc = dlopen('libc.so.6', {
 // half of the return register is the value on both x86_64 and arm64; numbers avoid BigInt on the hot path.
 const L = libc.symbols;
 
-const EAGAIN = 11;
-const EINTR = 4;
 const SPLICE_F_MOVE = 1;
 const SPLICE_F_NONBLOCK = 2;
 const EPOLLIN = 0x1;
@@ -42,12 +41,8 @@ const EPOLLOUT = 0x4;
 const EPOLLRDHUP = 0x2000;
 const EPOLLET = 0x80000000;
 const EPOLL_CTL_ADD = 1;
-const O_NONBLOCK = 0o4000;
-const O_CLOEXEC = 0o2000000;
 const F_SETPIPE_SZ = 1031;
 const SHUT_WR = 1;
-const SOL_SOCKET = 1;
-const SO_LINGER = 13;
 /** x86_64 packs struct epoll_event (12 bytes); other architectures align its u64 (16 bytes). */
 const EV_SIZE = process.arch === 'x64' ? 12 : 16;
 const EV_DATA = process.arch === 'x64' ? 4 : 8;
@@ -101,7 +96,6 @@ const one = new Uint8Array(EV_SIZE);
 const oneView = new DataView(one.buffer);
 const pipeFds = new Int32Array(2);
 const scratch = new Uint8Array(8);
-const linger0 = new Int32Array([1, 0]);
 
 function register(fd: number, key: number): boolean {
   oneView.setUint32(0, (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) >>> 0, true);
@@ -126,8 +120,8 @@ function add(id: number, a: number, b: number): void {
   if (!p1 || !p2 || !register(a, slot * 2) || !register(b, slot * 2 + 1)) {
     // Out of fds or epoll refused: reset both rather than leave a silent connection behind.
     for (const fd of [p1?.[0], p1?.[1], p2?.[0], p2?.[1]]) if (fd !== undefined) L.close(fd);
-    reset(a);
-    reset(b);
+    closeWithReset(L, a);
+    closeWithReset(L, b);
     free.push(slot);
     post({ id, up: 0, down: 0, reset: true });
     return;
@@ -138,11 +132,6 @@ function add(id: number, a: number, b: number): void {
   // Bytes may have arrived between the hand-over and the registration: edge-triggered epoll reports the
   // current state once on ADD, but pump now anyway (cheap: EAGAIN) so nothing waits on an edge.
   work(pair);
-}
-
-function reset(fd: number): void {
-  L.setsockopt(fd, SOL_SOCKET, SO_LINGER, linger0, 8);
-  L.close(fd);
 }
 
 function post(d: SpliceDone): void {
@@ -156,8 +145,8 @@ function finish(p: Pair, rst: boolean): void {
   byId.delete(p.id);
   // Closing the fds removes them from the epoll set (these are the last references: the main thread closed its own).
   if (rst) {
-    reset(p.a);
-    reset(p.b);
+    closeWithReset(L, p.a);
+    closeWithReset(L, p.b);
   } else {
     L.close(p.a);
     L.close(p.b);

@@ -23,6 +23,7 @@
 import type { Socket } from 'bun';
 import { dlopen, FFIType } from 'bun:ffi';
 import { describeError } from '../errors.ts';
+import { O_CLOEXEC, O_NONBLOCK, closeWithReset } from '../net/linux.ts';
 import type { Logger } from '../obs/logger.ts';
 import { CMD_ADD, CMD_CLOSE, CMD_STOP, RING_HEADER, RING_SLOT, type SpliceDone, type SpliceInit } from './splice-shared.ts';
 
@@ -57,8 +58,6 @@ type Libc = {
 };
 
 const F_DUPFD_CLOEXEC = 1030;
-const EFD_CLOEXEC = 0o2000000;
-const EFD_NONBLOCK = 0o4000;
 
 function openLibc(): Libc {
   const lib = dlopen('libc.so.6', {
@@ -114,7 +113,7 @@ export class BulkSplicer {
     let worker: Worker | null = null;
     try {
       this.libc = openLibc();
-      this.wakeFd = this.libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      this.wakeFd = this.libc.eventfd(0, O_CLOEXEC | O_NONBLOCK);
       if (this.wakeFd < 0) throw new Error('eventfd failed');
       const slots = this.o.ringSlots ?? 4096;
       if (slots & (slots - 1)) throw new Error(`ringSlots must be a power of two, not ${slots}`);
@@ -275,12 +274,8 @@ export class BulkSplicer {
     const libc = this.libc;
     this.worker = null;
     const n = this.waiting.size;
-    const linger0 = new Int32Array([1, 0]);
     for (const [id, w] of this.waiting) {
-      for (const fd of w.fds) {
-        libc?.setsockopt(fd, 1 /* SOL_SOCKET */, 13 /* SO_LINGER */, linger0, 8);
-        libc?.close(fd);
-      }
+      if (libc) for (const fd of w.fds) closeWithReset(libc, fd);
       this.stats.active--;
       w.done({ id, up: 0, down: 0, reset: true });
     }
