@@ -147,9 +147,9 @@ export const proxyScenario: Scenario = {
     const echo = echoServer();
     const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
     balancer.setEndpoints([{ key: `127.0.0.1:${echo.port}`, ip: '127.0.0.1', port: echo.port, nodeName: '', podName: '' }]);
-    // As the agent runs it (defaults of edgeProxy.spliceBulkBytes and the module's pipe size).
+    // As the agent runs it (the default edgeProxy.spliceBulkBytes and the splicer's own defaults).
     const cfg = defaultConfig('agent', 'edge').modules.edgeProxy;
-    const splicer = new BulkSplicer({ logger, pipeSize: 256 * 1024, idleTimeoutSec: 0 });
+    const splicer = new BulkSplicer({ logger, idleTimeoutSec: 0 });
     const spliceOn = cfg.spliceBulkBytes > 0 && (await splicer.start());
     progress(spliceOn ? 'bulk path: splice(2) worker' : 'bulk path: JavaScript (the splice worker is not available here)');
     const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1, splicer: spliceOn ? splicer : undefined, bulkBytes: cfg.spliceBulkBytes });

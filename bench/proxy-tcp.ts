@@ -4,7 +4,7 @@
  * iperf3 with 1 and 4 streams. The proxy (this process, the shipped TcpServicePort) and haproxy are pinned to
  * CPU 0; iperf3 client and server to CPU 1. "edgemesh" hands bulk connections to its splice(2) worker (the
  * default), "edgemesh-js" keeps every byte in the JavaScript splice.
- * Usage: bun bench/proxy-tcp.ts [--seconds=5] [--pipe=BYTES (the splice pipes' size, default 1 MiB)]
+ * Usage: bun bench/proxy-tcp.ts [--seconds=5] [--pipe=BYTES (the splice pipes' size, default as shipped)]
  *        (needs iperf3 and haproxy)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../test/helpers.ts';
 import { createLogger } from '../src/obs/logger.ts';
-import { BulkSplicer } from '../src/proxy/splicer.ts';
+import { BulkSplicer, DEFAULT_PIPE_SIZE } from '../src/proxy/splicer.ts';
 import { cpuSeconds, iperfClient, startHaproxy, startProxy } from './tools.ts';
 
 const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
-const pipeSize = Number(process.argv.find((a) => a.startsWith('--pipe='))?.split('=')[1] ?? 1024 * 1024);
+const pipeSize = Number(process.argv.find((a) => a.startsWith('--pipe='))?.split('=')[1] ?? DEFAULT_PIPE_SIZE);
 const log = (s: string) => process.stderr.write(s + '\n');
 for (const t of ['iperf3', 'haproxy', 'taskset']) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 haproxy`); process.exit(1); }
 

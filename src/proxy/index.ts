@@ -132,7 +132,7 @@ export class ProxyModule {
         else logger.info('the conntrack tool is not installed: UDP services stay on the listener (apt-get install conntrack for kernel forwarding of UDP)');
       }
       // Its worker starts on the first bulk connection (splicer.ts), so nodes without one never pay for it.
-      if (this.cfg.spliceBulkBytes > 0) this.splicer = new BulkSplicer({ logger: logger.child('splice'), pipeSize: 256 * 1024, idleTimeoutSec: this.cfg.tcpIdleTimeout });
+      if (this.cfg.spliceBulkBytes > 0) this.splicer = new BulkSplicer({ logger: logger.child('splice'), idleTimeoutSec: this.cfg.tcpIdleTimeout });
       // Subscribe before the first sync: a change landing while it runs (the file source loading over a restored
       // snapshot, say) would otherwise be missed until the next change.
       this.unsubscribe = catalog.subscribe((snap, change) => {

@@ -10,6 +10,16 @@ export const CMD_ADD = 1;
 export const CMD_CLOSE = 2;
 export const CMD_STOP = 3;
 
+/** Commands a ring holds (a power of two, so the int32 counters may wrap). */
+export function ringCapacity(ring: Int32Array): number {
+  return (ring.length - RING_HEADER) / RING_SLOT;
+}
+
+/** Where command number `n` (the running count, wrapping as int32) sits in a ring of `cap` commands. */
+export function slotOffset(n: number, cap: number): number {
+  return RING_HEADER + (n & (cap - 1)) * RING_SLOT;
+}
+
 export interface SpliceInit {
   ring: SharedArrayBuffer;
   wakeFd: number;

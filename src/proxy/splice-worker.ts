@@ -13,7 +13,7 @@
  */
 import { dlopen, FFIType, read as ptrRead } from 'bun:ffi';
 import { EAGAIN, EINTR, O_CLOEXEC, O_NONBLOCK, closeWithReset } from '../net/linux.ts';
-import { CMD_ADD, CMD_CLOSE, CMD_STOP, RING_HEADER, RING_SLOT, type SpliceDone, type SpliceInit } from './splice-shared.ts';
+import { CMD_ADD, CMD_CLOSE, CMD_STOP, type SpliceDone, type SpliceInit, ringCapacity, slotOffset } from './splice-shared.ts';
 
 declare const self: Worker;
 
@@ -224,10 +224,10 @@ function commands(): boolean {
   L.read(wakeFd, scratch, 8);
   let r = Atomics.load(ring, 1);
   const w = Atomics.load(ring, 0);
-  const cap = (ring.length - RING_HEADER) / RING_SLOT;
+  const cap = ringCapacity(ring);
   let running = true;
   while (r !== w) {
-    const o = RING_HEADER + (r & (cap - 1)) * RING_SLOT;
+    const o = slotOffset(r, cap);
     const op = ring[o]!;
     if (op === CMD_ADD) add(ring[o + 1]!, ring[o + 2]!, ring[o + 3]!);
     else if (op === CMD_CLOSE) {

@@ -25,12 +25,17 @@ import { dlopen, FFIType } from 'bun:ffi';
 import { describeError } from '../errors.ts';
 import { O_CLOEXEC, O_NONBLOCK, closeWithReset } from '../net/linux.ts';
 import type { Logger } from '../obs/logger.ts';
-import { CMD_ADD, CMD_CLOSE, CMD_STOP, RING_HEADER, RING_SLOT, type SpliceDone, type SpliceInit } from './splice-shared.ts';
+import { CMD_ADD, CMD_CLOSE, CMD_STOP, RING_HEADER, RING_SLOT, type SpliceDone, type SpliceInit, ringCapacity, slotOffset } from './splice-shared.ts';
+
+/** Pipe capacity per direction: 64 KiB pipes were slower than JavaScript, 256 KiB and 1 MiB alike (benchmarks.md). */
+export const DEFAULT_PIPE_SIZE = 256 * 1024;
+/** See SplicerOptions.maxPairs. */
+export const DEFAULT_MAX_PAIRS = 96;
 
 export interface SplicerOptions {
   logger: Logger;
-  /** Pipe capacity per direction (bytes; 0 = the kernel default, 64 KiB). */
-  pipeSize: number;
+  /** Pipe capacity per direction (bytes; 0 = the kernel default, 64 KiB); DEFAULT_PIPE_SIZE if absent. */
+  pipeSize?: number;
   /** Spliced pairs idle this long are closed (0 = never), as the listener's own idle timeout. */
   idleTimeoutSec: number;
   /** Commands that may wait for the worker at once; a full ring keeps a connection on the JS splice. */
@@ -39,6 +44,7 @@ export interface SplicerOptions {
    * Pairs spliced at once; more stay on the JS splice. Pipe capacity counts against the user's
    * fs.pipe-user-pages-soft (64 MiB by default) for an agent without CAP_SYS_RESOURCE, past which the kernel gives
    * new pipes two pages: 96 pairs × 2 pipes × 256 KiB stays within it with room for the process's other pipes.
+   * DEFAULT_MAX_PAIRS if absent.
    */
   maxPairs?: number;
 }
@@ -96,8 +102,13 @@ export class BulkSplicer {
   private stopped: Promise<void> | null = null;
   private onStopped: (() => void) | null = null;
   readonly stats: SplicerStats = { handedOver: 0, active: 0, refused: 0 };
+  private readonly pipeSize: number;
+  private readonly maxPairs: number;
 
-  constructor(private readonly o: SplicerOptions) {}
+  constructor(private readonly o: SplicerOptions) {
+    this.pipeSize = o.pipeSize ?? DEFAULT_PIPE_SIZE;
+    this.maxPairs = o.maxPairs ?? DEFAULT_MAX_PAIRS;
+  }
 
   get running(): boolean {
     return this.worker !== null && this.stopped === null;
@@ -141,19 +152,18 @@ export class BulkSplicer {
           if (this.worker === w && !this.stopped) this.died('the worker thread exited');
         });
       });
-      w.postMessage({ ring: sab, wakeFd: this.wakeFd, pipeSize: this.o.pipeSize, idleMs: this.o.idleTimeoutSec * 1000 } satisfies SpliceInit);
+      w.postMessage({ ring: sab, wakeFd: this.wakeFd, pipeSize: this.pipeSize, idleMs: this.o.idleTimeoutSec * 1000 } satisfies SpliceInit);
       if (!(await ready)) throw new Error('the worker did not start');
       // Only now may connections be handed over: one sent to a worker that failed would be lost.
       this.worker = w;
       // The worker must not keep a stopping process alive; explicit stop() ends it.
       w.unref();
-      this.o.logger.info('splice worker started: bulk connections move to splice(2)', { pipeSize: this.o.pipeSize, maxPairs: this.o.maxPairs ?? 96 });
+      this.o.logger.info('splice worker started: bulk connections move to splice(2)', { pipeSize: this.pipeSize, maxPairs: this.maxPairs });
       return true;
     } catch (err) {
       this.o.logger.warn('splice(2) bulk path not available; bulk connections stay on the JavaScript splice', { error: describeError(err) });
       worker?.terminate();
-      if (this.wakeFd >= 0) this.libc?.close(this.wakeFd);
-      this.wakeFd = -1;
+      this.closeWake();
       return false;
     }
   }
@@ -170,13 +180,7 @@ export class BulkSplicer {
       void this.start();
       return 0;
     }
-    if (this.stats.active >= (this.o.maxPairs ?? 96)) {
-      this.stats.refused++;
-      return 0;
-    }
-    const cap = (ring.length - RING_HEADER) / RING_SLOT;
-    const w = ring[0]!;
-    if (((w - Atomics.load(ring, 1)) | 0) >= cap) {
+    if (this.stats.active >= this.maxPairs || !this.hasRoom(ring)) {
       this.stats.refused++;
       return 0;
     }
@@ -190,13 +194,7 @@ export class BulkSplicer {
     client.pause();
     upstream.pause();
     const id = this.nextId++;
-    const o = RING_HEADER + (w & (cap - 1)) * RING_SLOT;
-    ring[o] = CMD_ADD;
-    ring[o + 1] = id;
-    ring[o + 2] = da;
-    ring[o + 3] = db;
-    Atomics.store(ring, 0, (w + 1) | 0);
-    libc.write(this.wakeFd, this.wake, 8);
+    this.enqueue(ring, libc, CMD_ADD, id, da, db);
     this.waiting.set(id, { done, fds: [da, db] });
     this.stats.handedOver++;
     this.stats.active++;
@@ -232,8 +230,7 @@ export class BulkSplicer {
     }).then(() => {
       worker.terminate();
       this.worker = null;
-      if (this.wakeFd >= 0) this.libc?.close(this.wakeFd);
-      this.wakeFd = -1;
+      this.closeWake();
       // Anything the worker could not report is over now.
       for (const [id, w] of this.waiting) w.done({ id, up: 0, down: 0, reset: false });
       this.waiting.clear();
@@ -244,17 +241,31 @@ export class BulkSplicer {
   private command(op: number, a: number, b: number, force = false): void {
     const ring = this.ring;
     if (!ring || !this.libc || (!this.running && !force)) return;
-    const cap = (ring.length - RING_HEADER) / RING_SLOT;
-    const w = ring[0]!;
     // Close and stop must not be lost: the ring is sized far above the pairs in flight, so a full ring here
     // means the worker is wedged; the stop path's terminate() then ends it anyway.
-    if (((w - Atomics.load(ring, 1)) | 0) >= cap) return;
-    const o = RING_HEADER + (w & (cap - 1)) * RING_SLOT;
+    if (this.hasRoom(ring)) this.enqueue(ring, this.libc, op, a, b);
+  }
+
+  /** Whether the ring has a free slot (this thread writes [0], the worker advances [1]). */
+  private hasRoom(ring: Int32Array): boolean {
+    return ((ring[0]! - Atomics.load(ring, 1)) | 0) < ringCapacity(ring);
+  }
+
+  /** Appends a command (the caller checked hasRoom) and wakes the worker. */
+  private enqueue(ring: Int32Array, libc: Libc, op: number, a: number, b: number, c = 0): void {
+    const w = ring[0]!;
+    const o = slotOffset(w, ringCapacity(ring));
     ring[o] = op;
     ring[o + 1] = a;
     ring[o + 2] = b;
+    ring[o + 3] = c;
     Atomics.store(ring, 0, (w + 1) | 0);
-    this.libc.write(this.wakeFd, this.wake, 8);
+    libc.write(this.wakeFd, this.wake, 8);
+  }
+
+  private closeWake(): void {
+    if (this.wakeFd >= 0) this.libc?.close(this.wakeFd);
+    this.wakeFd = -1;
   }
 
   private done(d: SpliceDone): void {
@@ -280,8 +291,7 @@ export class BulkSplicer {
       w.done({ id, up: 0, down: 0, reset: true });
     }
     this.waiting.clear();
-    if (this.wakeFd >= 0) libc?.close(this.wakeFd);
-    this.wakeFd = -1;
+    this.closeWake();
     this.o.logger.error('the splice worker died; its connections were reset and bulk connections stay in JavaScript', { error: why, connections: n });
   }
 }
