@@ -36,29 +36,22 @@ subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: p, port: ${target}, 
 `).join('---\n');
 const inNs = (ns: string, args: string[]) => runCli(args, { bin: ['ip', 'netns', 'exec', ns] });
 /** A service whose two endpoints are pods on this node (n1), in the "back" namespace. */
-const POOL = `apiVersion: v1
+const podPool = (name: string, clusterIP: string, portName: string, protocol: 'TCP' | 'UDP', port: number, target: number) => `apiVersion: v1
 kind: Service
-metadata: { name: pool, namespace: shop }
-spec: { clusterIP: 10.96.0.30, ports: [{ name: p, port: 80, protocol: TCP }] }
+metadata: { name: ${name}, namespace: shop }
+spec: { clusterIP: ${clusterIP}, ports: [{ name: ${portName}, port: ${port}, protocol: ${protocol} }] }
 ---
 apiVersion: v1
 kind: Endpoints
-metadata: { name: pool, namespace: shop }
-subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: p, port: 8080, protocol: TCP }] }]
+metadata: { name: ${name}, namespace: shop }
+subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: ${portName}, port: ${target}, protocol: ${protocol} }] }]
 `;
+const POOL = podPool('pool', '10.96.0.30', 'p', 'TCP', 80, 8080);
 /** A UDP service on the same two pods (each answers with its name). */
-const UPOOL = `apiVersion: v1
-kind: Service
-metadata: { name: upool, namespace: shop }
-spec: { clusterIP: 10.96.0.40, ports: [{ name: u, port: 53, protocol: UDP }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: upool, namespace: shop }
-subsets: [{ addresses: [{ ip: 10.201.0.2, nodeName: n1 }, { ip: 10.201.0.3, nodeName: n1 }], ports: [{ name: u, port: 9053, protocol: UDP }] }]
-`;
-/** The pool with Kubernetes ClientIP session affinity. */
-const AFFINE = POOL.replace('spec: { clusterIP: 10.96.0.30,', 'spec: { clusterIP: 10.96.0.30, sessionAffinity: ClientIP, sessionAffinityConfig: { clientIP: { timeoutSeconds: 300 } },');
+const UPOOL = podPool('upool', '10.96.0.40', 'u', 'UDP', 53, 9053);
+/** A pool's service with Kubernetes ClientIP session affinity. */
+const withAffinity = (yaml: string) => yaml.replace(/spec: \{ clusterIP: ([\d.]+),/, 'spec: { clusterIP: $1, sessionAffinity: ClientIP, sessionAffinityConfig: { clientIP: { timeoutSeconds: 300 } },');
+const AFFINE = withAffinity(POOL);
 const HASHED = `---
 apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
@@ -378,7 +371,7 @@ sock.end();
           return replies().length === n;
         }, 'no more answers for the removed service', 5000, 0);
         // With ClientIP affinity each client address keeps one endpoint across flows (new sockets each time).
-        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + UPOOL.replace('spec: { clusterIP: 10.96.0.40,', 'spec: { clusterIP: 10.96.0.40, sessionAffinity: ClientIP, sessionAffinityConfig: { clientIP: { timeoutSeconds: 300 } },'));
+        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + withAffinity(UPOOL));
         await waitFor(async () => (await ruleset(backendName)).includes(backendName === 'nftables' ? 'dnat to 10.201.0.3:9053' : '--to-destination 10.201.0.3:9053'), 'affinity rules for the UDP pool', 3000, 100);
         const sticky: string[] = [];
         for (let i = 0; i < 4; i++) sticky.push(await udpOnce(POD));
