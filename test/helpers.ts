@@ -137,3 +137,25 @@ export async function listening(port: number): Promise<boolean> {
     return false;
   }
 }
+
+/**
+ * An open/drain handler for a client socket that writes what `next()` yields with backpressure: a partial write
+ * waits for drain (next() is asked again then, after `wrote` saw what the socket took). When next() yields null
+ * the socket is half-closed once, if `fin`.
+ */
+export function writer(next: () => Uint8Array | null, wrote: (part: Uint8Array, whole: boolean) => void, fin = true): (s: { write(b: Uint8Array): number; shutdown(): void }) => void {
+  let finished = false;
+  return (s) => {
+    for (;;) {
+      const part = next();
+      if (!part) {
+        if (fin && !finished) s.shutdown();
+        finished = true;
+        return;
+      }
+      const n = s.write(part);
+      if (n > 0) wrote(part.subarray(0, n), n === part.length);
+      if (n < part.length) return;
+    }
+  };
+}

@@ -7,7 +7,7 @@ import { createMemoryLogger } from '../src/obs/logger.ts';
 import { BulkSplicer } from '../src/proxy/splicer.ts';
 import { TcpServicePort, type TcpRemoteDialer } from '../src/proxy/tcp.ts';
 import type { Pipe, PipeHandlers } from '../src/tunnel/pipe.ts';
-import { freePort, waitFor } from './helpers.ts';
+import { freePort, waitFor, writer } from './helpers.ts';
 
 const RING = { partitionCount: 100, replicationFactor: 10, load: 1.25 };
 
@@ -63,14 +63,7 @@ function exchange(port: number, send?: Uint8Array, halfClose = false, progress =
   return new Promise((resolve) => {
     const parts: Buffer[] = [];
     let error = false;
-    const pump = (s: Bun.Socket<undefined>) => {
-      while (send && progress.sent < send.length) {
-        const n = s.write(send.subarray(progress.sent));
-        if (n <= 0) return;
-        progress.sent += n;
-      }
-      if (halfClose) s.shutdown();
-    };
+    const pump = writer(() => (send && progress.sent < send.length ? send.subarray(progress.sent) : null), (part) => (progress.sent += part.length), halfClose);
     void Bun.connect({
       hostname: '127.0.0.1',
       port,
@@ -110,19 +103,14 @@ async function bulkEcho(port: number, size: number): Promise<{ received: number;
   let rssMax = rss0;
   await new Promise<void>((resolve, reject) => {
     let offset = 0;
-    const pump = (s: { write(b: Uint8Array): number; shutdown(): void }) => {
-      while (written < size) {
-        const view = chunk.subarray(offset);
-        const n = s.write(view);
-        if (n > 0) {
-          sent.update(view.subarray(0, n));
-          written += n;
-          offset = (offset + n) % chunk.length;
-        }
-        if (n < view.length) return; // wait for drain
-      }
-      s.shutdown();
-    };
+    const pump = writer(
+      () => (written < size ? chunk.subarray(offset, Math.min(chunk.length, offset + size - written)) : null),
+      (part) => {
+        sent.update(part);
+        written += part.length;
+        offset = (offset + part.length) % chunk.length;
+      },
+    );
     void Bun.connect({
       hostname: '127.0.0.1',
       port,

@@ -16,7 +16,7 @@ import { defaultConfig } from '../src/config/load.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { TunnelModule } from '../src/tunnel/index.ts';
 import { derivePsk } from '../src/tunnel/psk.ts';
-import { AgentProcess, freePort, getJson, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { AgentProcess, freePort, getJson, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
 
 interface Node {
   name: string;
@@ -167,20 +167,14 @@ function upload(port: number, total: number): Promise<{ sent: string; reply: str
     let i = 0;
     let reply = '';
     const t0 = performance.now();
-    const pump = (s: import('bun').Socket<undefined>) => {
-      while (sent < total) {
-        const size = WRITE_SIZES[i % WRITE_SIZES.length]!;
-        const part = block.subarray(0, Math.min(size, total - sent));
-        const n = s.write(part);
-        if (n > 0) {
-          h.update(part.subarray(0, n));
-          sent += n;
-        }
-        if (n < part.length) return;
-        i++;
-      }
-      s.shutdown();
-    };
+    const pump = writer(
+      () => (sent < total ? block.subarray(0, Math.min(WRITE_SIZES[i % WRITE_SIZES.length]!, total - sent)) : null),
+      (part, whole) => {
+        h.update(part);
+        sent += part.length;
+        if (whole) i++;
+      },
+    );
     void Bun.connect({
       hostname: '127.0.0.1',
       port,
@@ -203,20 +197,12 @@ function upload(port: number, total: number): Promise<{ sent: string; reply: str
   });
 }
 
-/** Send one message, read back the same number of bytes. */
 /** Send all of `payload` (with backpressure), then FIN; resolve with the reply once both sides have closed. */
 function sendAndRead(port: number, payload: Uint8Array): Promise<string> {
   return new Promise((resolve, reject) => {
     let text = '';
     let off = 0;
-    const pump = (s: import('bun').Socket<undefined>) => {
-      while (off < payload.length) {
-        const n = s.write(payload.subarray(off));
-        if (n <= 0) return;
-        off += n;
-      }
-      s.shutdown();
-    };
+    const pump = writer(() => (off < payload.length ? payload.subarray(off) : null), (part) => (off += part.length));
     Bun.connect({
       hostname: '127.0.0.1', port, allowHalfOpen: true,
       socket: {
@@ -232,6 +218,7 @@ function sendAndRead(port: number, payload: Uint8Array): Promise<string> {
   });
 }
 
+/** Send one message, read back the same number of bytes. */
 function echoOnce(port: number, msg: Uint8Array): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
