@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort } from '../test/helpers.ts';
+import { parseDnsperf } from './tools.ts';
 
 const root = resolve(import.meta.dir, '..');
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
@@ -48,12 +49,7 @@ interface PerfResult { qps: number; avgMs: number; lost: number; p99Ms?: number 
 
 function dnsperf(port: number, queryFile: string): PerfResult {
   const r = Bun.spawnSync(['taskset', '-c', '1', 'dnsperf', '-s', '127.0.0.1', '-p', String(port), '-d', queryFile, '-l', String(seconds), '-c', String(clients), '-q', '500', '-t', '2'], { stdout: 'pipe', stderr: 'pipe' });
-  const out = r.stdout.toString();
-  const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
-  const avg = Number(/Average Latency \(s\):\s+([\d.]+)/.exec(out)?.[1] ?? 0) * 1000;
-  const lost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? 0);
-  if (!qps) throw new Error(`dnsperf failed:\n${out}\n${r.stderr}`);
-  return { qps, avgMs: avg, lost };
+  return parseDnsperf(r.stdout.toString(), r.stderr.toString());
 }
 
 try {

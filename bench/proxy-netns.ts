@@ -31,7 +31,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cpuSeconds, iperfClient, wrkRun, type WrkResult } from './tools.ts';
+import { cpuSeconds, iperfClient, parseDnsperf, wrkRun, type WrkResult } from './tools.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -171,11 +171,7 @@ try {
   async function dnsperf(host: string, port: number, pid?: number): Promise<Dns> {
     const c0 = pid ? await cpuSeconds(pid) : 0;
     const r = Bun.spawnSync(['ip', 'netns', 'exec', POD, 'taskset', '-c', clientCpu, 'dnsperf', '-s', host, '-p', String(port), '-d', join(dir, 'dns.q'), '-l', String(seconds), '-c', '10', '-q', '500', '-t', '2'], { stdout: 'pipe', stderr: 'pipe' });
-    const out = r.stdout.toString();
-    const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
-    if (!qps) throw new Error(`dnsperf failed:\n${out}\n${r.stderr.toString()}`);
-    const avgMs = Number(/Average Latency \(s\):\s+([\d.]+)/.exec(out)?.[1] ?? 0) * 1000;
-    const lost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? 0);
+    const { qps, avgMs, lost } = parseDnsperf(r.stdout.toString(), r.stderr.toString());
     const cpuPerKq = pid ? (((await cpuSeconds(pid)) - c0) * 1e3 * 1e3) / (qps * seconds) : undefined;
     return { qps, avgMs, lost, cpuPerKq };
   }

@@ -63,3 +63,12 @@ export async function wrkRun(cpu: string, url: string, conns: number, seconds: n
   if (!rps) throw new Error(`wrk against ${url} failed: ${out}${err}`);
   return { rps, p50: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]), p99: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1]) };
 }
+
+/** What dnsperf printed: queries per second, average latency, queries it gave up on; throws if it measured nothing. */
+export function parseDnsperf(out: string, err = ''): { qps: number; avgMs: number; lost: number } {
+  const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+  if (!qps) throw new Error(`dnsperf failed:\n${out}\n${err}`);
+  const avgMs = Number(/Average Latency \(s\):\s+([\d.]+)/.exec(out)?.[1] ?? 0) * 1000;
+  const lost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? 0);
+  return { qps, avgMs, lost };
+}
