@@ -81,7 +81,7 @@ describe('kernel forwarding of UDP when the conntrack tool cannot work', () => {
     sessionAffinity: 'None', sessionAffinityTimeout: 0, labels: {}, proxied: true,
   };
   /** An agent with a stand-in rules backend and a conntrack tool that answers `-L` with `listing`. */
-  async function agent(listing: { code: number; err: string }, echoPort: number) {
+  async function agent(listing: { code: number; err: string; out?: string }, echoPort: number) {
     const logger = createMemoryLogger('debug');
     const catalog = new Catalog({ logger });
     catalog.upsert({ kind: 'services', value: service });
@@ -89,11 +89,16 @@ describe('kernel forwarding of UDP when the conntrack tool cannot work', () => {
     catalog.flush();
     const applied: PortMapping[][] = [];
     const rules: RulesBackend = { name: 'stand-in', async apply(ports) { applied.push(ports.map((p) => ({ ...p }))); }, async cleanup() {} };
-    const conntrack = new UdpConntrack(logger, async (args) => (args[0] === '-L' ? { ...listing, out: '' } : { code: 1, out: '', err: '0 flow entries have been deleted.' }));
+    const deletes: string[][] = [];
+    const conntrack = new UdpConntrack(logger, async (args) => {
+      if (args[0] === '-L') return { out: '', ...listing };
+      deletes.push(args);
+      return { code: 1, out: '', err: '0 flow entries have been deleted.' };
+    });
     const { config } = mergeConfig('agent', 'edge', { modules: { edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'nftables' } } });
     const proxy = new ProxyModule({ config, catalog, nodeName: 'n1', logger, rules, conntrack });
     await proxy.start();
-    return { proxy, applied, logger, conntrack };
+    return { proxy, applied, logger, conntrack, deletes };
   }
   let echo: { port: number; close(): void };
   beforeAll(async () => {
@@ -119,8 +124,11 @@ describe('kernel forwarding of UDP when the conntrack tool cannot work', () => {
     } finally {
       await broken.proxy.stop();
     }
-    const working = await agent({ code: 0, err: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.' }, echo.port);
+    // Lines it cannot read (truncated, garbage) are skipped: nothing is deleted on their account.
+    const garbage = 'udp 17 29 src=10.200.0.2 dst=10.96.6.1 sport=4000\n\u0000\u00ff nonsense src= sport=x\nsrc=1.2.3.4 src=5.6.7.8 sport=1\n';
+    const working = await agent({ code: 0, err: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.', out: garbage }, echo.port);
     try {
+      expect(working.deletes).toEqual([]);
       expect(working.applied.at(-1)!.find((p) => p.service === 'shop/dns:u')?.kernel?.endpoints).toHaveLength(1);
       expect(working.conntrack.broken).toBeNull();
       expect(working.proxy.ports().find((p) => p.service === 'shop/dns:u')!.path).toMatch(/^kernel/);
