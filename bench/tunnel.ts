@@ -7,7 +7,7 @@
  *   - time to first byte to a new peer (first request after start: dial + PSK + TLS + yamux + proxy handshake);
  *   - the PSK cipher engines' own speed.
  * Usage: bun bench/tunnel.ts [--seconds=5] [--connections=50] [--cipher=auto|noble] [--encryption=tls|noise]
- *        [--only=iperf|http|newconn] [--repeat=N (run them N times on the same agents, RSS after each)]   (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
+ *        [--only=iperf|http|newconn] [--repeat=N (run them N times on the same agents, RSS after each)] [--psk=on|off] [--psk-mode=handshake|stream]   (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -69,7 +69,7 @@ try {
       modules: {
         edgeDNS: { enable: false },
         edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none' },
-        edgeTunnel: { enable: true, listenPort: n.port, listenInterfaces: 'lo', mdns: false, directHostEndpoints: false, holePunching: argOf('punch', 'on') === 'on', cipher, encryption: argOf('encryption', 'tls'), psk: { path: join(dir, 'psk') } },
+        edgeTunnel: { enable: true, listenPort: n.port, listenInterfaces: 'lo', mdns: false, directHostEndpoints: false, holePunching: argOf('punch', 'on') === 'on', cipher, encryption: argOf('encryption', 'tls'), psk: { enable: argOf('psk', 'on') === 'on', mode: argOf('psk-mode', 'handshake'), path: join(dir, 'psk') } },
       },
     }));
     const id = run(['identity', '--json', '--config', cfg, '--node-name', n.name]);

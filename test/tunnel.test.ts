@@ -458,13 +458,15 @@ modules:
   }, 60_000);
 
   /** A tunnel node inside the test process, reading the same catalog file: a third party for the refusal tests. */
-  async function inProcessNode(name: string, key: PrivateKey, psk: Uint8Array, cipher: 'auto' | 'noble' = 'auto'): Promise<{ tunnel: TunnelModule; stop: () => Promise<void> }> {
+  interface ThirdOptions { cipher?: 'auto' | 'noble'; encryption?: 'tls' | 'noise'; pskMode?: 'handshake' | 'stream' }
+  async function inProcessNode(name: string, key: PrivateKey, psk: Uint8Array | null, o: ThirdOptions = {}): Promise<{ tunnel: TunnelModule; stop: () => Promise<void> }> {
     const catalog = new Catalog({ logger: createMemoryLogger('warn') });
     const src = new FileSource({ path: catalogPath, catalog, logger: createMemoryLogger('warn'), convert: { serviceFilterMode: 'FilterIfLabelExists' } });
     await src.start();
     catalog.flush();
     const config = defaultConfig('agent', 'edge').modules.edgeTunnel;
-    Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false, cipher, encryption: cipher === 'noble' ? 'noise' : 'tls' });
+    Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false, cipher: o.cipher ?? 'auto', encryption: o.encryption ?? 'tls' });
+    config.psk.mode = o.pskMode ?? 'handshake';
     const tunnel = new TunnelModule({ config, nodeName: name, catalog, privateKey: key, psk, logger: createMemoryLogger('warn') });
     await tunnel.start();
     return { tunnel, stop: async () => { await tunnel.stop(); await src.stop(); } };
@@ -475,7 +477,7 @@ modules:
   test('the receiving node dials only its own endpoints: anything else gets FAILED', async () => {
     // The in-process node uses the pure-JS engines (XSalsa20 and Noise's ChaCha20-Poly1305) and offers Noise
     // first, against b's libsodium and TLS preference: the fallback path works and interoperates.
-    const c = await inProcessNode('c', thirdKey, pskOf(), 'noble');
+    const c = await inProcessNode('c', thirdKey, pskOf(), { cipher: 'noble', encryption: 'noise' });
     try {
       const signal = () => AbortSignal.timeout(5000);
       // A real endpoint on b: allowed.
@@ -542,14 +544,46 @@ modules:
     }
   }, 60_000);
 
-  test('a node with the wrong PSK cannot connect', async () => {
-    const w = await inProcessNode('c', thirdKey, derivePsk(randomBytes(32)));
+  test('a node with the wrong PSK, or none, cannot connect in either PSK form, and the refusals are counted', async () => {
+    const pskFailures = async () => Number(/^edgemesh_tunnel_psk_failures_total (\d+)/m.exec(await (await fetch(`${nodes[1]!.admin}/metrics`)).text())?.[1] ?? NaN);
+    const cases: { why: string; psk: Uint8Array | null; o: ThirdOptions; counted: boolean }[] = [
+      { why: 'wrong key, proven in TLS', psk: derivePsk(randomBytes(32)), o: {}, counted: true },
+      { why: 'wrong key, pnet stream', psk: derivePsk(randomBytes(32)), o: { pskMode: 'stream' }, counted: false },
+      { why: 'no key, TLS', psk: null, o: {}, counted: true },
+      { why: 'no key, Noise', psk: null, o: { encryption: 'noise' }, counted: false },
+    ];
+    for (const c of cases) {
+      const before = await pskFailures();
+      const w = await inProcessNode('c', thirdKey, c.psk, c.o);
+      try {
+        const r = await w.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(4000)).then(() => 'connected', (e: { code?: string }) => e.code);
+        expect(`${c.why}: ${r}`).toBe(`${c.why}: TUNNEL_DIAL`);
+        const st = await getJson<{ tunnel: { peers: { peerId: string }[] } }>(`${nodes[1]!.admin}/status`);
+        expect(st.tunnel.peers.some((p) => p.peerId === w.tunnel.peerId)).toBe(false);
+        // A wrong proof is a definite refusal: b counts it (pnet cannot tell a wrong key from garbage).
+        if (c.counted) await waitFor(async () => (await pskFailures()) > before, `${c.why}: b counts a PSK failure`);
+      } finally {
+        await w.stop();
+      }
+    }
+    await nodes[1]!.agent!.waitForLog(/refused a tunnel connection that failed the PSK check/);
+  }, 60_000);
+
+  test('the PSK is proven inside TLS by default; a node dialing in the pnet form with the right key still gets in', async () => {
+    const st = await getJson<{ tunnel: { encryption: string } }>(`${nodes[0]!.admin}/status`);
+    expect(st.tunnel.encryption).toStartWith('psk admission in TLS + /tls/1.0.0');
+    const c = await inProcessNode('c', thirdKey, pskOf(), { pskMode: 'stream' });
     try {
-      await expect(w.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(4000))).rejects.toMatchObject({ code: 'TUNNEL_DIAL' });
-      const st = await getJson<{ tunnel: { peers: { peerId: string }[] } }>(`${nodes[1]!.admin}/status`);
-      expect(st.tunnel.peers.some((p) => p.peerId === w.tunnel.peerId)).toBe(false);
+      expect(c.tunnel.describe().encryption).toMatch(/^pnet\/xsalsa20 \((libsodium|noble)\) \+ \/tls\/1\.0\.0/);
+      const s = await c.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000));
+      const data = randomBytes(4 * 1024 * 1024);
+      const reply = new Promise<string>((res) => s.addEventListener('message', (e) => res(Buffer.from((e.data as Uint8Array).subarray()).toString())));
+      for (let o = 0; o < data.length; o += 100_000) if (!s.send(data.subarray(o, o + 100_000))) await s.onDrain();
+      await s.close();
+      expect(await reply).toBe(`${data.length} ${createHash('sha256').update(data).digest('hex')}`);
+      expect(c.tunnel.describe().peers.find((p) => p.node === 'b')?.encryption).toBe('/tls/1.0.0');
     } finally {
-      await w.stop();
+      await c.stop();
     }
   }, 30_000);
   test('a relay added to the config file is picked up live: the agent connects and reserves on it', async () => {

@@ -90,7 +90,8 @@ const edgeTunnel = (listenPort: number) =>
     maxCandidates: int(15, 0, 1000),
     heartbeatPeriod: int(120, 1),
     finderPeriod: int(60, 1),
-    psk: obj({ enable: bool(true), path: str('/etc/edgemesh/psk', { check: checkAbsPathOrEmpty, allowed: 'an absolute path' }) }),
+    // mode is ours: "handshake" proves the PSK inside TLS (bytes encrypted once), "stream" is the original's pnet.
+    psk: obj({ enable: bool(true), path: str('/etc/edgemesh/psk', { check: checkAbsPathOrEmpty, allowed: 'an absolute path' }), mode: oneOf('handshake', ['handshake', 'stream']) }),
     tunnelLimitConfig: obj({
       enable: bool(true),
       tunnelBaseStreamIn: int(10240, 0),

@@ -6,9 +6,10 @@
  *   const pipe = await tunnel.open({ nodeName: 'edge-b', protocol: 'tcp', ip: '10.244.1.7', port: 80 }, handlers, signal);
  *   // `pipe` is now a socket-shaped byte pipe to 10.244.1.7:80, dialed by edge-b's agent (pipe.ts)
  *
- * Stack per connection: TCP on Bun sockets (transport.ts) → pnet (PSK, XSalsa20; cipher.ts picks libsodium or
- * pure JS) → TLS 1.3 (tls.ts) or Noise (noise.ts), the peer authenticated by its key → yamux; one yamux stream per
- * proxied connection. Relayed connections (circuit relay v2) work the same; hole punching (punch.ts) may upgrade
+ * Stack per connection: TCP on Bun sockets (transport.ts) → TLS 1.3 (tls.ts), the peer authenticated by its key
+ * and the PSK proven inside the session (psk-admission.ts) → yamux; or, in the PSK's "stream" form, pnet
+ * (XSalsa20; cipher.ts picks libsodium or pure JS) under TLS or Noise (noise.ts). Session streams carry many
+ * proxied connections one after another (session.ts). Relayed connections (circuit relay v2) work the same; hole punching (punch.ts) may upgrade
  * them to direct ones.
  *
  * Who is who: a node's peer ID is bound to its node name in the catalog (Node annotation `edgemesh.io/peer-id`,
@@ -184,13 +185,21 @@ export class TunnelModule implements RemoteDialer {
     const nc = noiseCrypto(c.cipher as CipherChoice);
     if (nc.fallbackReason) log.warn('Noise AEAD: using the pure-JS engine (slower)', { reason: nc.fallbackReason });
     // Both handshakes are offered, the configured one first; the peer's choice shows per connection in status.
-    const encrypters = c.encryption === 'noise' ? [noiseEncrypter(nc), bunTls()] : [bunTls(), noiseEncrypter(nc)];
+    // With a PSK, TLS demands the admission proof on connections without pnet, and Noise refuses them.
+    const psk = this.d.psk ? { key: this.d.psk, onFailure: (why: string, remote: string) => this.pskFailed(why, remote) } : null;
+    const tls = bunTls(psk);
+    const nz = noiseEncrypter(nc, psk !== null);
+    const encrypters = c.encryption === 'noise' ? [nz, tls] : [tls, nz];
     const offered = `${c.encryption === 'noise' ? `/noise (chacha20-poly1305: ${nc.aead}), /tls/1.0.0` : `/tls/1.0.0, /noise (chacha20-poly1305: ${nc.aead})`}`;
     if (this.d.psk) {
       const chosen = chooseXSalsa20(c.cipher as CipherChoice);
-      if (chosen.fallbackReason) log.warn('PSK cipher: using the pure-JS engine (slower)', { reason: chosen.fallbackReason });
-      this.encryption = `pnet/xsalsa20 (${chosen.engine.name}) + ${offered}`;
-      protector = pnet({ key: this.d.psk, engine: chosen.engine, timeoutMs: c.handshakeTimeoutMs, onFailure: () => this.stats.pskFailures++ });
+      // Noise has no exporter to bind the proof to: a Noise-first node dials in the stream form.
+      const mode = c.encryption === 'noise' ? 'stream' : c.psk.mode;
+      if (mode === 'stream' && chosen.fallbackReason) log.warn('PSK cipher: using the pure-JS engine (slower)', { reason: chosen.fallbackReason });
+      this.encryption = mode === 'stream'
+        ? `pnet/xsalsa20 (${chosen.engine.name}) + ${offered}`
+        : `psk admission in TLS + ${offered} (pnet/xsalsa20 (${chosen.engine.name}) accepted inbound)`;
+      protector = pnet({ key: this.d.psk, engine: chosen.engine, mode, timeoutMs: c.handshakeTimeoutMs, onFailure: () => this.stats.pskFailures++ });
     } else {
       this.encryption = `${offered} (no PSK: psk.enable is false)`;
     }
@@ -283,6 +292,17 @@ export class TunnelModule implements RemoteDialer {
    * Parsed peer IDs by node, kept while the annotation is unchanged: parsing (base58 and multihash decoding) and
    * printing a fresh PeerId cost ~4% of the CPU of a proxied connection through the tunnel, once per connection.
    */
+  private lastPskWarning = 0;
+
+  /** A peer failed the PSK's admission proof: counted always, logged at most every 10 s (scanners are noisy). */
+  private pskFailed(why: string, remote: string): void {
+    this.stats.pskFailures++;
+    const now = Date.now();
+    if (now - this.lastPskWarning < 10_000) return;
+    this.lastPskWarning = now;
+    this.d.logger.warn('refused a tunnel connection that failed the PSK check: check that both nodes use the same psk file', { remote, why, totalFailures: this.stats.pskFailures });
+  }
+
   private readonly peerIds = new Map<string, { id: string; peer: PeerId | null }>();
 
   /** The peer ID the catalog binds to `nodeName`, or null. */

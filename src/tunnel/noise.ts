@@ -12,8 +12,10 @@
 import { noise } from '@chainsafe/libp2p-noise';
 import { pureJsCrypto } from '@chainsafe/libp2p-noise/crypto';
 import type { ConnectionEncrypter } from '@libp2p/interface';
+import { InvalidCryptoExchangeError } from '@libp2p/interface';
 import { createHash } from 'node:crypto';
 import { sodium } from './cipher.ts';
+import { isPnetConnection } from './pnet.ts';
 
 type ICryptoInterface = NonNullable<Parameters<typeof noise>[0]>['crypto'] & object;
 
@@ -78,6 +80,22 @@ export function noiseCrypto(choice: 'auto' | 'libsodium' | 'noble'): NoiseCrypto
   return { crypto, aead: 'libsodium', fallbackReason: '' };
 }
 
-export function noiseEncrypter(c: NoiseCrypto): ReturnType<typeof noise> {
-  return noise({ crypto: c.crypto }) as ReturnType<typeof noise> & ((components: never) => ConnectionEncrypter);
+/**
+ * `requirePnet`: the PSK is on. Noise here has no channel binding to carry the PSK's handshake-form proof
+ * (psk-admission.ts), so it only runs over pnet connections and refuses the others (fail closed).
+ */
+export function noiseEncrypter(c: NoiseCrypto, requirePnet = false): ReturnType<typeof noise> {
+  const factory = noise({ crypto: c.crypto }) as ReturnType<typeof noise> & ((components: never) => ConnectionEncrypter);
+  if (!requirePnet) return factory;
+  return ((components: never) => {
+    const e = factory(components) as ConnectionEncrypter;
+    for (const m of ['secureInbound', 'secureOutbound'] as const) {
+      const inner = e[m].bind(e);
+      e[m] = ((conn: Parameters<typeof inner>[0], opts?: Parameters<typeof inner>[1]) => {
+        if (!isPnetConnection(conn)) return Promise.reject(new InvalidCryptoExchangeError('Noise without the pnet layer cannot prove the pre-shared key; use /tls/1.0.0 or psk.mode "stream"'));
+        return inner(conn, opts);
+      }) as typeof e[typeof m];
+    }
+    return e;
+  }) as ReturnType<typeof noise>;
 }

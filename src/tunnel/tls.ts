@@ -13,6 +13,8 @@ import type { ComponentLogger, ConnectionEncrypter, MessageStream, PrivateKey, S
 import { InvalidCryptoExchangeError, serviceCapabilities } from '@libp2p/interface';
 import { generateCertificate, toMessageStream, toNodeDuplex, verifyPeerCertificate } from '@libp2p/tls/utils';
 import { TLSSocket, connect } from 'node:tls';
+import { isPnetConnection } from './pnet.ts';
+import { PskAdmissionError, proveAdmission } from './psk-admission.ts';
 
 export const TLS_PROTOCOL = '/tls/1.0.0';
 
@@ -22,13 +24,20 @@ interface TlsComponents {
   upgrader: { getStreamMuxers(): Map<string, StreamMuxerFactory> };
 }
 
+/** The private network's key, when the PSK is on: connections that did not come through pnet must prove it here. */
+export interface TlsPsk {
+  key: Uint8Array;
+  /** A peer failed the proof ('mismatch') or did not finish it in time ('timeout'). */
+  onFailure(why: 'mismatch' | 'timeout', remote: string): void;
+}
+
 class BunTls implements ConnectionEncrypter {
   readonly protocol = TLS_PROTOCOL;
   readonly [Symbol.toStringTag] = 'edgemesh/tls';
   readonly [serviceCapabilities] = ['@libp2p/connection-encryption'];
   private cert: Promise<{ cert: string; key: string }> | null = null;
 
-  constructor(private readonly c: TlsComponents) {}
+  constructor(private readonly c: TlsComponents, private readonly psk: TlsPsk | null) {}
 
   secureInbound(connection: MessageStream, options?: SecureConnectionOptions): Promise<SecuredConnection> {
     return this.encrypt(connection, true, options);
@@ -78,13 +87,23 @@ class BunTls implements ConnectionEncrypter {
     };
     options?.signal?.addEventListener('abort', onAbort);
     try {
-      return await new Promise<SecuredConnection>((resolve, reject) => {
-        socket.once('error', (err: Error) => {
+      return await new Promise<SecuredConnection>((resolveOuter, reject) => {
+        // Kept until the handshake is settled: a failing socket can emit more than one error (the peer's reset
+        // after our own refusal), and an 'error' with no listener would throw out of the event loop.
+        let failed = false;
+        const onError = (err: Error): void => {
+          if (failed) return;
+          failed = true;
           log.error('TLS handshake of %s connection failed - %e', connection.direction, err);
           socket.destroy();
           connection.abort(err);
           reject(err);
-        });
+        };
+        socket.on('error', onError);
+        const resolve = (c: SecuredConnection): void => {
+          socket.off('error', onError); // the secured stream's own handlers take over
+          resolveOuter(c);
+        };
         socket.once('secure', () => {
           const raw = socket.getPeerCertificate().raw;
           if (!raw) {
@@ -100,7 +119,18 @@ class BunTls implements ConnectionEncrypter {
                   return;
                 }
               }
-              resolve({ remotePeer, connection: toMessageStream(connection, socket), streamMuxer });
+              // Fail closed: with a PSK, any connection that did not come through pnet proves it here.
+              const psk = this.psk && !isPnetConnection(connection) ? this.psk : null;
+              if (!psk) return resolve({ remotePeer, connection: toMessageStream(connection, socket), streamMuxer });
+              return proveAdmission(socket, psk.key, isServer, options?.signal).then(() => {
+                const secured = toMessageStream(connection, socket);
+                socket.resume(); // the proof paused it; bytes after the peer's tag are buffered for the muxer
+                resolve({ remotePeer, connection: secured, streamMuxer });
+              }, (err: Error) => {
+                const why = err instanceof PskAdmissionError ? 'mismatch' : err.name === 'TimeoutError' ? 'timeout' : null;
+                if (why) psk.onFailure(why, String((connection as { remoteAddr?: unknown }).remoteAddr ?? 'unknown'));
+                socket.emit('error', err);
+              });
             },
             (err: Error) => socket.emit('error', err),
           );
@@ -112,7 +142,7 @@ class BunTls implements ConnectionEncrypter {
   }
 }
 
-/** A libp2p `connectionEncrypters` entry. */
-export function bunTls(): (components: TlsComponents) => ConnectionEncrypter {
-  return (components) => new BunTls(components);
+/** A libp2p `connectionEncrypters` entry; `psk` turns on the admission proof for connections without pnet. */
+export function bunTls(psk: TlsPsk | null = null): (components: TlsComponents) => ConnectionEncrypter {
+  return (components) => new BunTls(components, psk);
 }
