@@ -797,15 +797,19 @@ export class TunnelModule implements RemoteDialer {
     };
     const why = req.protocol === 'udp' ? 'UDP goes through /libp2p/tunnel-proxy/1.0.0, not sessions' : this.refusal(conn.remotePeer, req.protocol, req.ip, req.port);
     if (why) return fail(why);
-    const socket = await connectWithRetry(req.ip, req.port, 3, 5000);
-    if (typeof socket === 'string') return fail(`connect failed: ${socket}`);
+    const splice = this.newSplice();
+    const socket = await connectWithRetry(req.ip, req.port, 3, 5000, splice);
+    if (typeof socket === 'string') {
+      splice.close(true);
+      return fail(`connect failed: ${socket}`);
+    }
     if (s.dead) {
       socket.terminate();
       return;
     }
     this.stats.streamsIn++;
     s.sendMessage(encodeProxy({ ...req, type: MsgType.SUCCESS }));
-    this.spliceTcp(socket, (h) => s.attach(h, false));
+    this.spliceTcp(splice, socket, (h) => s.attach(h, false));
   }
 
   private async onProxy(s: Stream, conn: Connection): Promise<void> {
@@ -831,19 +835,30 @@ export class TunnelModule implements RemoteDialer {
     if (why) return fail(why);
     const success = encodeProxy({ ...req, type: MsgType.SUCCESS });
     if (req.protocol === 'udp') return this.serveUdp(s, req.ip, req.port, success, fail);
-    const socket = await connectWithRetry(req.ip, req.port, 3, 5000);
-    if (typeof socket === 'string') return fail(`connect failed: ${socket}`);
+    const splice = this.newSplice();
+    const socket = await connectWithRetry(req.ip, req.port, 3, 5000, splice);
+    if (typeof socket === 'string') {
+      splice.close(true);
+      return fail(`connect failed: ${socket}`);
+    }
     this.stats.streamsIn++;
     s.send(lengthPrefixed(success));
-    this.spliceTcp(socket, (h) => new StreamPipe(s, h));
+    this.spliceTcp(splice, socket, (h) => new StreamPipe(s, h));
   }
 
-  /** Join an endpoint socket with the tunnel end of its connection (a stream, or a session's FramedEnd). */
-  private spliceTcp(socket: Socket<Splice | null>, tunnelEnd: (h: PipeHandlers) => Pipe): void {
+  /** A splice for an endpoint connection, closed with the module (stop()). */
+  private newSplice(): Splice {
     const entry = { close: () => splice.close(true) };
     const splice = new Splice(() => this.active.delete(entry));
     this.active.add(entry);
-    socket.data = splice;
+    return splice;
+  }
+
+  /**
+   * Join an endpoint socket (already feeding `splice` since it opened: what it sent or ended before now is held
+   * there) with the tunnel end of its connection (a stream, or a session's FramedEnd).
+   */
+  private spliceTcp(splice: Splice, socket: Socket<Splice | null>, tunnelEnd: (h: PipeHandlers) => Pipe): void {
     splice.set(0, socket);
     splice.set(1, tunnelEnd({
       data: (d) => splice.data(1, d),
@@ -851,7 +866,6 @@ export class TunnelModule implements RemoteDialer {
       end: () => splice.end(1),
       close: (reset) => splice.close(reset),
     }));
-    socket.resume();
   }
 
   /** Count and log a refused CONNECT (either protocol). */
@@ -1057,8 +1071,13 @@ export function listenAddresses(c: TunnelConfig, ifaces = networkInterfaces()): 
   return out;
 }
 
-/** The original tries three times; a refused port fails fast, a black hole waits for the timeout. */
-async function connectWithRetry(ip: string, port: number, attempts: number, timeoutMs: number): Promise<Socket<Splice | null> | string> {
+/**
+ * The original tries three times; a refused port fails fast, a black hole waits for the timeout. The socket feeds
+ * `splice` from the moment it opens (the splice holds what comes before its other end is attached), so it is not
+ * paused and resumed around the attach, and TCP_NODELAY is left to Bun, which sets it on every connect: three
+ * syscalls fewer per proxied connection.
+ */
+async function connectWithRetry(ip: string, port: number, attempts: number, timeoutMs: number, splice: Splice): Promise<Socket<Splice | null> | string> {
   let last = '';
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await Bun.sleep(100);
@@ -1071,8 +1090,7 @@ async function connectWithRetry(ip: string, port: number, attempts: number, time
       socket: {
         binaryType: 'uint8array',
         open: (s) => {
-          s.setNoDelay(true);
-          s.pause(); // until the splice is attached
+          if (!timedOut) s.data = splice; // a late socket is terminated unowned (below)
         },
         data: (s, d) => s.data?.data(0, d),
         drain: (s) => s.data?.drain(0),

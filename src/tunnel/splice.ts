@@ -15,11 +15,24 @@ export class Splice {
   private readonly pending: [Uint8Array | null, Uint8Array | null] = [null, null]; // bytes waiting to go INTO end i
   private readonly ended: [boolean, boolean] = [false, false]; // FIN received FROM end i
   private closed = false;
+  private closedByReset = false;
 
   constructor(private readonly onClosed: (reset: boolean) => void = () => {}) {}
 
+  /**
+   * Attach an end. One end may start before the other is attached (the endpoint socket opens before its tunnel
+   * end exists): what it sent is held and written now, its FIN passed on, and if the splice is already closed
+   * the new end is closed the same way.
+   */
   set(end: End, p: Pipe): void {
     this.pipes[end] = p;
+    if (this.closed) {
+      if (this.closedByReset) p.terminate();
+      else p.end();
+      return;
+    }
+    if (this.pending[end]) this.drain(end);
+    else if (this.ended[(1 - end) as End]) p.shutdown();
   }
 
   data(from: End, chunk: Uint8Array): void {
@@ -31,7 +44,11 @@ export class Splice {
       this.pending[to] = concat(held, chunk);
       return;
     }
-    const p = this.pipes[to]!;
+    const p = this.pipes[to];
+    if (!p) {
+      this.pending[to] = chunk; // not attached yet: set() writes it
+      return;
+    }
     const n = p.write(chunk);
     if (n < chunk.length) {
       this.pending[to] = chunk.subarray(Math.max(0, n));
@@ -58,13 +75,14 @@ export class Splice {
     if (this.closed) return;
     this.ended[from] = true;
     const to = (1 - from) as End;
-    if (!this.pending[to]) this.pipes[to]!.shutdown();
+    if (!this.pending[to]) this.pipes[to]?.shutdown(); // not attached yet: set() passes the FIN on
     this.finishIfDone();
   }
 
   close(reset: boolean): void {
     if (this.closed) return;
     this.closed = true;
+    this.closedByReset = reset;
     for (const p of this.pipes) {
       if (!p) continue;
       if (reset) p.terminate();
