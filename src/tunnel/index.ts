@@ -42,6 +42,7 @@ import { type CipherChoice, chooseXSalsa20 } from './cipher.ts';
 import type { DatagramChannel } from '../proxy/udp.ts';
 import { type Pipe, type PipeHandlers, StreamPipe } from './pipe.ts';
 import { pnet } from './pnet.ts';
+import { halfWindowUpdates } from './yamux-window.ts';
 import {
   DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
   encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage,
@@ -215,6 +216,7 @@ export class TunnelModule implements RemoteDialer {
       // 128 KiB, would cut every real connection), like the original.
       services.relay = circuitRelayServer({ reservations: { maxReservations: 4096, applyDefaultLimit: false } }) as never;
     }
+    if (!halfWindowUpdates()) log.warn('yamux window updates: this @libp2p/yamux version is not the one yamux-window.ts was written for; every data frame gets its own update');
     try {
       this.node = await createLibp2p({
         privateKey: this.d.privateKey,
