@@ -112,6 +112,18 @@ describe('config', () => {
     expect(issues.length).toBe(4);
   });
 
+  test('a number that misses says how: out of range, not whole, not a number', () => {
+    const { issues } = mergeConfig('agent', 'edge', {
+      modules: { edgeTunnel: { listenPort: 70000, handshakeTimeoutMs: 1.5, maxCandidates: -5 }, edgeProxy: { loadBalancer: { consistentHash: { load: 'high' } } } },
+    });
+    const lines = issues.map((i) => `${i.path}: ${i.message}`);
+    expect(lines).toContain('modules.edgeTunnel.listenPort: 70000 is out of range: expected a port (1-65535)');
+    expect(lines).toContain('modules.edgeTunnel.handshakeTimeoutMs: 1.5 is not a whole number: expected an integer (100-600000)');
+    expect(lines).toContain('modules.edgeTunnel.maxCandidates: -5 is out of range: expected an integer (0-1000)');
+    expect(lines).toContain('modules.edgeProxy.loadBalancer.consistentHash.load: "high" is not a number (1-100)');
+    expect(issues.length).toBe(4);
+  });
+
   test('did-you-mean finds near keys and stays quiet for far ones', () => {
     expect(didYouMean('relayNode', ['relayNodes', 'rendezvous'])).toBe('relayNodes');
     expect(didYouMean('zzzzzz', ['relayNodes', 'rendezvous'])).toBeUndefined();

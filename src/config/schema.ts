@@ -75,27 +75,31 @@ export function bool(def: boolean): Field<boolean> {
   return scalar('bool', 'true or false', def, (v) => (typeof v === 'boolean' ? { ok: true, value: v } : { ok: false, reason: 'is not a boolean (true or false)' }));
 }
 
+/**
+ * A number in [min, max]. The reason says which way a value missed: not a number at all, not a whole number,
+ * or out of range (so "-5" for a port reads "is out of range", not "is not a port").
+ */
+function ranged(kind: string, allowed: string, def: number, min: number, max: number, whole: boolean): Field<number> {
+  return scalar(kind, allowed, def, (v) => {
+    if (typeof v !== 'number' || !Number.isFinite(v)) return { ok: false, reason: `is not ${allowed}` };
+    if (whole && !Number.isInteger(v)) return { ok: false, reason: `is not a whole number: expected ${allowed}` };
+    if (v < min || v > max) return { ok: false, reason: `is out of range: expected ${allowed}` };
+    return { ok: true, value: v };
+  });
+}
+
 export function int(def: number, min = -(2 ** 31), max = 2 ** 31 - 1): Field<number> {
-  const allowed = `an integer (${min}-${max})`;
-  return scalar('int', allowed, def, (v) =>
-    typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max ? { ok: true, value: v } : { ok: false, reason: `is not ${allowed}` },
-  );
+  return ranged('int', `an integer (${min}-${max})`, def, min, max, true);
 }
 
 export function num(def: number, min: number, max = Number.MAX_SAFE_INTEGER): Field<number> {
-  const allowed = `a number (${min}-${max})`;
-  return scalar('number', allowed, def, (v) =>
-    typeof v === 'number' && Number.isFinite(v) && v >= min && v <= max ? { ok: true, value: v } : { ok: false, reason: `is not ${allowed}` },
-  );
+  return ranged('number', `a number (${min}-${max})`, def, min, max, false);
 }
 
 /** A TCP/UDP port. `allowZero` for fields where 0 means "none" or "kernel-assigned". */
 export function port(def: number, allowZero = false): Field<number> {
   const lo = allowZero ? 0 : 1;
-  const allowed = `a port (${lo}-65535)`;
-  return scalar('port', allowed, def, (v) =>
-    typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= 65535 ? { ok: true, value: v } : { ok: false, reason: `is not ${allowed}` },
-  );
+  return ranged('port', `a port (${lo}-65535)`, def, lo, 65535, true);
 }
 
 export function list<T>(item: Field<T>, def: () => T[] = () => []): Field<T[]> {
