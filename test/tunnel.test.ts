@@ -115,6 +115,11 @@ while True:
   return { port, counts, stop: () => p.kill() };
 }
 
+/** Accepts and resets at once: the reset reaches the tunnel right behind its SUCCESS. */
+function resetter() {
+  return Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { open(s) { s.terminate(); }, data() {} } });
+}
+
 function echoServer() {
   return Bun.listen<{ rest: Uint8Array[] }>({
     hostname: '127.0.0.1',
@@ -287,6 +292,7 @@ describe('tunnel between two agents on loopback (PSK on)', () => {
   const sink = sinkServer();
   const echo = echoServer();
   const closer = earlyCloser();
+  const reset = resetter();
   let slow: Awaited<ReturnType<typeof slowReader>>;
   let udpEcho: Bun.udp.Socket<'buffer'>;
   let thirdKey: PrivateKey;
@@ -297,6 +303,7 @@ describe('tunnel between two agents on loopback (PSK on)', () => {
     { name: 'uecho', node: 'b', ip: '127.0.0.1', port: udpEcho.port, protocol: 'UDP' as const, clusterIP: '10.96.1.3' },
     { name: 'closer', node: 'b', ip: '127.0.0.1', port: closer.port, protocol: 'TCP' as const, clusterIP: '10.96.1.5' },
     { name: 'slow', node: 'b', ip: '127.0.0.1', port: slow.port, protocol: 'TCP' as const, clusterIP: '10.96.1.6' },
+    { name: 'reset', node: 'b', ip: '127.0.0.1', port: reset.port, protocol: 'TCP' as const, clusterIP: '10.96.1.7' },
     // An endpoint on node a: b must not dial it for anyone.
     { name: 'elsewhere', node: 'a', ip: '127.0.0.2', port: sink.port, protocol: 'TCP' as const, clusterIP: '10.96.1.4' },
   ];
@@ -353,6 +360,7 @@ modules:
     sink.stop(true);
     echo.stop(true);
     closer.stop(true);
+    reset.stop(true);
     slow?.stop();
     udpEcho?.close();
     t.cleanup();
@@ -447,6 +455,27 @@ modules:
     expect(slow.counts[0]).toBe(payload.length);
     expect(performance.now() - t0).toBeGreaterThan(1000); // the backend really read late
   }, 30_000);
+
+  test('an endpoint that resets as soon as it accepts: each client is closed at once, none left waiting', async () => {
+    const port = await proxyPort(nodes[0]!, 'default/reset:p');
+    for (let i = 0; i < 20; i++) {
+      const t0 = performance.now();
+      const how = await new Promise<string>((resolve) => {
+        void Bun.connect({
+          hostname: '127.0.0.1', port,
+          socket: {
+            open(s) { s.write('GET / HTTP/1.1\r\n\r\n'); },
+            data() {},
+            close() { resolve('closed'); },
+            connectError() { resolve('refused'); },
+          },
+        });
+        setTimeout(() => resolve('still open after 3 s'), 3000);
+      });
+      expect(`${i}: ${how}`).toBe(`${i}: closed`);
+      expect(performance.now() - t0).toBeLessThan(3000);
+    }
+  }, 90_000);
 
   test('200 concurrent connections through one peer connection all complete', async () => {
     const port = await proxyPort(nodes[0]!, 'default/echo:p');
@@ -560,8 +589,10 @@ modules:
         expect(`${c.why}: ${r}`).toBe(`${c.why}: TUNNEL_DIAL`);
         const st = await getJson<{ tunnel: { peers: { peerId: string }[] } }>(`${nodes[1]!.admin}/status`);
         expect(st.tunnel.peers.some((p) => p.peerId === w.tunnel.peerId)).toBe(false);
-        // A wrong proof is a definite refusal: b counts it (pnet cannot tell a wrong key from garbage).
-        if (c.counted) await waitFor(async () => (await pskFailures()) > before, `${c.why}: b counts a PSK failure`);
+        // A wrong proof is a definite refusal: b counts it (pnet cannot tell a wrong key from garbage). A dialer
+        // without a key may send fewer than a tag's 32 bytes and wait: then b counts it when the handshake times
+        // out (handshakeTimeoutMs, 10 s), hence the longer wait.
+        if (c.counted) await waitFor(async () => (await pskFailures()) > before, `${c.why}: b counts a PSK failure`, 15_000);
       } finally {
         await w.stop();
       }

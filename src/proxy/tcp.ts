@@ -306,11 +306,17 @@ export class TcpServicePort {
     this.stats.remoteDials++;
     let pipe: Pipe | null = null;
     const live = (): boolean => pipe !== null && c.upstream === pipe;
+    // A pipe can close between its SUCCESS and our pairing with it (a reset in the same read as the reply):
+    // remembered here and acted on once paired, or the client would wait for an upstream that is gone.
+    let closedEarly: boolean | null = null;
     const handlers: PipeHandlers = {
       data: (d) => live() && this.forward(c, 'upstream', d),
       drain: () => live() && this.drained(c, 'upstream'),
       end: () => live() && this.ended(c, 'upstream'),
-      close: (reset) => live() && this.close(c, reset),
+      close: (reset) => {
+        if (live()) this.close(c, reset);
+        else closedEarly ??= reset;
+      },
     };
     remote.open({ nodeName: ep.nodeName, protocol: 'tcp', ip: ep.ip, port: ep.port }, handlers, abort.signal).then(
       (p) => {
@@ -323,6 +329,7 @@ export class TcpServicePort {
         c.moved = -1; // a tunnel stream has no fd to splice
         this.joined(c, ep, p);
         p.resume();
+        if (closedEarly !== null) this.close(c, closedEarly);
       },
       (err: Error) => {
         if (attempt !== c.attempt || c.upstream || c.closed) return;

@@ -25,6 +25,19 @@ export interface PipeHandlers {
   close(reset: boolean): void;
 }
 
+/**
+ * pause()/resume() of a libp2p stream throw once its readable side is closing or closed; a socket's do not, and
+ * the splices and the proxy call them whenever their other side asks (a reset can land between a reply and the
+ * proxy pairing with it). On a closed stream they are no-ops: its close event does the rest.
+ */
+export function pauseStream(s: Stream): void {
+  if (s.readStatus !== 'closing' && s.readStatus !== 'closed') s.pause();
+}
+
+export function resumeStream(s: Stream): void {
+  if (s.readStatus !== 'closing' && s.readStatus !== 'closed') s.resume();
+}
+
 /** The socket-shaped subset the splices use (Bun's Socket has all of it). */
 export interface Pipe {
   write(chunk: Uint8Array): number;
@@ -95,10 +108,10 @@ export class StreamPipe implements Pipe {
   }
 
   pause(): void {
-    this.stream.pause();
+    pauseStream(this.stream);
   }
 
   resume(): void {
-    this.stream.resume();
+    resumeStream(this.stream);
   }
 }

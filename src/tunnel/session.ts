@@ -22,7 +22,7 @@
 import type { Stream } from '@libp2p/interface';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { concat } from '../net/bytes.ts';
-import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers } from './pipe.ts';
+import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers, pauseStream, resumeStream } from './pipe.ts';
 import { DecodeError, MAX_MESSAGE, type ProxyMsg, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
 
 export const SESSION_PROTOCOL = '/edgemesh/tunnel-session/1.0.0';
@@ -110,7 +110,7 @@ export class Session {
   release(): void {
     this.conn = null;
     this.lastUsed = Date.now();
-    this.stream.resume();
+    resumeStream(this.stream);
     this.hooks.released(this);
     const next = this.deferred;
     this.deferred = null;
@@ -163,7 +163,7 @@ export class Session {
         // The remote finished this connection and already sent the next CONNECT, while our side still writes
         // what it holds: keep the bytes until the connection is released.
         this.deferred = concat(this.deferred, data.subarray(i));
-        this.stream.pause();
+        pauseStream(this.stream);
         return;
       }
       const v = readVarint(data, i);
@@ -206,7 +206,7 @@ export class FramedEnd implements Pipe {
   private held: (Uint8Array | null)[] = [];
 
   constructor(private readonly s: Session, private readonly h: PipeHandlers, private paused: boolean) {
-    if (paused) s.stream.pause();
+    if (paused) pauseStream(s.stream);
   }
 
   finished(): boolean {
@@ -319,12 +319,12 @@ export class FramedEnd implements Pipe {
 
   pause(): void {
     this.paused = true;
-    this.s.stream.pause();
+    pauseStream(this.s.stream);
   }
 
   resume(): void {
     this.paused = false;
-    this.s.stream.resume();
+    resumeStream(this.s.stream);
     while (!this.paused && this.held.length && !this.done) {
       const d = this.held.shift()!;
       if (d === null) this.h.end();
