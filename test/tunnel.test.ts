@@ -54,24 +54,6 @@ function sinkServer() {
   });
 }
 
-/** A TCP backend that answers "bye" and ends its side at once, and reads nothing for its first 300 ms. */
-function earlyCloser() {
-  return Bun.listen({
-    hostname: '127.0.0.1',
-    port: 0,
-    allowHalfOpen: true,
-    socket: {
-      binaryType: 'uint8array',
-      open(s) {
-        s.end('bye');
-        s.pause();
-        setTimeout(() => s.resume(), 300);
-      },
-      data() {},
-    },
-  });
-}
-
 /**
  * A backend that answers "bye" and ends its side at once, then reads nothing for `delayMs` through a tiny receive
  * buffer (Bun cannot set SO_RCVBUF, Python can), then reads everything and prints the byte count: the receiving
@@ -113,6 +95,23 @@ while True:
   })();
   await waitFor(() => port || null, 'the slow reader listening');
   return { port, counts, stop: () => p.kill() };
+}
+
+/** Speaks first ("hello\n" on connect), then echoes: a server-first protocol such as SSH or SMTP. */
+function bannerServer() {
+  return Bun.listen({
+    hostname: '127.0.0.1',
+    port: 0,
+    socket: {
+      binaryType: 'uint8array',
+      open(s) {
+        s.write('hello\n');
+      },
+      data(s, d) {
+        s.write(d.slice());
+      },
+    },
+  });
 }
 
 /** Accepts and resets at once: the reset reaches the tunnel right behind its SUCCESS. */
@@ -254,7 +253,7 @@ function echoOnce(port: number, msg: Uint8Array): Promise<Buffer> {
   });
 }
 
-function catalogYaml(nodes: Node[], extra: { node: string; ip: string; port: number; protocol: 'TCP' | 'UDP'; name: string; clusterIP: string }[]): string {
+function catalogYaml(nodes: Node[], extra: { node: string; ip: string; port: number; protocol: 'TCP' | 'UDP'; name: string; clusterIP: string; more?: { ip: string; port: number }[] }[]): string {
   const docs: string[] = [];
   for (const n of nodes) {
     docs.push(`apiVersion: v1
@@ -279,7 +278,9 @@ kind: Endpoints
 metadata: { name: ${s.name}, namespace: default }
 subsets:
   - addresses: [{ ip: ${s.ip}, nodeName: ${s.node} }]
-    ports: [{ name: p, port: ${s.port}, protocol: ${s.protocol} }]`);
+    ports: [{ name: p, port: ${s.port}, protocol: ${s.protocol} }]${(s.more ?? []).map((m) => `
+  - addresses: [{ ip: ${m.ip}, nodeName: ${s.node} }]
+    ports: [{ name: p, port: ${m.port}, protocol: ${s.protocol} }]`).join('')}`);
   }
   return docs.join('\n---\n') + '\n';
 }
@@ -291,8 +292,12 @@ describe('tunnel between two agents on loopback (PSK on)', () => {
   const nodes: Node[] = [];
   const sink = sinkServer();
   const echo = echoServer();
-  const closer = earlyCloser();
+  // Answers and ends first, reads late. In Python: a Bun server that calls end() with received bytes still unread
+  // closes the connection with an error, and the client's first bytes now reach the backend with the CONNECT.
+  let closer: Awaited<ReturnType<typeof slowReader>>;
   const reset = resetter();
+  const banner = bannerServer();
+  let deadPort = 0; // nothing listens there: a connect to it is refused
   let slow: Awaited<ReturnType<typeof slowReader>>;
   let udpEcho: Bun.udp.Socket<'buffer'>;
   let thirdKey: PrivateKey;
@@ -304,6 +309,9 @@ describe('tunnel between two agents on loopback (PSK on)', () => {
     { name: 'closer', node: 'b', ip: '127.0.0.1', port: closer.port, protocol: 'TCP' as const, clusterIP: '10.96.1.5' },
     { name: 'slow', node: 'b', ip: '127.0.0.1', port: slow.port, protocol: 'TCP' as const, clusterIP: '10.96.1.6' },
     { name: 'reset', node: 'b', ip: '127.0.0.1', port: reset.port, protocol: 'TCP' as const, clusterIP: '10.96.1.7' },
+    { name: 'banner', node: 'b', ip: '127.0.0.1', port: banner.port, protocol: 'TCP' as const, clusterIP: '10.96.1.8' },
+    // Two endpoints on b, one of them refusing: a connection's first bytes must survive a FAILED and a retry.
+    { name: 'flaky', node: 'b', ip: '127.0.0.1', port: deadPort, protocol: 'TCP' as const, clusterIP: '10.96.1.9', more: [{ ip: '127.0.0.1', port: echo.port }] },
     // An endpoint on node a: b must not dial it for anyone.
     { name: 'elsewhere', node: 'a', ip: '127.0.0.2', port: sink.port, protocol: 'TCP' as const, clusterIP: '10.96.1.4' },
   ];
@@ -337,6 +345,8 @@ modules:
 
   beforeAll(async () => {
     slow = await slowReader(1500);
+    closer = await slowReader(300);
+    deadPort = await freePort();
     udpEcho = await Bun.udpSocket({ hostname: '127.0.0.1', port: 0, socket: { data: (s, d, port, addr) => void s.send(d, port, addr) } });
     writeFileSync(pskPath, randomBytes(32).toString('base64') + '\n');
     for (const name of ['a', 'b']) {
@@ -359,8 +369,9 @@ modules:
     for (const n of nodes) await n.agent?.stop();
     sink.stop(true);
     echo.stop(true);
-    closer.stop(true);
+    closer?.stop();
     reset.stop(true);
+    banner.stop(true);
     slow?.stop();
     udpEcho?.close();
     t.cleanup();
@@ -476,6 +487,43 @@ modules:
       expect(performance.now() - t0).toBeLessThan(3000);
     }
   }, 90_000);
+
+  test('first bytes ride with the CONNECT: a server that speaks first still does, and a refused endpoint loses none of them', async () => {
+    const [a] = nodes;
+    // Server first: the client sends nothing until it has read the banner (the proxy opens without first bytes).
+    const bannerPort = await proxyPort(a!, 'default/banner:p');
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const got = await new Promise<string>((resolve, reject) => {
+        let text = '';
+        void Bun.connect({
+          hostname: '127.0.0.1', port: bannerPort,
+          socket: {
+            data(s, d) {
+              text += Buffer.from(d).toString();
+              if (text === 'hello\n') s.write('ping');
+              if (text === 'hello\nping') {
+                resolve(text);
+                s.end();
+              }
+            },
+            close() { reject(new Error(`closed after ${JSON.stringify(text)}`)); },
+            connectError(_s, e) { reject(e); },
+          },
+        });
+      });
+      expect(got).toBe('hello\nping');
+      expect(performance.now() - t0).toBeLessThan(3000);
+    }
+    // Client first, about half the picks refused on b: every payload (small ones carried whole by the CONNECT,
+    // a large one split between the CONNECT and the frames after it) comes back exact after the retry.
+    const flakyPort = await proxyPort(a!, 'default/flaky:p');
+    for (let i = 0; i < 12; i++) {
+      const msg = randomBytes(i === 5 ? 40 * 1024 : 100 + i * 97);
+      expect((await echoOnce(flakyPort, msg)).equals(msg)).toBe(true);
+    }
+    await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*connect failed/);
+  }, 60_000);
 
   test('200 concurrent connections through one peer connection all complete', async () => {
     const port = await proxyPort(nodes[0]!, 'default/echo:p');

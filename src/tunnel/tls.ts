@@ -28,8 +28,8 @@ interface TlsComponents {
 /** The private network's key, when the PSK is on: connections that did not come through pnet must prove it here. */
 export interface TlsPsk {
   key: Uint8Array;
-  /** A peer failed the proof ('mismatch') or did not finish it in time ('timeout'). */
-  onFailure(why: 'mismatch' | 'timeout', remote: string): void;
+  /** A peer failed the proof ('mismatch'), or left, stalled or errored before finishing it ('incomplete'). */
+  onFailure(why: 'mismatch' | 'incomplete', remote: string): void;
 }
 
 class BunTls implements ConnectionEncrypter {
@@ -128,8 +128,9 @@ class BunTls implements ConnectionEncrypter {
                 socket.resume(); // the proof paused it; bytes after the peer's tag are buffered for the muxer
                 resolve({ remotePeer, connection: secured, streamMuxer });
               }, (err: Error) => {
-                const why = err instanceof PskAdmissionError ? 'mismatch' : err.name === 'TimeoutError' ? 'timeout' : null;
-                if (why) psk.onFailure(why, String((connection as { remoteAddr?: unknown }).remoteAddr ?? 'unknown'));
+                // Every failed proof counts: a peer without the key may send less than a tag and then reset or
+                // stall, which ends here as a socket error or the handshake timeout, not as a mismatch.
+                psk.onFailure(err instanceof PskAdmissionError ? 'mismatch' : 'incomplete', String((connection as { remoteAddr?: unknown }).remoteAddr ?? 'unknown'));
                 socket.emit('error', err);
               });
             },
