@@ -190,7 +190,7 @@ export class TunnelModule implements RemoteDialer {
     if (nc.fallbackReason) log.warn('Noise AEAD: using the pure-JS engine (slower)', { reason: nc.fallbackReason });
     // Both handshakes are offered, the configured one first; the peer's choice shows per connection in status.
     // With a PSK, TLS demands the admission proof on connections without pnet, and Noise refuses them.
-    const psk = this.d.psk ? { key: this.d.psk, onFailure: (why: string, remote: string) => this.pskFailed(why, remote) } : null;
+    const psk = this.d.psk ? { key: this.d.psk, timeoutMs: c.handshakeTimeoutMs, onFailure: (why: string, remote: string) => this.pskFailed(why, remote) } : null;
     const tls = bunTls(psk);
     const nz = noiseEncrypter(nc, psk !== null);
     const encrypters = c.encryption === 'noise' ? [nz, tls] : [tls, nz];

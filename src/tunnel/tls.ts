@@ -28,6 +28,12 @@ interface TlsComponents {
 /** The private network's key, when the PSK is on: connections that did not come through pnet must prove it here. */
 export interface TlsPsk {
   key: Uint8Array;
+  /**
+   * Deadline of the proof exchange itself. The caller's signal is not enough: an outbound upgrade may have no
+   * deadline, and a peer without the key can leave our tag unanswered for ever (its muxer reads the tag as the
+   * start of a frame and waits for the rest).
+   */
+  timeoutMs: number;
   /** A peer failed the proof ('mismatch'), or left, stalled or errored before finishing it ('incomplete'). */
   onFailure(why: 'mismatch' | 'incomplete', remote: string): void;
 }
@@ -123,7 +129,8 @@ class BunTls implements ConnectionEncrypter {
               // Fail closed: with a PSK, any connection that did not come through pnet proves it here.
               const psk = this.psk && !isPnetConnection(connection) ? this.psk : null;
               if (!psk) return resolve({ remotePeer, connection: secure(connection, socket), streamMuxer });
-              return proveAdmission(socket, psk.key, isServer, options?.signal).then(() => {
+              const deadline = AbortSignal.timeout(psk.timeoutMs);
+              return proveAdmission(socket, psk.key, isServer, options?.signal ? AbortSignal.any([options.signal, deadline]) : deadline).then(() => {
                 const secured = secure(connection, socket);
                 socket.resume(); // the proof paused it; bytes after the peer's tag are buffered for the muxer
                 resolve({ remotePeer, connection: secured, streamMuxer });
