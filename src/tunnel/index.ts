@@ -9,8 +9,8 @@
  * Stack per connection: TCP on Bun sockets (transport.ts) → TLS 1.3 (tls.ts), the peer authenticated by its key
  * and the PSK proven inside the session (psk-admission.ts) → yamux; or, in the PSK's "stream" form, pnet
  * (XSalsa20; cipher.ts picks libsodium or pure JS) under TLS or Noise (noise.ts). Session streams carry many
- * proxied connections one after another (session.ts). Relayed connections (circuit relay v2) work the same; hole punching (punch.ts) may upgrade
- * them to direct ones.
+ * proxied connections one after another (session.ts). Relayed connections (circuit relay v2) work the same; hole
+ * punching (punch.ts) may upgrade them to direct ones.
  *
  * Who is who: a node's peer ID is bound to its node name in the catalog (Node annotation `edgemesh.io/peer-id`,
  * published by each agent in Kubernetes mode, written in the catalog file in standalone mode). The dialer only
@@ -294,17 +294,6 @@ export class TunnelModule implements RemoteDialer {
    * Parsed peer IDs by node, kept while the annotation is unchanged: parsing (base58 and multihash decoding) and
    * printing a fresh PeerId cost ~4% of the CPU of a proxied connection through the tunnel, once per connection.
    */
-  private lastPskWarning = 0;
-
-  /** A peer failed the PSK's admission proof: counted always, logged at most every 10 s (scanners are noisy). */
-  private pskFailed(why: string, remote: string): void {
-    this.stats.pskFailures++;
-    const now = Date.now();
-    if (now - this.lastPskWarning < 10_000) return;
-    this.lastPskWarning = now;
-    this.d.logger.warn('refused a tunnel connection that failed the PSK check: check that both nodes use the same psk file', { remote, why, totalFailures: this.stats.pskFailures });
-  }
-
   private readonly peerIds = new Map<string, { id: string; peer: PeerId | null }>();
 
   /** The peer ID the catalog binds to `nodeName`, or null. */
@@ -868,6 +857,17 @@ export class TunnelModule implements RemoteDialer {
       end: () => splice.end(1),
       close: (reset) => splice.close(reset),
     }));
+  }
+
+  private lastPskWarning = 0;
+
+  /** A peer failed the PSK's admission proof: counted always, logged at most every 10 s (scanners are noisy). */
+  private pskFailed(why: string, remote: string): void {
+    this.stats.pskFailures++;
+    const now = Date.now();
+    if (now - this.lastPskWarning < 10_000) return;
+    this.lastPskWarning = now;
+    this.d.logger.warn('refused a tunnel connection that failed the PSK check: check that both nodes use the same psk file', { remote, why, totalFailures: this.stats.pskFailures });
   }
 
   /** Count and log a refused CONNECT (either protocol). */

@@ -156,7 +156,8 @@ class PnetProtector implements ConnectionProtector {
       if (connection.direction === 'inbound') {
         // Nothing is sent before the dialer's first bytes say which form it uses.
         const head = await bytes.read({ bytes: MSS_HEADER.length, signal });
-        if (startsWith(head.subarray(), MSS_HEADER)) {
+        const first = head.subarray(); // exactly MSS_HEADER.length bytes
+        if (Buffer.from(first.buffer, first.byteOffset, first.byteLength).equals(MSS_HEADER)) {
           const raw = bytes.unwrap(); // puts back what was read beyond the header
           raw.unshift(head); // and the header before it, for multistream-select
           return raw;
@@ -173,12 +174,6 @@ class PnetProtector implements ConnectionProtector {
     }
     return new PnetConnection(bytes.unwrap(), this.init, localNonce, remote.subarray());
   }
-}
-
-function startsWith(a: Uint8Array, prefix: Uint8Array): boolean {
-  if (a.length < prefix.length) return false;
-  for (let i = 0; i < prefix.length; i++) if (a[i] !== prefix[i]) return false;
-  return true;
 }
 
 /** A libp2p `connectionProtector` factory. */

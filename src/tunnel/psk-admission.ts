@@ -9,7 +9,6 @@
  * replayed or relayed into another session (other exporter), reflected to its sender (the role is in the tag),
  * or turned into the key (HMAC; the key is 32 bytes from the PSK file, not a password).
  *
- *   const tag = admissionTag(psk, socket, 'client');   // 32 bytes
  *   await proveAdmission(socket, psk, isServer, signal); // throws PskAdmissionError on a mismatch
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
@@ -24,8 +23,7 @@ export class PskAdmissionError extends Error {
   override readonly name = 'PskAdmissionError';
 }
 
-export function admissionTag(key: Uint8Array, socket: TLSSocket, role: 'client' | 'server'): Buffer {
-  const exporter = socket.exportKeyingMaterial(TAG_LENGTH, EXPORTER_LABEL, Buffer.alloc(0));
+function admissionTag(key: Uint8Array, exporter: Buffer, role: 'client' | 'server'): Buffer {
   return createHmac('sha256', key).update(TAG_LABEL + role).update(exporter).digest();
 }
 
@@ -35,8 +33,9 @@ export function admissionTag(key: Uint8Array, socket: TLSSocket, role: 'client' 
  * caller resumes it.
  */
 export async function proveAdmission(socket: TLSSocket, key: Uint8Array, isServer: boolean, signal?: AbortSignal): Promise<void> {
-  const mine = admissionTag(key, socket, isServer ? 'server' : 'client');
-  const expected = admissionTag(key, socket, isServer ? 'client' : 'server');
+  const exporter = socket.exportKeyingMaterial(TAG_LENGTH, EXPORTER_LABEL, Buffer.alloc(0));
+  const mine = admissionTag(key, exporter, isServer ? 'server' : 'client');
+  const expected = admissionTag(key, exporter, isServer ? 'client' : 'server');
   if (!isServer) socket.write(mine);
   const theirs = await readExactly(socket, TAG_LENGTH, signal);
   if (!timingSafeEqual(theirs, expected)) throw new PskAdmissionError('the peer failed the PSK check: it holds a different pre-shared key');

@@ -9,9 +9,9 @@
  * at least half a window (≥ 128 KiB) in hand when the update leaves. Frames with flags (SYN, ACK, FIN, RST) and
  * updates after a pause are sent as before.
  *
- * A patch of the library's class, applied once at import: the stream class is exported (`@libp2p/yamux/stream`)
- * but not its factory, so there is no option to pass. Checked at start: if the fields it relies on are not there
- * (a yamux upgrade changed them), it leaves the library's own method in place and says so.
+ * A patch of the library's class, applied once, when the first tunnel starts: the stream class is exported
+ * (`@libp2p/yamux/stream`) but not its factory, so there is no option to pass. If the states it relies on are
+ * not there (a yamux upgrade changed them), it leaves the library's own method in place and the tunnel says so.
  */
 import { StreamState, YamuxStream } from '@libp2p/yamux/stream';
 
