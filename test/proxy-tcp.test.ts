@@ -53,6 +53,20 @@ function backend(kind: 'id' | 'echo', id: string) {
   });
 }
 
+/** Echoes what it reads and resets the connection once it has read `after` bytes. */
+function resettingEcho(after: number) {
+  return Bun.listen<{ n: number }>({
+    hostname: '127.0.0.1', port: 0, socket: {
+      open(s) { s.data = { n: 0 }; },
+      data(s, d) {
+        s.data.n += d.length;
+        s.write(d);
+        if (s.data.n >= after) s.terminate();
+      },
+    },
+  });
+}
+
 const ep = (port: number, i: number): LbEndpoint => ({ key: `127.0.0.1:${port}`, ip: '127.0.0.1', port, nodeName: '', podName: `pod-${i}` });
 
 /**
@@ -416,16 +430,7 @@ describe('bulk connections on the splice(2) worker', () => {
 
   test('an RST from the backend after the hand-over resets the client', async () => {
     // The backend reads 4 MiB, then resets.
-    const rst = Bun.listen<{ n: number }>({
-      hostname: '127.0.0.1', port: 0, socket: {
-        open(s) { s.data = { n: 0 }; },
-        data(s, d) {
-          s.data.n += d.length;
-          s.write(d);
-          if (s.data.n >= 4 * 1024 * 1024) s.terminate();
-        },
-      },
-    });
+    const rst = resettingEcho(4 * 1024 * 1024);
     const b = new Balancer({ ring: RING });
     b.setEndpoints([ep(rst.port, 0)]);
     const p = new TcpServicePort({ ...opts, balancer: b, splicer, bulkBytes: 64 * 1024 });
@@ -498,16 +503,7 @@ describe('bulk connections on the splice(2) worker', () => {
         end(s) { s.end('bye'); },
       },
     });
-    const rst = Bun.listen<{ n: number }>({
-      hostname: '127.0.0.1', port: 0, socket: {
-        open(s) { s.data = { n: 0 }; },
-        data(s, d) {
-          s.data.n += d.length;
-          s.write(d);
-          if (s.data.n >= 512 * 1024) s.terminate();
-        },
-      },
-    });
+    const rst = resettingEcho(512 * 1024);
     const ports = [eager, rst].map((l) => {
       const b = new Balancer({ ring: RING });
       b.setEndpoints([ep(l.port, 0)]);
