@@ -124,6 +124,12 @@ describe('config', () => {
     expect(issues.length).toBe(4);
   });
 
+  test('psk.mode takes handshake or stream only; anything else names the key, the value and the choices', () => {
+    expect(mergeConfig('agent', 'edge', { modules: { edgeTunnel: { psk: { mode: 'stream' } } } }).config.modules.edgeTunnel.psk.mode).toBe('stream');
+    const lines = mergeConfig('agent', 'edge', { modules: { edgeTunnel: { psk: { mode: 'xsalsa' } } } }).issues.map((i) => `${i.path}: ${i.message}`);
+    expect(lines).toEqual(['modules.edgeTunnel.psk.mode: "xsalsa" is not one of handshake, stream']);
+  });
+
   test('did-you-mean finds near keys and stays quiet for far ones', () => {
     expect(didYouMean('relayNode', ['relayNodes', 'rendezvous'])).toBe('relayNodes');
     expect(didYouMean('zzzzzz', ['relayNodes', 'rendezvous'])).toBeUndefined();
