@@ -43,6 +43,7 @@ import type { DatagramChannel } from '../proxy/udp.ts';
 import { type Pipe, type PipeHandlers, StreamPipe } from './pipe.ts';
 import { pnet } from './pnet.ts';
 import { halfWindowUpdates } from './yamux-window.ts';
+import { pausedStaysPaused } from './stream-resume.ts';
 import {
   DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
   encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage,
@@ -216,6 +217,7 @@ export class TunnelModule implements RemoteDialer {
       // 128 KiB, would cut every real connection), like the original.
       services.relay = circuitRelayServer({ reservations: { maxReservations: 4096, applyDefaultLimit: false } }) as never;
     }
+    if (!pausedStaysPaused()) log.warn('stream resume: this @libp2p/utils version is not the one stream-resume.ts was written for; a reader that pauses while catching up can have its stream aborted (StreamBufferError)');
     if (!halfWindowUpdates()) log.warn('yamux window updates: this @libp2p/yamux version is not the one yamux-window.ts was written for; every data frame gets its own update');
     try {
       this.node = await createLibp2p({

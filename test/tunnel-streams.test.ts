@@ -1,0 +1,87 @@
+/**
+ * Two libp2p nodes in this process on our transport, TLS and yamux (as the agent builds them), over real loopback
+ * TCP: the stream and connection behaviour the tunnel relies on, where the library or Bun gets it wrong.
+ * - A stream paused again while resume() hands over its buffered bytes stays paused for yamux (stream-resume.ts).
+ * - A connection busy for longer than its inactivity timeout stays up; an idle one is closed (Bun's socket
+ *   timeout is a one-shot deadline, net/idle.ts).
+ */
+import { afterEach, describe, expect, test } from 'bun:test';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { Libp2p, Stream } from '@libp2p/interface';
+import { yamux } from '@libp2p/yamux';
+import { createLibp2p } from 'libp2p';
+import { pausedStaysPaused } from '../src/tunnel/stream-resume.ts';
+import { bunTls } from '../src/tunnel/tls.ts';
+import { bunTcp } from '../src/tunnel/transport.ts';
+import { waitFor } from './helpers.ts';
+
+const PROTOCOL = '/edgemesh-test/bulk/1.0.0';
+const WINDOW = 4 * 1024 * 1024;
+
+async function node(opts: { inactivityTimeoutMs?: number; pings?: boolean } = {}): Promise<Libp2p> {
+  return createLibp2p({
+    privateKey: await generateKeyPair('Ed25519'),
+    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+    transports: [bunTcp({ inactivityTimeoutMs: opts.inactivityTimeoutMs ?? 120_000 }) as never],
+    connectionEncrypters: [bunTls() as never],
+    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: WINDOW } } as never)],
+    connectionMonitor: { enabled: opts.pings ?? true },
+  });
+}
+
+const nodes: Libp2p[] = [];
+afterEach(async () => {
+  for (const n of nodes.splice(0)) await n.stop();
+});
+
+describe('tunnel streams and connections (in process, real TCP)', () => {
+  test('a reader that pauses while resume() hands it the buffered bytes is not flooded: the stream survives 128 MiB', async () => {
+    expect(pausedStaysPaused()).toBe(true);
+    const [a, b] = [await node(), await node()];
+    nodes.push(a, b);
+    let received = 0;
+    let maxBuffered = 0;
+    let aborted: string | null = null;
+    const got = Promise.withResolvers<void>();
+    const TOTAL = 128 * 1024 * 1024;
+    await b.handle(PROTOCOL, (s: Stream) => {
+      s.maxReadBufferLength = WINDOW;
+      const sample = setInterval(() => (maxBuffered = Math.max(maxBuffered, s.readBufferLength)), 1);
+      s.addEventListener('close', (evt) => {
+        clearInterval(sample);
+        if (evt.error) aborted = String(evt.error);
+        got.resolve();
+      });
+      // A reader whose socket is always full: it takes each batch, then pauses at once, and resumes 20 ms later.
+      // Every resume hands it what arrived meanwhile, and it pauses again inside that hand-over.
+      s.pause();
+      s.addEventListener('message', (evt) => {
+        received += evt.data.byteLength;
+        s.pause();
+        setTimeout(() => {
+          if (s.readStatus === 'paused') s.resume();
+        }, 20);
+        if (received >= TOTAL) got.resolve();
+      });
+      setTimeout(() => s.resume(), 50);
+    });
+    const s = await a.dialProtocol(b.getMultiaddrs()[0]!, PROTOCOL);
+    const chunk = new Uint8Array(256 * 1024);
+    let sent = 0;
+    while (sent < TOTAL && s.status === 'open') {
+      if (!s.send(chunk)) {
+        await new Promise((r) => {
+          s.addEventListener('drain', r, { once: true });
+          s.addEventListener('close', r, { once: true });
+        });
+      }
+      sent += chunk.length;
+    }
+    await Promise.race([got.promise, Bun.sleep(30_000)]);
+    // Without the fix b aborts the stream after some 10 MiB: yamux, no longer paused, grants window with every
+    // frame while the reader stays paused, and the read buffer passes the limit (StreamBufferError).
+    expect(aborted).toBeNull();
+    expect(received).toBe(TOTAL);
+    expect(maxBuffered).toBeLessThanOrEqual(WINDOW);
+  }, 60_000);
+});
