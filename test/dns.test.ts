@@ -190,8 +190,30 @@ modules:
     expect(answers.map((a) => decode(a).answers![0]!.data).sort()).toEqual(['10.244.2.11', '10.96.0.10', '192.0.2.1']);
     let closed = false;
     await Bun.connect({ hostname: '127.0.0.1', port, socket: { data() {}, close() { closed = true; } } });
-    await waitFor(() => closed, 'idle close', 3000);
+    // tcpIdleTimeout is 1 s; Bun looks at socket deadlines every ~4 s.
+    await waitFor(() => closed, 'idle close', 6000);
   });
+
+  test('TCP: a connection asking every 250 ms for 6 s stays open past tcpIdleTimeout (1 s), then closes once idle', async () => {
+    let answers = 0;
+    let closedAt = 0;
+    const s = await Bun.connect({ hostname: '127.0.0.1', port, socket: { data(_s, d) { answers += d.length > 0 ? 1 : 0; }, close() { closedAt = Date.now(); } } });
+    let asked = 0;
+    for (const until = Date.now() + 6000; Date.now() < until && !closedAt; asked++) {
+      const q = query('web.shop.svc.cluster.local');
+      const f = new Uint8Array(q.length + 2);
+      f[1] = q.length;
+      f.set(q, 2);
+      s.write(f);
+      await Bun.sleep(250);
+    }
+    // Without re-arming, Bun's deadline (armed at 1 s, checked every ~4 s) closed it after a few seconds of queries.
+    expect(closedAt).toBe(0);
+    expect(answers).toBeGreaterThanOrEqual(asked - 1);
+    const idleSince = Date.now();
+    await waitFor(() => closedAt || null, 'idle close', 8000);
+    expect(closedAt - idleSince).toBeGreaterThanOrEqual(900);
+  }, 20_000);
 
   test('bad input: FORMERR, NOTIMP, REFUSED, silence for garbage and responses', async () => {
     expect(await udpExchange(port, new Uint8Array([1, 2, 3]), 300)).toBeNull();

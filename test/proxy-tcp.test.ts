@@ -358,6 +358,32 @@ describe('TCP service port', () => {
       for (const l of backs) l.stop(true);
     }
   });
+
+  test('tcpIdleTimeout closes an idle connection, not a busy one (Bun\'s socket deadline does not move with traffic)', async () => {
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints([ep(echo.port, 0)]);
+    const p = new TcpServicePort({ ...opts, idleTimeoutSec: 2, balancer: b });
+    p.start();
+    try {
+      let got = 0;
+      let closedAt = 0;
+      const s = await Bun.connect({ hostname: '127.0.0.1', port: p.port, socket: { data(_s, d) { got += d.length; }, close() { closedAt = Date.now(); } } });
+      // 9 s of a message every 100 ms: without re-arming, the deadline set at 2 s fires at ~4 s.
+      const until = Date.now() + 9000;
+      let sent = 0;
+      while (Date.now() < until && !closedAt) {
+        sent += s.write('ping');
+        await Bun.sleep(100);
+      }
+      expect(closedAt).toBe(0);
+      await waitFor(() => got === sent || null, 'every ping echoed', 2000);
+      const idleSince = Date.now();
+      await waitFor(() => closedAt || null, 'the idle connection closed', 12_000);
+      expect(closedAt - idleSince).toBeGreaterThanOrEqual(1500);
+    } finally {
+      p.stop();
+    }
+  }, 30_000);
 });
 
 describe('bulk connections on the splice(2) worker', () => {

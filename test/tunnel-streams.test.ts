@@ -84,4 +84,29 @@ describe('tunnel streams and connections (in process, real TCP)', () => {
     expect(received).toBe(TOTAL);
     expect(maxBuffered).toBeLessThanOrEqual(WINDOW);
   }, 60_000);
+
+  test('a connection busy for longer than its inactivity timeout stays up; once idle it is closed', async () => {
+    // Pings off: only the test's own traffic keeps the connection busy.
+    const [a, b] = [await node({ inactivityTimeoutMs: 2000, pings: false }), await node({ inactivityTimeoutMs: 2000, pings: false })];
+    nodes.push(a, b);
+    await b.handle(PROTOCOL, (s: Stream) => {
+      s.addEventListener('message', (evt) => s.send(evt.data)); // echo
+    });
+    const s = await a.dialProtocol(b.getMultiaddrs()[0]!, PROTOCOL);
+    const conn = a.getConnections(b.peerId)[0]!;
+    let echoed = 0;
+    s.addEventListener('message', (evt) => (echoed += evt.data.byteLength));
+    // 9 s of a message every 100 ms: Bun's one-shot deadline (armed at 2 s) would have fired at ~4 s.
+    const until = Date.now() + 9000;
+    while (Date.now() < until) {
+      s.send(new Uint8Array(100));
+      await Bun.sleep(100);
+    }
+    await waitFor(() => echoed >= 8000 || null, 'the echoes', 2000);
+    expect(conn.status).toBe('open');
+    // Idle now: closed after 2 s of nothing (Bun checks its deadlines every ~4 s).
+    const idleSince = Date.now();
+    await waitFor(() => (a.getConnections(b.peerId).length === 0 && conn.status !== 'open') || null, () => `the idle connection closed (status ${conn.status}, ${a.getConnections(b.peerId).length} connections)`, 12_000);
+    expect(Date.now() - idleSince).toBeGreaterThanOrEqual(1500);
+  }, 40_000);
 });

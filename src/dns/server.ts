@@ -9,6 +9,7 @@
  */
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
+import { idleFor } from '../net/idle.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { CacheEntry, Forwarder } from './forwarder.ts';
 import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, type SimpleQuery, compressOwners, errorResponse, optRecord, parseSimpleQuery, questionKey, questionEnd, readU16, writeU16 } from './wire.ts';
@@ -61,7 +62,8 @@ export interface DnsServerStats {
   rateLimited: number;
 }
 
-type TcpConn = { buf: Uint8Array; pending: Uint8Array[]; closed: boolean };
+/** lastActive: the last query or drained answer (Date.now()); tcpIdleTimeout counts from there (net/idle.ts). */
+type TcpConn = { buf: Uint8Array; pending: Uint8Array[]; closed: boolean; lastActive: number };
 
 export class DnsServer {
   private udp: Bun.udp.Socket<'buffer'> | null = null;
@@ -98,13 +100,13 @@ export class DnsServer {
         port: this.udp.port,
         socket: {
           open: (s) => {
-            s.data = { buf: new Uint8Array(0), pending: [], closed: false };
+            s.data = { buf: new Uint8Array(0), pending: [], closed: false, lastActive: Date.now() };
             s.timeout(this.deps.tcpIdleTimeoutSec);
           },
           data: (s, chunk) => this.onTcpData(s, chunk),
           drain: (s) => this.flushTcp(s),
           timeout: (s) => {
-            s.end();
+            if (idleFor(s, s.data.lastActive, this.deps.tcpIdleTimeoutSec)) s.end();
           },
           close: (s) => {
             if (s.data) s.data.closed = true;
@@ -200,6 +202,7 @@ export class DnsServer {
 
   private onTcpData(s: Bun.Socket<TcpConn>, chunk: Buffer): void {
     const c = s.data;
+    c.lastActive = Date.now();
     const next = new Uint8Array(c.buf.length + chunk.length);
     next.set(c.buf);
     next.set(chunk, c.buf.length);
@@ -240,6 +243,7 @@ export class DnsServer {
 
   private flushTcp(s: Bun.Socket<TcpConn>): void {
     const c = s.data;
+    c.lastActive = Date.now();
     while (c.pending.length) {
       const head = c.pending[0]!;
       const n = s.write(head);

@@ -10,7 +10,8 @@
  *   `drain`; memory per connection is bounded by one read chunk each way.
  * - Half-close: a FIN from one side is passed on with shutdown() once pending bytes are written; the pair closes
  *   when both directions are done. An error (RST) on one side resets the other.
- * - TCP_NODELAY on both sides (Bun sets it on accepted and connected sockets itself); optional idle timeout.
+ * - TCP_NODELAY on both sides (Bun sets it on accepted and connected sockets itself); optional idle timeout
+ *   (idle: no bytes either way; Bun's socket deadline alone would close busy connections too, net/idle.ts).
  * - Only when a hashing policy needs it (header, cookie or query), the first request head is read before the
  *   endpoint is chosen (bounded by MAX_HEAD and sniffTimeoutMs), kept as raw bytes and replayed: keep-alive,
  *   pipelining and bodies pass untouched; routing is per connection. A generated cookie is announced with a
@@ -23,6 +24,7 @@ import type { Socket, TCPSocketListener } from 'bun';
 import { randomBytes } from 'node:crypto';
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
 import { concat } from '../net/bytes.ts';
+import { idleFor } from '../net/idle.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Pipe, PipeHandlers } from '../tunnel/pipe.ts';
 import { MAX_HEAD, headEnd, insertIntoHead, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
@@ -115,6 +117,8 @@ interface Conn {
   /** Bytes read before the endpoint was chosen (HTTP hashing); replayed to the upstream first. */
   early: Uint8Array | null;
   sniffing: boolean;
+  /** Last bytes moved either way or drained (Date.now()): tcpIdleTimeout counts from here (net/idle.ts). */
+  lastActive: number;
   sniffTimer: ReturnType<typeof setTimeout> | null;
   hashKey: string | undefined;
   /** The target a route hook chose (one attempt, no balancer). */
@@ -131,7 +135,7 @@ interface Conn {
 }
 
 /** The state handed-over sockets point at: closed, so their last callbacks (Bun still calls close) do nothing. */
-const DETACHED = { closed: true, upstream: null, sniffing: false } as unknown as Conn;
+const DETACHED = { closed: true, upstream: null, sniffing: false, lastActive: 0 } as unknown as Conn;
 
 function pauseClient(c: Conn): void {
   if (c.clientPaused) return;
@@ -165,7 +169,7 @@ export class TcpServicePort {
         open(s) {
           const c: Conn = {
             client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
-            upstreamEnded: false, closed: false, dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
+            upstreamEnded: false, closed: false, lastActive: Date.now(), dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
             moved: self.o.splicer ? 0 : -1, spliceId: 0,
           };
           s.data = c;
@@ -203,7 +207,7 @@ export class TcpServicePort {
           self.ended(s.data, 'client');
         },
         timeout(s) {
-          self.close(s.data, false);
+          if (idleFor(s, s.data.lastActive, self.o.idleTimeoutSec)) self.close(s.data, false);
         },
         error(s) {
           self.close(s.data, true);
@@ -381,7 +385,9 @@ export class TcpServicePort {
     data: (u, chunk) => this.forward(u.data.c, 'upstream', chunk),
     drain: (u) => this.drained(u.data.c, 'upstream'),
     end: (u) => this.ended(u.data.c, 'upstream'),
-    timeout: (u) => this.close(u.data.c, false),
+    timeout: (u) => {
+      if (idleFor(u, u.data.c.lastActive, this.o.idleTimeoutSec)) this.close(u.data.c, false);
+    },
     error: (u) => {
       if (u.data.c.upstream === u) this.close(u.data.c, true);
     },
@@ -405,6 +411,7 @@ export class TcpServicePort {
   /** Bytes from `from` go to the other side; a partial write pauses `from` until the other side drains. */
   private forward(c: Conn, from: Side, chunk: Uint8Array): void {
     if (c.closed) return;
+    c.lastActive = Date.now();
     const to = from === 'client' ? c.upstream : c.client;
     if (!to) {
       // The upstream is still connecting: keep the bytes (replayed on open), up to EARLY_LIMIT.
@@ -471,6 +478,7 @@ export class TcpServicePort {
   /** `side` can take more: write what waits for it and resume the other side. */
   private drained(c: Conn, side: Side): void {
     if (c.closed) return;
+    c.lastActive = Date.now();
     const sock = side === 'client' ? c.client : c.upstream;
     const pending = side === 'client' ? c.pendingToClient : c.pendingToUpstream;
     if (!sock || !pending) return;

@@ -22,6 +22,7 @@ import type { Socket, TCPSocketListener } from 'bun';
 import { TypedEventEmitter } from 'main-event';
 import { isIPv4 } from 'node:net';
 import { FixedPort, FixedPortBusy } from '../net/fixed-port.ts';
+import { idleFor } from '../net/idle.ts';
 import type { Uint8ArrayList } from 'uint8arraylist';
 
 export interface BunTcpInit {
@@ -35,6 +36,8 @@ export interface BunTcpInit {
 
 interface SocketData {
   conn: BunTcpConnection | null;
+  /** Last read, write or drain (Date.now()): the inactivity timeout counts from here (net/idle.ts). */
+  lastActive: number;
 }
 
 class BunTcpConnection extends AbstractMultiaddrConnection {
@@ -48,10 +51,12 @@ class BunTcpConnection extends AbstractMultiaddrConnection {
 
   /** Socket callbacks, routed here from the shared handler object. */
   bunData(chunk: Uint8Array): void {
+    this.socket.data.lastActive = Date.now();
     this.onData(chunk);
   }
 
   bunDrain(): void {
+    this.socket.data.lastActive = Date.now();
     while (this.pending.length) {
       const head = this.pending[0]!;
       const n = this.socket.write(head);
@@ -76,6 +81,7 @@ class BunTcpConnection extends AbstractMultiaddrConnection {
   }
 
   sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean } {
+    this.socket.data.lastActive = Date.now();
     let sentBytes = 0;
     for (const buf of data) {
       sentBytes += buf.byteLength;
@@ -140,6 +146,7 @@ function handlers(onOpen: (s: Socket<SocketData>) => void, inactivityMs: number)
       s.data.conn?.bunEnd();
     },
     timeout(s) {
+      if (!idleFor(s, s.data.lastActive, Math.ceil(inactivityMs / 1000))) return;
       s.data.conn?.abort(new TimeoutError('TCP connection inactive'));
       s.terminate();
     },
@@ -178,7 +185,7 @@ class BunTcpListener extends TypedEventEmitter<ListenerEvents> implements Listen
     this.server = Bun.listen<SocketData>({
       hostname: host,
       port,
-      data: { conn: null },
+      data: { conn: null, lastActive: Date.now() },
       // Bun's typings only allow "buffer" here; the handlers ask for plain Uint8Array views.
       socket: handlers((s) => this.onSocket(s), this.inactivityMs) as unknown as Bun.SocketHandler<SocketData>,
     });
@@ -186,7 +193,7 @@ class BunTcpListener extends TypedEventEmitter<ListenerEvents> implements Listen
   }
 
   private onSocket(s: Socket<SocketData>): void {
-    s.data = { conn: null };
+    s.data = { conn: null, lastActive: Date.now() };
     let remoteAddr: Multiaddr;
     try {
       remoteAddr = ipPortToMultiaddr(s.remoteAddress, s.remotePort);
@@ -270,7 +277,7 @@ export async function openConnection(
   if (init.fixedPort && isIPv4(host)) {
     try {
       const fd = await init.fixedPort.connect(host, port, init.connectTimeoutMs ?? 10_000, signal);
-      socket = await Bun.connect<SocketData>({ fd, data: { conn: null }, socket: socketHandlers } as unknown as Bun.TCPSocketConnectOptions<SocketData>);
+      socket = await Bun.connect<SocketData>({ fd, data: { conn: null, lastActive: Date.now() }, socket: socketHandlers } as unknown as Bun.TCPSocketConnectOptions<SocketData>);
     } catch (e) {
       if (!(e instanceof FixedPortBusy)) throw Object.assign(e as Error, { message: `connection error ${host}:${port}: ${(e as Error).message}` });
       log('fixed source port busy for %s:%d, dialing from any port', host, port);
@@ -279,7 +286,7 @@ export async function openConnection(
   socket ??= await new Promise<Socket<SocketData>>((resolve, reject) => {
     const onAbort = (): void => reject(new AbortError());
     signal.addEventListener('abort', onAbort, { once: true });
-    Bun.connect<SocketData>({ hostname: host, port, data: { conn: null }, socket: socketHandlers }).then(
+    Bun.connect<SocketData>({ hostname: host, port, data: { conn: null, lastActive: Date.now() }, socket: socketHandlers }).then(
       (s) => {
         signal.removeEventListener('abort', onAbort);
         if (signal.aborted) {
