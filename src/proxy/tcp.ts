@@ -71,8 +71,18 @@ export interface TcpPortOptions {
 }
 
 export interface TcpRemoteDialer {
-  open(t: { nodeName: string; protocol: 'tcp'; ip: string; port: number }, h: PipeHandlers, signal: AbortSignal): Promise<Pipe>;
+  /** `early`: the client's first bytes, which the tunnel may send with its CONNECT; `sentEarly` says how many it did. */
+  open(t: { nodeName: string; protocol: 'tcp'; ip: string; port: number }, h: PipeHandlers, signal: AbortSignal, early?: Uint8Array): Promise<Pipe & { readonly sentEarly?: number }>;
+  /** Worth waiting a moment for the client's first bytes before opening (they can ride with the CONNECT). */
+  readonly takesEarly?: boolean;
 }
+
+/**
+ * How long a connection to a remote endpoint waits for the client's first bytes before opening the tunnel
+ * without them. Client-first protocols (HTTP, TLS, most others) send at once, and the bytes then cross with the
+ * CONNECT; a server-first one (SSH, SMTP) pays this once per connection.
+ */
+const FIRST_BYTES_WAIT_MS = 1;
 
 export interface TcpPortStats {
   accepted: number;
@@ -116,6 +126,8 @@ interface Conn {
   attempt: number;
   /** Bytes read before the endpoint was chosen (HTTP hashing); replayed to the upstream first. */
   early: Uint8Array | null;
+  /** A remote dial waiting for the client's first bytes (FIRST_BYTES_WAIT_MS); called when they come. */
+  awaitFirst: (() => void) | null;
   sniffing: boolean;
   /** Last bytes moved either way or drained (Date.now()): tcpIdleTimeout counts from here (net/idle.ts). */
   lastActive: number;
@@ -169,7 +181,7 @@ export class TcpServicePort {
         open(s) {
           const c: Conn = {
             client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
-            upstreamEnded: false, closed: false, lastActive: Date.now(), dialTimer: null, attempt: 0, early: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
+            upstreamEnded: false, closed: false, lastActive: Date.now(), dialTimer: null, attempt: 0, early: null, awaitFirst: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
             moved: self.o.splicer ? 0 : -1, spliceId: 0,
           };
           s.data = c;
@@ -280,7 +292,8 @@ export class TcpServicePort {
     }
     c.tried.add(ep.key);
     if (!this.o.isLocal(ep)) {
-      this.dialRemote(c, ep);
+      if (!c.early && !c.clientEnded && this.o.remote?.takesEarly) this.awaitFirstBytes(c, ep);
+      else this.dialRemote(c, ep);
       return;
     }
     const attempt = ++c.attempt;
@@ -290,6 +303,18 @@ export class TcpServicePort {
       this.failedDial(c, ep, `connect timeout after ${this.o.connectTimeoutMs} ms`);
     }, this.o.connectTimeoutMs);
     Bun.connect<Dial>({ hostname: ep.ip, port: ep.port, allowHalfOpen: true, data: { c, ep, attempt }, socket: this.upstreamHandlers as unknown as Bun.SocketHandler<Dial> }).catch(() => {}); // typings only allow "buffer" here
+  }
+
+  /** Open the tunnel to `ep` once the client's first bytes are here, or after FIRST_BYTES_WAIT_MS without them. */
+  private awaitFirstBytes(c: Conn, ep: LbEndpoint): void {
+    const go = (): void => {
+      if (c.awaitFirst !== go) return;
+      c.awaitFirst = null;
+      clearTimeout(c.dialTimer!);
+      if (!c.closed) this.dialRemote(c, ep);
+    };
+    c.awaitFirst = go;
+    c.dialTimer = setTimeout(go, FIRST_BYTES_WAIT_MS);
   }
 
   /** An endpoint on another node: a tunnel stream, driven like a socket. */
@@ -322,7 +347,7 @@ export class TcpServicePort {
         else closedEarly ??= reset;
       },
     };
-    remote.open({ nodeName: ep.nodeName, protocol: 'tcp', ip: ep.ip, port: ep.port }, handlers, abort.signal).then(
+    remote.open({ nodeName: ep.nodeName, protocol: 'tcp', ip: ep.ip, port: ep.port }, handlers, abort.signal, c.early ?? undefined).then(
       (p) => {
         if (attempt !== c.attempt || c.closed || c.upstream) {
           p.terminate();
@@ -331,7 +356,7 @@ export class TcpServicePort {
         clearTimeout(c.dialTimer!);
         pipe = p;
         c.moved = -1; // a tunnel stream has no fd to splice
-        this.joined(c, ep, p);
+        this.joined(c, ep, p, p.sentEarly ?? 0);
         p.resume();
         if (closedEarly !== null) this.close(c, closedEarly);
       },
@@ -343,13 +368,14 @@ export class TcpServicePort {
     );
   }
 
-  /** The upstream is connected: pair it with the client and let the early bytes through. */
-  private joined(c: Conn, ep: LbEndpoint, u: Pipe): void {
+  /** The upstream is connected: pair it with the client and let the early bytes through (`sent` of them already went with the CONNECT). */
+  private joined(c: Conn, ep: LbEndpoint, u: Pipe, sent = 0): void {
     c.upstream = u;
     c.ep = ep;
     this.o.balancer.acquire(ep.key);
     if (c.fixedTarget) this.o.route?.connected?.(c.client as Socket<unknown>);
-    const early = c.early;
+    this.stats.bytesUp += sent;
+    const early = c.early && sent ? (c.early.length > sent ? c.early.subarray(sent) : null) : c.early;
     c.early = null;
     if (early) {
       this.stats.bytesUp += early.length;
@@ -417,6 +443,7 @@ export class TcpServicePort {
       // The upstream is still connecting: keep the bytes (replayed on open), up to EARLY_LIMIT.
       c.early = concat(c.early, chunk);
       if (c.early.length >= EARLY_LIMIT) pauseClient(c);
+      c.awaitFirst?.();
       return;
     }
     if (from === 'upstream' && c.setCookie) {

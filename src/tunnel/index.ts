@@ -49,7 +49,7 @@ import {
   encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage,
 } from './protocol.ts';
 import { Splice } from './splice.ts';
-import { type FramedEnd, SESSION_PROTOCOL, Session, type SessionHooks } from './session.ts';
+import { EARLY_MAX, type FramedEnd, SESSION_PROTOCOL, SESSION_PROTOCOL_EARLY, Session, type SessionHooks } from './session.ts';
 import { noiseCrypto, noiseEncrypter } from './noise.ts';
 import { bunTls } from './tls.ts';
 import { type BunTcpInit, bunTcp, isRelayed } from './transport.ts';
@@ -88,8 +88,11 @@ export interface RemoteTarget {
 
 /** What the proxy needs from the tunnel. */
 export interface RemoteDialer {
-  /** A TCP byte pipe to an endpoint on another node; it delivers nothing until resume(). */
-  open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal): Promise<Pipe>;
+  /**
+   * A TCP byte pipe to an endpoint on another node; it delivers nothing until resume(). `early`: the client's
+   * first bytes; `sentEarly` on the pipe says how many of them went with the CONNECT (the caller sends the rest).
+   */
+  open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal, early?: Uint8Array): Promise<Pipe & { readonly sentEarly?: number }>;
   /** Datagrams to a UDP endpoint on another node, framed inside one stream (boundaries kept). */
   openDatagrams(t: RemoteTarget, h: { datagram(d: Uint8Array): void; closed(): void }, signal: AbortSignal): Promise<DatagramChannel>;
 }
@@ -240,7 +243,7 @@ export class TunnelModule implements RemoteDialer {
     const node = this.node;
     skipRepeatedProtocolMerges(node);
     await node.handle(PROXY_PROTOCOL, (s, conn) => this.onProxy(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
-    await node.handle(SESSION_PROTOCOL, (s, conn) => this.onSession(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
+    await node.handle([SESSION_PROTOCOL_EARLY, SESSION_PROTOCOL], (s, conn) => this.onSession(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
     await node.handle(DISCOVERY_PROTOCOL, (s, conn) => this.onDiscovery(s, conn), { runOnLimitedConnection: true });
     node.addEventListener('peer:discovery', (evt) => {
       const id = evt.detail.id;
@@ -489,12 +492,17 @@ export class TunnelModule implements RemoteDialer {
 
   // ---- proxy protocol, sending side ----
 
-  async open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+  /** Session streams can carry a connection's first bytes with its CONNECT (the proxy waits a moment for them). */
+  get takesEarly(): boolean {
+    return this.d.config.sessions;
+  }
+
+  async open(t: RemoteTarget, h: PipeHandlers, signal: AbortSignal, early?: Uint8Array): Promise<Pipe & { readonly sentEarly?: number }> {
     if (t.protocol === 'tcp' && this.d.config.sessions) {
       const peer = this.peerOf(t.nodeName);
       if (peer && !this.noSessions.has(peer.toString())) {
         try {
-          return await this.openSession(t, peer, h, signal);
+          return await this.openSession(t, peer, h, signal, early);
         } catch (e) {
           if (!(e instanceof SessionsUnsupported)) throw e;
           // An older edgemesh or the Go original: one stream per connection, as before.
@@ -527,8 +535,8 @@ export class TunnelModule implements RemoteDialer {
     };
   }
 
-  /** A new stream of `protocol` to the node of `t`: on its best open connection, or dialed. */
-  private async newStream(t: RemoteTarget, protocol: string, signal: AbortSignal): Promise<Stream> {
+  /** A new stream of `protocol` (the first of the list the peer speaks) to the node of `t`: on its best open connection, or dialed. */
+  private async newStream(t: RemoteTarget, protocol: string | string[], signal: AbortSignal): Promise<Stream> {
     const node = this.node;
     if (!node) throw new EdgeMeshError('TUNNEL_DOWN', 'the tunnel is not running');
     const peer = this.peerOf(t.nodeName);
@@ -545,7 +553,7 @@ export class TunnelModule implements RemoteDialer {
         ? await conn.newStream(protocol, { signal, runOnLimitedConnection: true })
         : await node.dialProtocol(peer, protocol, { signal, runOnLimitedConnection: true });
     } catch (e) {
-      if (protocol === SESSION_PROTOCOL && (e as Error).name === 'UnsupportedProtocolError') throw new SessionsUnsupported();
+      if (Array.isArray(protocol) && protocol.includes(SESSION_PROTOCOL) && (e as Error).name === 'UnsupportedProtocolError') throw new SessionsUnsupported();
       this.stats.dialFailures++;
       throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel to node ${t.nodeName}: ${(e as Error).message}`, { cause: e });
     }
@@ -555,11 +563,13 @@ export class TunnelModule implements RemoteDialer {
    * A TCP connection on a session stream (session.ts): an idle one to that peer when there is one, else a new
    * one. A pooled session that died while idle (its peer restarted, say) is replaced once.
    */
-  private async openSession(t: RemoteTarget, peer: PeerId, h: PipeHandlers, signal: AbortSignal): Promise<Pipe> {
+  private async openSession(t: RemoteTarget, peer: PeerId, h: PipeHandlers, signal: AbortSignal, early?: Uint8Array): Promise<FramedEnd> {
     const peerKey = peer.toString();
     for (let attempt = 0; ; attempt++) {
       const pooled = attempt === 0 ? this.takeSession(peer) : null;
-      const s = pooled ?? new Session(await this.newStream(t, SESSION_PROTOCOL, signal), this.dialerHooks(peerKey), 'idle');
+      const s = pooled ?? new Session(await this.newStream(t, [SESSION_PROTOCOL_EARLY, SESSION_PROTOCOL], signal), this.dialerHooks(peerKey), 'idle');
+      // 1.1 streams carry the first bytes with the CONNECT; on 1.0 the caller sends them once connected.
+      const first = s.early && early?.length ? early.subarray(0, EARLY_MAX) : undefined;
       let result: { reply: ProxyMsg; end?: FramedEnd };
       try {
         result = await new Promise((resolve, reject) => {
@@ -580,7 +590,7 @@ export class TunnelModule implements RemoteDialer {
             },
           };
           s.phase = 'handshake';
-          s.sendMessage(encodeProxy({ type: MsgType.CONNECT, protocol: 'tcp', nodeName: t.nodeName, ip: t.ip, port: t.port }));
+          s.sendMessage(encodeProxy({ type: MsgType.CONNECT, protocol: 'tcp', nodeName: t.nodeName, ip: t.ip, port: t.port, early: first }));
         });
       } catch (e) {
         if (pooled && !signal.aborted) continue;
@@ -592,6 +602,7 @@ export class TunnelModule implements RemoteDialer {
         throw new EdgeMeshError('TUNNEL_REFUSED', `node ${t.nodeName} could not connect ${t.protocol} ${t.ip}:${t.port}`);
       }
       this.stats.streamsOut++;
+      result.end.sentEarly = first?.length ?? 0;
       return result.end;
     }
   }
@@ -801,8 +812,10 @@ export class TunnelModule implements RemoteDialer {
       return;
     }
     this.stats.streamsIn++;
-    s.sendMessage(encodeProxy({ ...req, type: MsgType.SUCCESS }));
+    s.sendMessage(encodeProxy({ ...req, early: undefined, type: MsgType.SUCCESS }));
     this.spliceTcp(splice, socket, (h) => s.attach(h, false));
+    // The connection's first bytes came with its CONNECT (1.1): they go first, with the splice's backpressure.
+    if (req.early) splice.data(1, req.early.slice());
   }
 
   private async onProxy(s: Stream, conn: Connection): Promise<void> {

@@ -4,6 +4,8 @@
  *
  *   Discovery { type=1 enum CONNECT|SUCCESS|FAILED; protocol=2 string ("MDNS"|"DHT"); node_name=3 string }
  *   Proxy     { type=1 enum; protocol=2 string ("tcp"|"udp"); node_name=3 string; ip=4 string; port=5 int32 }
+ *             + ours, only on session streams of /edgemesh/tunnel-session/1.1.0: early=16 bytes (the connection's
+ *               first bytes, carried by its CONNECT; session.ts)
  *
  * Hand-written: five scalar fields do not justify a code generator, and decoding must never throw past the
  * stream that sent the bytes (a bad message costs that stream only). Unknown fields are skipped as protobuf
@@ -36,7 +38,12 @@ export interface ProxyMsg {
   nodeName: string;
   ip: string;
   port: number;
+  /** A CONNECT's first bytes for the endpoint (session protocol 1.1 only); absent = none. */
+  early?: Uint8Array;
 }
+
+/** Field number of `early`: far from the original's 1-5. */
+const EARLY_FIELD = 16;
 
 const te = new TextEncoder();
 const td = new TextDecoder('utf-8', { fatal: true });
@@ -87,8 +94,8 @@ export function readVarint(buf: Uint8Array, i: number): { value: number; next: n
 }
 
 /** Decode fields 1..5 of either message; throws DecodeError on malformed input. */
-function decodeFields(buf: Uint8Array): Map<number, number | string> {
-  const fields = new Map<number, number | string>();
+function decodeFields(buf: Uint8Array): Map<number, number | string | Uint8Array> {
+  const fields = new Map<number, number | string | Uint8Array>();
   let i = 0;
   const next = (): number => {
     const v = readVarint(buf, i);
@@ -109,7 +116,9 @@ function decodeFields(buf: Uint8Array): Map<number, number | string> {
       if (i + len > buf.length) throw new DecodeError('truncated field');
       const bytes = buf.subarray(i, i + len);
       i += len;
-      if (no >= 2 && no <= 4) {
+      if (no === EARLY_FIELD) {
+        fields.set(no, bytes);
+      } else if (no >= 2 && no <= 4) {
         try {
           fields.set(no, td.decode(bytes));
         } catch {
@@ -128,13 +137,13 @@ function decodeFields(buf: Uint8Array): Map<number, number | string> {
   return fields;
 }
 
-function msgType(v: number | string | undefined): MsgType {
+function msgType(v: number | string | Uint8Array | undefined): MsgType {
   if (v === undefined) return MsgType.CONNECT; // proto2 default
   if (v === 0 || v === 1 || v === 2) return v;
   throw new DecodeError(`unknown message type ${String(v)}`);
 }
 
-const str = (v: number | string | undefined): string => (typeof v === 'string' ? v : '');
+const str = (v: number | string | Uint8Array | undefined): string => (typeof v === 'string' ? v : '');
 
 export function encodeDiscovery(m: DiscoveryMsg): Uint8Array {
   const out: number[] = [];
@@ -156,13 +165,22 @@ export function encodeProxy(m: Partial<ProxyMsg> & { type: MsgType }): Uint8Arra
   field(out, 3, m.nodeName);
   field(out, 4, m.ip);
   field(out, 5, m.port);
-  return Uint8Array.from(out);
+  if (!m.early?.length) return Uint8Array.from(out);
+  writeVarint(out, (EARLY_FIELD << 3) | 2);
+  writeVarint(out, m.early.length);
+  const msg = new Uint8Array(out.length + m.early.length);
+  msg.set(out);
+  msg.set(m.early, out.length);
+  return msg;
 }
 
 export function decodeProxy(buf: Uint8Array): ProxyMsg {
   const f = decodeFields(buf);
   const port = f.get(5);
-  return { type: msgType(f.get(1)), protocol: str(f.get(2)), nodeName: str(f.get(3)), ip: str(f.get(4)), port: typeof port === 'number' ? port : 0 };
+  const early = f.get(EARLY_FIELD);
+  const m: ProxyMsg = { type: msgType(f.get(1)), protocol: str(f.get(2)), nodeName: str(f.get(3)), ip: str(f.get(4)), port: typeof port === 'number' ? port : 0 };
+  if (early instanceof Uint8Array && early.length) m.early = early;
+  return m;
 }
 
 /** The most a UDP datagram can carry; also the frame limit on the stream. */

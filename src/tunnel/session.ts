@@ -12,6 +12,11 @@
  *   receiver → SUCCESS | FAILED   the same framing; after FAILED the session is ready for the next CONNECT
  *   both     → frames             varint h: h = 0 FIN of that direction; h = 1 RAW; h ≥ 2 data, h − 1 bytes follow
  * Once both directions have sent their FIN the connection is over and the session is idle again.
+ * Version 1.1.0 (SESSION_PROTOCOL_EARLY, offered first; 1.0.0 still spoken both ways): a CONNECT may carry the
+ * connection's first bytes (ProxyMsg.early, at most EARLY_MAX), which the receiver writes to the endpoint as soon
+ * as it is connected. The request then crosses with its CONNECT: one message and one TLS record fewer per
+ * connection, and no round trip between SUCCESS and the request. After FAILED they are simply dropped (the
+ * dialer still has them for its next endpoint).
  * RAW: after RAW_AFTER bytes in one direction the sender stops framing it (a frame header per chunk costs a TLS
  * record of its own, ~25% of bulk throughput): the rest of that direction is the stream's bytes as they are, its
  * FIN is the stream's own half-close, and the session is not reused (the stream closes with the connection,
@@ -26,6 +31,9 @@ import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers, pauseStream, resum
 import { DecodeError, MAX_MESSAGE, type ProxyMsg, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
 
 export const SESSION_PROTOCOL = '/edgemesh/tunnel-session/1.0.0';
+export const SESSION_PROTOCOL_EARLY = '/edgemesh/tunnel-session/1.1.0';
+/** The most first bytes a CONNECT carries; the rest follows as frames once it succeeded. */
+export const EARLY_MAX = 16 * 1024;
 
 const FIN = new Uint8Array([0]);
 const RAW = new Uint8Array([1]);
@@ -60,9 +68,12 @@ export class Session {
   private conn: FramedEnd | null = null;
   /** The remote switched its direction to raw (for the connection in progress; the session ends with it). */
   rawIn = false;
+  /** The stream speaks 1.1.0: CONNECTs may carry first bytes. */
+  readonly early: boolean;
 
   constructor(readonly stream: Stream, private readonly hooks: SessionHooks, phase: 'handshake' | 'idle') {
     this.phase = phase;
+    this.early = stream.protocol === SESSION_PROTOCOL_EARLY;
     stream.maxReadBufferLength = 4 * 1024 * 1024;
     stream.addEventListener('message', (evt) => {
       const d = evt.data as Uint8Array | Uint8ArrayList;
@@ -110,8 +121,9 @@ export class Session {
   release(): void {
     this.conn = null;
     this.lastUsed = Date.now();
-    resumeStream(this.stream);
     this.hooks.released(this);
+    // The held bytes first, then the stream's: a CONNECT with first bytes can span reads, and resume() may
+    // deliver the rest of it at once.
     const next = this.deferred;
     this.deferred = null;
     if (next && !this.dead) {
@@ -121,6 +133,7 @@ export class Session {
         this.kill(e as Error);
       }
     }
+    if (!this.dead) resumeStream(this.stream);
   }
 
   /** Reset the stream: the connection on it, if any, is reset on both nodes. */
@@ -173,7 +186,7 @@ export class Session {
         return;
       }
       if (this.phase === 'handshake') {
-        if (v.value > MAX_MESSAGE) throw new DecodeError(`handshake message of ${v.value} bytes`);
+        if (v.value > MAX_MESSAGE + EARLY_MAX) throw new DecodeError(`handshake message of ${v.value} bytes`);
         if (data.length - v.next < v.value) {
           this.partial = data.slice(i);
           return;
@@ -194,6 +207,8 @@ export class Session {
 
 /** One proxied connection on a session, shaped like a socket for the splices (pipe.ts). */
 export class FramedEnd implements Pipe {
+  /** Dialer: how many of the caller's first bytes went with the CONNECT (the caller sends only the rest). */
+  sentEarly = 0;
   private sentFin = false;
   private gotFin = false;
   private framedBytes = 0;
