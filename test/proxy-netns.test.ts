@@ -402,11 +402,11 @@ sock.end();
         // protocol, port and TCP flags (a SYN there is a connection that missed the DNAT).
         const escapes = `escapes${backendName}`;
         writeFileSync(join(t.path, `${escapes}.nft`), `table inet ${escapes} {
-  set seen { type ipv4_addr . inet_proto . inet_service . tcp_flag; flags dynamic; counter; }
+  set seen { type ipv4_addr . inet_proto . inet_service . tcp_flag . inet_service; flags dynamic; counter; }
   chain pre {
     type filter hook prerouting priority -300;
-    ip daddr != 10.200.0.2 meta l4proto tcp add @seen { ip daddr . meta l4proto . th dport . tcp flags }
-    ip daddr != 10.200.0.2 meta l4proto != tcp add @seen { ip daddr . meta l4proto . 0 . 0x0 }
+    ip daddr != 10.200.0.2 meta l4proto tcp add @seen { ip daddr . meta l4proto . th dport . tcp flags . th sport }
+    ip daddr != 10.200.0.2 meta l4proto != tcp add @seen { ip daddr . meta l4proto . 0 . 0x0 . 0 }
   }
 }
 `);
@@ -431,7 +431,10 @@ sock.end();
         // (no retransmit, no escape), so a few slow requests are tolerated; escapes are not.
         const seen = (await inNs(POD, ['nft', 'list', 'set', 'inet', escapes, 'seen'])).stdout;
         const elements = /elements = \{([^}]*)\}/.exec(seen)?.[1]?.trim() ?? '';
-        expect(escaped, `packets that reached the pod with another destination (address . protocol . port . TCP flags):\n${elements}`).toBe(0);
+        // On failure, also what the node's conntrack holds for the pool's address: an entry whose reply comes from
+        // the cluster IP itself was tracked without a DNAT.
+        const tracked = escaped ? (await inNs(NODE, ['conntrack', '-L', '-p', 'tcp', '-d', '10.96.0.30'])).stdout.split('\n').filter((l) => / src=10\.96\.0\.30 /.test(l)).slice(0, 20).join('\n') : '';
+        expect(escaped, `packets that reached the pod with another destination (address . protocol . port . TCP flags . source port):\n${elements}\nconntrack entries for 10.96.0.30 without a DNAT:\n${tracked}\nagent warnings:\n${agent.logs.split('\n').filter((l) => /WARN|ERROR/.test(l)).slice(-10).join('\n')}`).toBe(0);
         expect(elements).toBe('');
         expect(r.failed, r.errors.join('\n')).toBeLessThanOrEqual(3);
       } finally {
