@@ -440,6 +440,9 @@ sock.end();
       } finally {
         expect(await agent.stop()).toBe(0);
         await inNs(NODE, ['sysctl', '-qw', 'net.ipv4.ip_forward=0']);
+        // An escaped connection's entry (SYN_SENT, no DNAT) would live on for 120 s and catch the next test's
+        // connections from the same source port: each backend's test starts from its own traffic only.
+        await inNs(NODE, ['conntrack', '-F']);
         writeFileSync(catalog, catalogYaml(BASE));
       }
     }, 60_000);

@@ -110,11 +110,18 @@ export class NftablesRules implements RulesBackend {
             lines.push(`    ip saddr @${x.set} goto ${x.chain}`);
           }
           lines.push(per.length === 1 ? `    goto ${per[0]!.chain}` : `    numgen inc mod ${per.length} vmap { ${per.map((x, i) => `${i} : goto ${x.chain}`).join(', ')} }`);
+          if (per.length > 1) lines.push(`    goto ${per[0]!.chain}`); // a vmap miss during a rewrite (below)
         } else {
           const target = eps.length === 1
             ? `${eps[0]!.ip}:${eps[0]!.port}`
             : `numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ')} }`;
           lines.push(`    meta l4proto ${proto} counter dnat to ${target} ${comment}`);
+          // A lookup in the numgen map can miss while a rewrite commits (seen under load: 1 SYN in ~2,000
+          // connections during 30 rewrites, marked for the kernel path but not DNATed). Such a connection is tracked
+          // without a DNAT, escapes to the default route, and its retransmits (and any reuse of its source port for
+          // 120 s) follow the same entry. The rule below catches a miss, as the last unconditional DNAT does in the
+          // iptables chains (and kube-proxy's).
+          if (eps.length > 1) lines.push(`    meta l4proto ${proto} counter dnat to ${eps[0]!.ip}:${eps[0]!.port} ${comment}`);
         }
         body.push(`  chain ${chain} {`, ...lines, '  }');
         objects.chains.add(chain);
