@@ -94,6 +94,11 @@ export class NftablesRules implements RulesBackend {
         const chain = `svc_${id}`;
         const eps = p.kernel.endpoints;
         const lines: string[] = [];
+        // Several endpoints: a numgen lookup (map or vmap) picks one, and an unconditional rule to the first one
+        // follows it. The lookup can miss while a rewrite commits (seen under load: 1 SYN in ~2,000 connections
+        // during 30 rewrites, marked for the kernel path but not DNATed); such a connection is tracked without a
+        // DNAT, escapes to the default route, and its retransmits (and any reuse of its source port for 120 s)
+        // follow the same entry. The last unconditional DNAT of the iptables chains (and kube-proxy's) does the same.
         if (p.kernel.affinitySec > 0) {
           // Per endpoint: a set of client addresses (its timeout in the name: a changed timeout is a new set) and
           // a chain that refreshes the client's entry and DNATs.
@@ -109,19 +114,15 @@ export class NftablesRules implements RulesBackend {
             objects.chains.add(x.chain);
             lines.push(`    ip saddr @${x.set} goto ${x.chain}`);
           }
-          lines.push(per.length === 1 ? `    goto ${per[0]!.chain}` : `    numgen inc mod ${per.length} vmap { ${per.map((x, i) => `${i} : goto ${x.chain}`).join(', ')} }`);
-          if (per.length > 1) lines.push(`    goto ${per[0]!.chain}`); // a vmap miss during a rewrite (below)
+          if (per.length > 1) lines.push(`    numgen inc mod ${per.length} vmap { ${per.map((x, i) => `${i} : goto ${x.chain}`).join(', ')} }`);
+          lines.push(`    goto ${per[0]!.chain}`);
         } else {
-          const target = eps.length === 1
-            ? `${eps[0]!.ip}:${eps[0]!.port}`
-            : `numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ')} }`;
-          lines.push(`    meta l4proto ${proto} counter dnat to ${target} ${comment}`);
-          // A lookup in the numgen map can miss while a rewrite commits (seen under load: 1 SYN in ~2,000
-          // connections during 30 rewrites, marked for the kernel path but not DNATed). Such a connection is tracked
-          // without a DNAT, escapes to the default route, and its retransmits (and any reuse of its source port for
-          // 120 s) follow the same entry. The rule below catches a miss, as the last unconditional DNAT does in the
-          // iptables chains (and kube-proxy's).
-          if (eps.length > 1) lines.push(`    meta l4proto ${proto} counter dnat to ${eps[0]!.ip}:${eps[0]!.port} ${comment}`);
+          const first = `    meta l4proto ${proto} counter dnat to ${eps[0]!.ip}:${eps[0]!.port} ${comment}`;
+          if (eps.length > 1) {
+            const map = eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ');
+            lines.push(`    meta l4proto ${proto} counter dnat to numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${map} } ${comment}`);
+          }
+          lines.push(first);
         }
         body.push(`  chain ${chain} {`, ...lines, '  }');
         objects.chains.add(chain);
