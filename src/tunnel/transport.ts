@@ -40,6 +40,9 @@ interface SocketData {
   lastActive: number;
 }
 
+/** A socket's state before its connection object exists. */
+const socketData = (): SocketData => ({ conn: null, lastActive: Date.now() });
+
 class BunTcpConnection extends AbstractMultiaddrConnection {
   /** Bytes the kernel did not take yet (a view into the caller's buffer: libp2p does not reuse sent buffers). */
   private pending: Uint8Array[] = [];
@@ -185,7 +188,7 @@ class BunTcpListener extends TypedEventEmitter<ListenerEvents> implements Listen
     this.server = Bun.listen<SocketData>({
       hostname: host,
       port,
-      data: { conn: null, lastActive: Date.now() },
+      data: socketData(),
       // Bun's typings only allow "buffer" here; the handlers ask for plain Uint8Array views.
       socket: handlers((s) => this.onSocket(s), this.inactivityMs) as unknown as Bun.SocketHandler<SocketData>,
     });
@@ -193,7 +196,7 @@ class BunTcpListener extends TypedEventEmitter<ListenerEvents> implements Listen
   }
 
   private onSocket(s: Socket<SocketData>): void {
-    s.data = { conn: null, lastActive: Date.now() };
+    s.data = socketData();
     let remoteAddr: Multiaddr;
     try {
       remoteAddr = ipPortToMultiaddr(s.remoteAddress, s.remotePort);
@@ -277,7 +280,7 @@ export async function openConnection(
   if (init.fixedPort && isIPv4(host)) {
     try {
       const fd = await init.fixedPort.connect(host, port, init.connectTimeoutMs ?? 10_000, signal);
-      socket = await Bun.connect<SocketData>({ fd, data: { conn: null, lastActive: Date.now() }, socket: socketHandlers } as unknown as Bun.TCPSocketConnectOptions<SocketData>);
+      socket = await Bun.connect<SocketData>({ fd, data: socketData(), socket: socketHandlers } as unknown as Bun.TCPSocketConnectOptions<SocketData>);
     } catch (e) {
       if (!(e instanceof FixedPortBusy)) throw Object.assign(e as Error, { message: `connection error ${host}:${port}: ${(e as Error).message}` });
       log('fixed source port busy for %s:%d, dialing from any port', host, port);
@@ -286,7 +289,7 @@ export async function openConnection(
   socket ??= await new Promise<Socket<SocketData>>((resolve, reject) => {
     const onAbort = (): void => reject(new AbortError());
     signal.addEventListener('abort', onAbort, { once: true });
-    Bun.connect<SocketData>({ hostname: host, port, data: { conn: null, lastActive: Date.now() }, socket: socketHandlers }).then(
+    Bun.connect<SocketData>({ hostname: host, port, data: socketData(), socket: socketHandlers }).then(
       (s) => {
         signal.removeEventListener('abort', onAbort);
         if (signal.aborted) {
