@@ -603,7 +603,7 @@ modules:
         Uint8Array.from([0xff, 0xff, 0xff, 0x7f]), // a length prefix of ~268 MB
         Uint8Array.from([0x05, 0x08, 0x07, 0x22, 0xff, 0xfe]), // a valid prefix, then a bad enum and a truncated field
       ];
-      for (const proto of ['/libp2p/tunnel-proxy/1.0.0', '/libp2p/tunnel-discovery/1.0.0', '/edgemesh/tunnel-session/1.0.0']) {
+      for (const proto of ['/libp2p/tunnel-proxy/1.0.0', '/libp2p/tunnel-discovery/1.0.0', '/edgemesh/tunnel-session/1.0.0', '/edgemesh/tunnel-session/1.1.0']) {
         for (const g of garbage) {
           const s = await node.dialProtocol(b, proto, { signal: AbortSignal.timeout(5000) });
           const closed = new Promise<void>((res) => s.addEventListener('close', () => res()));
