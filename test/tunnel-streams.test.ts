@@ -4,6 +4,8 @@
  * - A stream paused again while resume() hands over its buffered bytes stays paused for yamux (stream-resume.ts).
  * - A connection busy for longer than its inactivity timeout stays up; an idle one is closed (Bun's socket
  *   timeout is a one-shot deadline, net/idle.ts).
+ * - Small messages gathered per turn into one TLS write (tls.ts) keep their order among large ones, across
+ *   streams, and are written before the connection closes.
  */
 import { afterEach, describe, expect, test } from 'bun:test';
 import { generateKeyPair } from '@libp2p/crypto/keys';
@@ -108,5 +110,63 @@ describe('tunnel streams and connections (in process, real TCP)', () => {
     const idleSince = Date.now();
     await waitFor(() => (a.getConnections(b.peerId).length === 0 && conn.status !== 'open') || null, () => `the idle connection closed (status ${conn.status}, ${a.getConnections(b.peerId).length} connections)`, 12_000);
     expect(Date.now() - idleSince).toBeGreaterThanOrEqual(1500);
+  }, 40_000);
+
+  test('small messages gathered per turn keep their order among large ones and across streams, and reach the peer when the connection closes right after them', async () => {
+    const [a, b] = [await node(), await node()];
+    nodes.push(a, b);
+    const got = new Map<string, Uint8Array[]>();
+    const ended = new Map<string, PromiseWithResolvers<void>>();
+    const endOf = (id: string) => ended.get(id) ?? ended.set(id, Promise.withResolvers<void>()).get(id)!;
+    await b.handle(PROTOCOL, (s: Stream) => {
+      let id: string | null = null;
+      const parts: Uint8Array[] = [];
+      s.addEventListener('message', (evt) => {
+        const d = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray();
+        parts.push(d.slice());
+        if (id === null) {
+          id = new TextDecoder().decode(d.subarray(0, 2)); // each stream starts with its two-letter name
+          got.set(id, parts);
+        }
+      });
+      s.addEventListener('remoteCloseWrite', () => id && endOf(id).resolve());
+      s.addEventListener('close', () => id && endOf(id).resolve());
+    });
+    const conn = await a.dial(b.getMultiaddrs()[0]!);
+    // Three streams written in one turn: runs of small messages (gathered) around large ones (written at once).
+    const streams = await Promise.all(['s0', 's1', 's2'].map(async (name) => ({ name, s: await conn.newStream(PROTOCOL), sent: [] as Uint8Array[] })));
+    let seq = 0;
+    const message = (n: number): Uint8Array => {
+      const m = new Uint8Array(n);
+      for (let i = 0; i < n; i++) m[i] = (seq * 31 + i) & 0xff;
+      seq++;
+      return m;
+    };
+    for (const x of streams) {
+      const head = new TextEncoder().encode(x.name);
+      x.s.send(head);
+      x.sent.push(head);
+    }
+    for (let round = 0; round < 20; round++) {
+      for (const x of streams) {
+        const sizes = round % 5 === 4 ? [40_000] : [1, 12, 300, 5000];
+        for (const n of sizes) {
+          const m = message(n);
+          x.s.send(m);
+          x.sent.push(m);
+        }
+      }
+    }
+    for (const x of streams) void x.s.close();
+    await Promise.all(streams.map((x) => Promise.race([endOf(x.name).promise, Bun.sleep(10_000)])));
+    const flat = (parts: Uint8Array[]) => Buffer.concat(parts);
+    for (const x of streams) expect(flat(got.get(x.name) ?? [])).toEqual(flat(x.sent));
+    // Last words: a small message and, in the same turn, the connection's close. The message is still gathered
+    // when close() starts; it must be written before the socket ends.
+    const last = await conn.newStream(PROTOCOL);
+    last.send(new TextEncoder().encode('lw: the last words'));
+    void conn.close();
+    await Promise.race([endOf('lw').promise, Bun.sleep(5000)]);
+    expect(new TextDecoder().decode(flat(got.get('lw') ?? []))).toBe('lw: the last words');
   }, 40_000);
 });

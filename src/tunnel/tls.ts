@@ -9,7 +9,7 @@
  * still works). It also makes the certificate once per node instead of once per connection (an ECDSA key
  * generation and an Ed25519 signature saved on every dial).
  */
-import type { ComponentLogger, ConnectionEncrypter, MessageStream, PrivateKey, SecureConnectionOptions, SecuredConnection, StreamMuxerFactory } from '@libp2p/interface';
+import type { AbortOptions, ComponentLogger, ConnectionEncrypter, MessageStream, PrivateKey, SecureConnectionOptions, SecuredConnection, StreamMuxerFactory } from '@libp2p/interface';
 import { InvalidCryptoExchangeError, serviceCapabilities } from '@libp2p/interface';
 import { generateCertificate, toMessageStream, toNodeDuplex, verifyPeerCertificate } from '@libp2p/tls/utils';
 import { TLSSocket, connect } from 'node:tls';
@@ -153,22 +153,83 @@ class BunTls implements ConnectionEncrypter {
 
 /** Past this, a message's buffers are written one by one (copying them together would cost more than a record). */
 const COALESCE_MAX = 16 * 1024;
+/**
+ * A turn's gathering is written once it reaches this, not only at the turn's end: the peer starts on the first
+ * messages while this side still works through the turn. Gathering the whole turn cut the most CPU but took up
+ * to a fifth off keep-alive HTTP's rate in some runs (the two agents worked in turns instead of side by side);
+ * 2 KiB kept most of the saving without that (docs/benchmarks.md).
+ */
+const GATHER_MAX = 2048;
 
 /**
- * The secured stream, with one change: a message of several small buffers (yamux hands down each frame as its
- * 12-byte header and its body) is written to TLS as one buffer. Written one by one, each became a TLS record and
- * a socket write of its own: two records, two encryptions and two syscalls per small message, seen with strace.
- * (The pnet layer used to hide this by gathering a turn's writes.) Only within one call: gathering across calls
- * in a microtask was tried before and stalled a bulk upload once in ten runs.
+ * The secured stream, with one change: small messages are gathered and written to TLS once per event-loop turn
+ * (setImmediate: Bun runs it after this poll's I/O callbacks, before the next poll, so nothing waits in epoll).
+ * Written one by one, every yamux frame (and before that, its 12-byte header and its body separately) became a
+ * TLS record, an encryption and a socket write of its own; a proxied request is six frames per side, and many
+ * connections' frames land in one turn. Measured: a fifth to a third less CPU per proxied request through the
+ * tunnel (docs/benchmarks.md). Bulk is kept out: a message past COALESCE_MAX, or a turn's gathering reaching it, is
+ * written at once, behind what was gathered, so a stream never waits a turn behind its own data.
+ *
+ * What is gathered must be written before the connection ends. libp2p closes a connection by closing its muxer
+ * (the last frames land here) and then the transport's stream directly, not this one, in the same turn: so both
+ * closes flush first. Over pnet (the PSK's `stream` form) nothing is gathered here: pnet gathers a turn's writes
+ * itself, and libp2p closes the stream beneath it.
  */
 function secure(connection: MessageStream, socket: TLSSocket): ReturnType<typeof toMessageStream> {
   const secured = toMessageStream(connection, socket);
-  // sendData is AbstractMessageStream's protected hook, called as this.sendData: replaced on this instance.
-  const hook = secured as unknown as { sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean } };
+  // sendData and close are AbstractMessageStream's hooks, called on this: replaced on these instances.
+  const hook = secured as unknown as {
+    sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean };
+    close(options?: AbortOptions): Promise<void>;
+  };
   const perBuffer = hook.sendData.bind(secured);
+  if (isPnetConnection(connection)) {
+    hook.sendData = (data) => {
+      if (data.byteLength <= COALESCE_MAX && severalBuffers(data)) return { sentBytes: data.byteLength, canSendMore: socket.write(data.subarray()) };
+      return perBuffer(data);
+    };
+    return secured;
+  }
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  let scheduled = false;
+  const flush = (): boolean => {
+    if (pendingBytes === 0) return !socket.writableNeedDrain;
+    const out = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    pending = [];
+    pendingBytes = 0;
+    // A destroyed socket has lost the connection already; writing would only raise a second error.
+    return socket.destroyed ? false : socket.write(out);
+  };
+  const flushLater = (): void => {
+    scheduled = false;
+    flush();
+  };
   hook.sendData = (data) => {
-    if (data.byteLength <= COALESCE_MAX && severalBuffers(data)) return { sentBytes: data.byteLength, canSendMore: socket.write(data.subarray()) };
-    return perBuffer(data);
+    const n = data.byteLength;
+    if (n > COALESCE_MAX) {
+      flush();
+      return perBuffer(data);
+    }
+    // subarray() copies only a list of several buffers; one buffer is kept as is (libp2p never reuses it).
+    pending.push(data.subarray());
+    pendingBytes += n;
+    if (pendingBytes >= GATHER_MAX) return { sentBytes: n, canSendMore: flush() };
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flushLater);
+    }
+    return { sentBytes: n, canSendMore: !socket.writableNeedDrain };
+  };
+  const closeSecured = hook.close.bind(secured);
+  hook.close = (options) => {
+    flush();
+    return closeSecured(options);
+  };
+  const closeTransport = connection.close.bind(connection);
+  connection.close = (options) => {
+    flush(); // node:tls encrypts and hands the record to the transport synchronously, ahead of its close
+    return closeTransport(options);
   };
   return secured;
 }
