@@ -162,7 +162,8 @@ try {
     const b0 = await cpuSeconds(agents[1]!.pid);
     const tunnel = await wrk(viaWeb, close);
     // CPU of both agents per request: steadier than req/s on a shared machine (it does not count waiting).
-    // Each agent's share too: agent a shares CPU 0 with wrk, b shares CPU 1 with nginx, so the busier one bounds the rate.
+    // Each agent's share too (a shares CPU 0 with wrk, b CPU 1 with nginx). With wrk's connections in lockstep the
+    // two agents mostly work in turns, so the rate follows their sum (docs/benchmarks.md).
     const usA = ((await cpuSeconds(agents[0]!.pid)) - a0) / (tunnel.rps * seconds) * 1e6;
     const usB = ((await cpuSeconds(agents[1]!.pid)) - b0) / (tunnel.rps * seconds) * 1e6;
     const usPerReq = usA + usB;
