@@ -1,5 +1,5 @@
 /** Shared test helpers: free ports, temp dirs, real agent processes, polling. */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Subprocess } from 'bun';
@@ -13,6 +13,31 @@ export async function freePort(): Promise<number> {
   const p = l.port;
   l.stop(true);
   return p;
+}
+
+/**
+ * A free port below the kernel's ephemeral range, for a listener that is closed and opened again during a test:
+ * a port from freePort() is in that range, and between two listens the system's outgoing connections (under load,
+ * thousands) can be given it as their local port, so the second listen fails with EADDRINUSE.
+ */
+export async function freeStablePort(): Promise<number> {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: the default low bound
+  }
+  for (let i = 0; i < 200; i++) {
+    const port = 10000 + Math.floor(Math.random() * Math.max(1, low - 10000));
+    try {
+      const l = Bun.listen({ hostname: '127.0.0.1', port, socket: { data() {} } });
+      l.stop(true);
+      return port;
+    } catch {
+      // taken: try another
+    }
+  }
+  return freePort();
 }
 
 export function tempDir(prefix = 'edgemesh-test-'): { path: string; cleanup: () => void } {

@@ -16,7 +16,7 @@ import { defaultConfig } from '../src/config/load.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { TunnelModule } from '../src/tunnel/index.ts';
 import { derivePsk } from '../src/tunnel/psk.ts';
-import { AgentProcess, freePort, getJson, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
+import { AgentProcess, freePort, freeStablePort, getJson, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
 
 interface Node {
   name: string;
@@ -360,7 +360,7 @@ modules:
       nodes.push({ name, dir, stateDir, peerId: (JSON.parse(r.stdout) as { peerId: string }).peerId, port: await freePort(), admin: '', agent: null });
     }
     thirdKey = await generateKeyPair('Ed25519');
-    thirdPort = await freePort();
+    thirdPort = await freeStablePort(); // listened on again and again by the in-process node c
     const third: Node = { name: 'c', dir: '', stateDir: '', peerId: peerIdFromPrivateKey(thirdKey).toString(), port: thirdPort, admin: '', agent: null };
     writeFileSync(catalogPath, catalogYaml([...nodes, third], services()));
     await Promise.all(nodes.map((n) => startNode(n)));
