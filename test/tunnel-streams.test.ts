@@ -6,13 +6,19 @@
  *   timeout is a one-shot deadline, net/idle.ts).
  * - Small messages gathered per turn into one TLS write (tls.ts) keep their order among large ones, across
  *   streams, and are written before the connection closes.
+ * - With libp2p's unheard events skipped (quiet-events.ts) and yamux frames handled without their trace
+ *   description (yamux-frames.ts), listeners still get every event: a writer held back by a paused reader hears
+ *   'drain' and 'idle', a once-listener fires once, a removed one never; the tests after it run patched too.
  */
 import { afterEach, describe, expect, test } from 'bun:test';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Libp2p, Stream } from '@libp2p/interface';
 import { yamux } from '@libp2p/yamux';
 import { createLibp2p } from 'libp2p';
+import { DecodeError, MsgType, encodeProxy, replyType } from '../src/tunnel/protocol.ts';
+import { quietEvents } from '../src/tunnel/quiet-events.ts';
 import { pausedStaysPaused } from '../src/tunnel/stream-resume.ts';
+import { quietFrames, quietFramesApplied } from '../src/tunnel/yamux-frames.ts';
 import { bunTls } from '../src/tunnel/tls.ts';
 import { bunTcp } from '../src/tunnel/transport.ts';
 import { waitFor } from './helpers.ts';
@@ -111,6 +117,59 @@ describe('tunnel streams and connections (in process, real TCP)', () => {
     await waitFor(() => (a.getConnections(b.peerId).length === 0 && conn.status !== 'open') || null, () => `the idle connection closed (status ${conn.status}, ${a.getConnections(b.peerId).length} connections)`, 12_000);
     expect(Date.now() - idleSince).toBeGreaterThanOrEqual(1500);
   }, 40_000);
+
+  test('with unheard events skipped and frames untraced, a writer held back by a paused reader still hears drain and idle; once and removed listeners behave', async () => {
+    expect(quietEvents()).toBe(true);
+    let unexpected = false;
+    expect(quietFrames(() => (unexpected = true))).toBe(true);
+    const [a, b] = [await node(), await node()];
+    nodes.push(a, b);
+    const TOTAL = 3 * WINDOW; // past one yamux window: the writer must wait for the reader
+    let received = 0;
+    const got = Promise.withResolvers<void>();
+    let reader: Stream | null = null;
+    await b.handle(PROTOCOL, (s: Stream) => {
+      reader = s;
+      s.maxReadBufferLength = 2 * WINDOW;
+      s.pause();
+      s.addEventListener('message', (evt) => {
+        received += evt.data.byteLength;
+        if (received >= TOTAL) got.resolve();
+      });
+    });
+    const s = await a.dialProtocol(b.getMultiaddrs()[0]!, PROTOCOL);
+    const counts = { drain: 0, idle: 0, once: 0, removed: 0 };
+    s.addEventListener('drain', () => counts.drain++);
+    s.addEventListener('idle', () => counts.idle++);
+    s.addEventListener('idle', () => counts.once++, { once: true });
+    const removed = (): void => {
+      counts.removed++;
+    };
+    s.addEventListener('idle', removed);
+    s.removeEventListener('idle', removed);
+    const chunk = new Uint8Array(256 * 1024);
+    for (let sent = 0; sent < TOTAL; sent += chunk.length) s.send(chunk);
+    expect(s.writeBufferLength).toBeGreaterThan(0); // held: the reader has not opened its window
+    await waitFor(() => reader !== null, 'the reader stream', 5000);
+    reader!.resume();
+    await Promise.race([got.promise, Bun.sleep(20_000)]);
+    expect(received).toBe(TOTAL);
+    await waitFor(() => s.writeBufferLength === 0 && counts.idle > 0, 'an empty write buffer and its idle event', 5000);
+    expect(counts.drain).toBeGreaterThan(0);
+    expect(counts.once).toBe(1);
+    expect(counts.removed).toBe(0);
+    expect(unexpected).toBe(false);
+    expect(quietFramesApplied()).toBe(true);
+  }, 40_000);
+
+  test('a reply is read by its type alone; anything more is decoded in full and malformed input is refused', () => {
+    expect(replyType(encodeProxy({ type: MsgType.SUCCESS }))).toBe(MsgType.SUCCESS);
+    expect(replyType(encodeProxy({ type: MsgType.FAILED }))).toBe(MsgType.FAILED);
+    // The original's replies echo the request's fields.
+    expect(replyType(encodeProxy({ type: MsgType.SUCCESS, protocol: 'tcp', nodeName: 'edge-b', ip: '10.0.0.7', port: 80 }))).toBe(MsgType.SUCCESS);
+    expect(() => replyType(Uint8Array.from([0x08, 0x07]))).toThrow(DecodeError); // no such type
+    expect(() => replyType(Uint8Array.from([0x08, 0x01, 0x12, 0x09, 0x61]))).toThrow(DecodeError); // truncated string
+  });
 
   test('small messages gathered per turn keep their order among large ones and across streams, and reach the peer when the connection closes right after them', async () => {
     const [a, b] = [await node(), await node()];

@@ -44,9 +44,11 @@ import { type Pipe, type PipeHandlers, StreamPipe } from './pipe.ts';
 import { pnet } from './pnet.ts';
 import { halfWindowUpdates } from './yamux-window.ts';
 import { pausedStaysPaused } from './stream-resume.ts';
+import { quietEvents } from './quiet-events.ts';
+import { quietFrames } from './yamux-frames.ts';
 import {
   DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
-  encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage,
+  encodeProxy, frameDatagram, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage, replyType,
 } from './protocol.ts';
 import { Splice } from './splice.ts';
 import { EARLY_MAX, type FramedEnd, SESSION_PROTOCOL, SESSION_PROTOCOL_EARLY, Session, type SessionHooks } from './session.ts';
@@ -69,6 +71,8 @@ const FILTERED_PREFIXES = ['docker', 'edgemesh', 'tunl', 'flannel', 'cni', 'br',
 const UDP_IDLE_MS = 60_000;
 /** An idle session stream is closed by its dialer after this long (by its receiver after twice this long). */
 const SESSION_IDLE_MS = 30_000;
+/** A session's SUCCESS carries only its type: the dialer knows what it asked for (older dialers decode it too). */
+const SESSION_SUCCESS = encodeProxy({ type: MsgType.SUCCESS });
 /** Idle session streams kept per peer; more are closed when their connection ends. */
 const MAX_IDLE_SESSIONS = 64;
 
@@ -222,6 +226,9 @@ export class TunnelModule implements RemoteDialer {
     }
     if (!pausedStaysPaused()) log.warn('stream resume: this @libp2p/utils version is not the one stream-resume.ts was written for; a reader that pauses while catching up can have its stream aborted (StreamBufferError)');
     if (!halfWindowUpdates()) log.warn('yamux window updates: this @libp2p/yamux version is not the one yamux-window.ts was written for; every data frame gets its own update');
+    if (!quietEvents()) log.warn('libp2p events: this main-event version is not the one quiet-events.ts was written for; every stream write builds events nobody listens to');
+    const framesChanged = (): void => log.warn('yamux frames: this @libp2p/yamux version is not the one yamux-frames.ts was written for; every frame builds its trace description');
+    if (!quietFrames(framesChanged)) framesChanged();
     try {
       this.node = await createLibp2p({
         privateKey: this.d.privateKey,
@@ -570,9 +577,9 @@ export class TunnelModule implements RemoteDialer {
       const s = pooled ?? new Session(await this.newStream(t, [SESSION_PROTOCOL_EARLY, SESSION_PROTOCOL], signal), this.dialerHooks(peerKey), 'idle');
       // 1.1 streams carry the first bytes with the CONNECT; on 1.0 the caller sends them once connected.
       const first = s.early && early?.length ? early.subarray(0, EARLY_MAX) : undefined;
-      let result: { reply: ProxyMsg; end?: FramedEnd };
+      let end: FramedEnd | null;
       try {
-        result = await new Promise((resolve, reject) => {
+        end = await new Promise((resolve, reject) => {
           const onAbort = (): void => {
             s.kill(new Error('the proxied connection gave up'));
             reject(signal.reason as Error);
@@ -597,13 +604,13 @@ export class TunnelModule implements RemoteDialer {
         this.stats.dialFailures++;
         throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel to node ${t.nodeName}: ${(e as Error).message}`, { cause: e });
       }
-      if (result.reply.type !== MsgType.SUCCESS || !result.end) {
+      if (!end) {
         this.stats.dialFailures++;
         throw new EdgeMeshError('TUNNEL_REFUSED', `node ${t.nodeName} could not connect ${t.protocol} ${t.ip}:${t.port}`);
       }
       this.stats.streamsOut++;
-      result.end.sentEarly = first?.length ?? 0;
-      return result.end;
+      end.sentEarly = first?.length ?? 0;
+      return end;
     }
   }
 
@@ -613,13 +620,12 @@ export class TunnelModule implements RemoteDialer {
         const w = s.waiting;
         s.waiting = null;
         if (!w) throw new Error('a reply nobody asked for');
-        const reply = decodeProxy(msg);
-        if (reply.type === MsgType.SUCCESS) {
+        if (replyType(msg) === MsgType.SUCCESS) {
           // Attached before the rest of this read is parsed: the endpoint may speak first.
-          w.resolve({ reply, end: s.attach(w.h, true) });
+          w.resolve(s.attach(w.h, true));
         } else {
           s.release();
-          w.resolve({ reply });
+          w.resolve(null);
         }
       },
       released: (s) => {
@@ -812,7 +818,7 @@ export class TunnelModule implements RemoteDialer {
       return;
     }
     this.stats.streamsIn++;
-    s.sendMessage(encodeProxy({ ...req, early: undefined, type: MsgType.SUCCESS }));
+    s.sendMessage(SESSION_SUCCESS);
     this.spliceTcp(splice, socket, (h) => s.attach(h, false));
     // The connection's first bytes came with its CONNECT (1.1): they go first, with the splice's backpressure.
     if (req.early) splice.data(1, req.early.slice());

@@ -183,6 +183,16 @@ export function decodeProxy(buf: Uint8Array): ProxyMsg {
   return m;
 }
 
+/**
+ * The type of a reply (SUCCESS or FAILED), read without decoding the rest: a session's replies carry nothing else,
+ * and a dialer needs nothing else from the original's (which echo the request's strings). Anything but a lone
+ * type field is decoded in full, so malformed input still throws DecodeError.
+ */
+export function replyType(buf: Uint8Array): MsgType {
+  if (buf.length === 2 && buf[0] === 0x08 && buf[1]! < 0x80) return msgType(buf[1]);
+  return decodeProxy(buf).type;
+}
+
 /** The most a UDP datagram can carry; also the frame limit on the stream. */
 export const MAX_DATAGRAM = 65535;
 

@@ -9,7 +9,7 @@
  *
  * Wire (after multistream-select of SESSION_PROTOCOL), per connection:
  *   dialer   → CONNECT            varint length + the proxy protocol's protobuf message (protocol.ts)
- *   receiver → SUCCESS | FAILED   the same framing; after FAILED the session is ready for the next CONNECT
+ *   receiver → SUCCESS | FAILED   the same framing, the type field only; after FAILED the session is ready for the next CONNECT
  *   both     → frames             varint h: h = 0 FIN of that direction; h = 1 RAW; h ≥ 2 data, h − 1 bytes follow
  * Once both directions have sent their FIN the connection is over and the session is idle again.
  * Version 1.1.0 (SESSION_PROTOCOL_EARLY, offered first; 1.0.0 still spoken both ways): a CONNECT may carry the
@@ -28,7 +28,7 @@ import type { Stream } from '@libp2p/interface';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { concat } from '../net/bytes.ts';
 import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers, pauseStream, resumeStream } from './pipe.ts';
-import { DecodeError, MAX_MESSAGE, type ProxyMsg, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
+import { DecodeError, MAX_MESSAGE, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
 
 export const SESSION_PROTOCOL = '/edgemesh/tunnel-session/1.0.0';
 export const SESSION_PROTOCOL_EARLY = '/edgemesh/tunnel-session/1.1.0';
@@ -61,7 +61,7 @@ export class Session {
   dead = false;
   lastUsed = Date.now();
   /** Dialer: the CONNECT sent, waiting for its reply. */
-  waiting: { h: PipeHandlers; resolve(r: { reply: ProxyMsg; end?: FramedEnd }): void; reject(e: Error): void } | null = null;
+  waiting: { h: PipeHandlers; resolve(end: FramedEnd | null): void; reject(e: Error): void } | null = null;
   private partial: Uint8Array | null = null; // an incomplete length prefix or handshake message
   private deferred: Uint8Array | null = null; // the next connection's bytes, arrived before this one ended here
   private remaining = 0; // payload bytes of the current data frame still to come
@@ -84,9 +84,7 @@ export class Session {
         this.kill(e as Error);
       }
     });
-    const drain = (): void => this.conn?.maybeDrain();
-    stream.addEventListener('drain', drain);
-    stream.addEventListener('idle', drain);
+    stream.addEventListener('drain', () => this.conn?.maybeDrain());
     // A raw direction ends with the stream's half-close; otherwise sessions never half-close, and the remote
     // closing its side ends the session (and any connection on it).
     // 'end', not 'remoteCloseWrite': the latter fires while a paused stream still holds unread bytes.
@@ -102,6 +100,24 @@ export class Session {
       this.hooks.gone(this);
     });
   }
+
+  /**
+   * A write was refused: also listen for the stream's 'idle' (its write buffer emptied), which can come without a
+   * 'drain'. Only while refused: with no listener, libp2p builds no 'idle' event per write (quiet-events.ts).
+   */
+  watchIdle(): void {
+    if (this.idleWatched) return;
+    this.idleWatched = true;
+    this.stream.addEventListener('idle', this.onIdle);
+  }
+
+  private idleWatched = false;
+  private readonly onIdle = (): void => {
+    this.conn?.maybeDrain();
+    if (this.conn?.refusedWrite) return;
+    this.idleWatched = false;
+    this.stream.removeEventListener('idle', this.onIdle);
+  };
 
   /** Send a handshake message (CONNECT, SUCCESS or FAILED). */
   sendMessage(msg: Uint8Array): void {
@@ -246,6 +262,11 @@ export class FramedEnd implements Pipe {
     else this.h.end();
   }
 
+  /** A write was refused and its drain not reported yet. */
+  get refusedWrite(): boolean {
+    return this.refused;
+  }
+
   maybeDrain(): void {
     if (this.refused && this.s.stream.writeBufferLength <= LOW_WATER) {
       this.refused = false;
@@ -272,6 +293,7 @@ export class FramedEnd implements Pipe {
     if (this.done || this.sentFin || this.s.dead) return chunk.length; // nowhere to go; close follows
     if (this.s.stream.writeBufferLength > HIGH_WATER) {
       this.refused = true;
+      this.s.watchIdle();
       return 0;
     }
     if (!chunk.length) return 0;

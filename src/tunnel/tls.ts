@@ -211,8 +211,9 @@ function secure(connection: MessageStream, socket: TLSSocket): ReturnType<typeof
       flush();
       return perBuffer(data);
     }
-    // subarray() copies only a list of several buffers; one buffer is kept as is (libp2p never reuses it).
-    pending.push(data.subarray());
+    // The list's buffers themselves (a yamux frame is a header and a body): flush() copies them once, together.
+    // libp2p never reuses a buffer it has sent.
+    for (const b of data) pending.push(b);
     pendingBytes += n;
     if (pendingBytes >= GATHER_MAX) return { sentBytes: n, canSendMore: flush() };
     if (!scheduled) {
