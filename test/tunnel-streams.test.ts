@@ -15,7 +15,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Libp2p, Stream } from '@libp2p/interface';
 import { yamux } from '@libp2p/yamux';
 import { createLibp2p } from 'libp2p';
-import { DecodeError, MsgType, encodeProxy, replyType } from '../src/tunnel/protocol.ts';
+import { DecodeError, MsgType, decodeProxy, encodeProxy, framedConnect, lengthPrefixed, replyType } from '../src/tunnel/protocol.ts';
 import { quietEvents } from '../src/tunnel/quiet-events.ts';
 import { pausedStaysPaused } from '../src/tunnel/stream-resume.ts';
 import { quietFrames, quietFramesApplied } from '../src/tunnel/yamux-frames.ts';
@@ -169,6 +169,19 @@ describe('tunnel streams and connections (in process, real TCP)', () => {
     expect(replyType(encodeProxy({ type: MsgType.SUCCESS, protocol: 'tcp', nodeName: 'edge-b', ip: '10.0.0.7', port: 80 }))).toBe(MsgType.SUCCESS);
     expect(() => replyType(Uint8Array.from([0x08, 0x07]))).toThrow(DecodeError); // no such type
     expect(() => replyType(Uint8Array.from([0x08, 0x01, 0x12, 0x09, 0x61]))).toThrow(DecodeError); // truncated string
+  });
+
+  test('a CONNECT built from kept fields and first bytes is the same message, byte for byte; names decode as UTF-8', () => {
+    const m = { type: MsgType.CONNECT, protocol: 'tcp', nodeName: 'edge-b', ip: '10.0.0.7', port: 8080 };
+    const fields = encodeProxy(m);
+    for (const early of [undefined, new Uint8Array(0), new TextEncoder().encode('GET / HTTP/1.1\r\n\r\n'), new Uint8Array(20_000).fill(7)]) {
+      expect(framedConnect(fields, early)).toEqual(lengthPrefixed(encodeProxy({ ...m, early })));
+    }
+    const named = encodeProxy({ ...m, nodeName: 'nœud-é-' + 'x'.repeat(70) });
+    expect(decodeProxy(named).nodeName).toBe('nœud-é-' + 'x'.repeat(70));
+    const bad = encodeProxy({ ...m, nodeName: 'ab' });
+    bad[bad.indexOf(0x61)] = 0xff; // 'a' → a byte that is never UTF-8
+    expect(() => decodeProxy(bad)).toThrow(DecodeError);
   });
 
   test('small messages gathered per turn keep their order among large ones and across streams, and reach the peer when the connection closes right after them', async () => {

@@ -93,6 +93,28 @@ export function readVarint(buf: Uint8Array, i: number): { value: number; next: n
   }
 }
 
+/**
+ * A string field. Names, addresses and "tcp" are short ASCII: read byte by byte, which is several times cheaper
+ * than a TextDecoder call for a dozen bytes (one CONNECT per proxied connection has three of them).
+ */
+function text(bytes: Uint8Array, no: number): string {
+  if (bytes.length <= 64) {
+    let out = '';
+    let i = 0;
+    for (; i < bytes.length; i++) {
+      const c = bytes[i]!;
+      if (c >= 0x80) break;
+      out += String.fromCharCode(c);
+    }
+    if (i === bytes.length) return out;
+  }
+  try {
+    return td.decode(bytes);
+  } catch {
+    throw new DecodeError(`field ${no} is not UTF-8`);
+  }
+}
+
 /** Decode fields 1..5 of either message; throws DecodeError on malformed input. */
 function decodeFields(buf: Uint8Array): Map<number, number | string | Uint8Array> {
   const fields = new Map<number, number | string | Uint8Array>();
@@ -119,11 +141,7 @@ function decodeFields(buf: Uint8Array): Map<number, number | string | Uint8Array
       if (no === EARLY_FIELD) {
         fields.set(no, bytes);
       } else if (no >= 2 && no <= 4) {
-        try {
-          fields.set(no, td.decode(bytes));
-        } catch {
-          throw new DecodeError(`field ${no} is not UTF-8`);
-        }
+        fields.set(no, text(bytes, no));
       }
     } else if (wt === 1) {
       i += 8;
@@ -222,6 +240,30 @@ export class DatagramDeframer {
     }
     if (i < b.length) this.buf = b.slice(i);
   }
+}
+
+/**
+ * A session's CONNECT, length prefix included, built in one buffer: `fields` is encodeProxy() of the CONNECT
+ * without first bytes (the same for every connection to one endpoint, so the caller can keep it), and `early`
+ * the first bytes, if any, as field 16.
+ */
+export function framedConnect(fields: Uint8Array, early?: Uint8Array): Uint8Array {
+  const tail: number[] = [];
+  if (early?.length) {
+    writeVarint(tail, (EARLY_FIELD << 3) | 2);
+    writeVarint(tail, early.length);
+  }
+  const len = fields.length + tail.length + (early?.length ?? 0);
+  const head: number[] = [];
+  writeVarint(head, len);
+  const b = new Uint8Array(head.length + len);
+  b.set(head);
+  b.set(fields, head.length);
+  if (early?.length) {
+    b.set(tail, head.length + fields.length);
+    b.set(early, head.length + fields.length + tail.length);
+  }
+  return b;
 }
 
 /** One varint-length-prefixed message, for writing straight to a stream. */
