@@ -9,6 +9,8 @@
  * - With libp2p's unheard events skipped (quiet-events.ts) and yamux frames handled without their trace
  *   description (yamux-frames.ts), listeners still get every event: a writer held back by a paused reader hears
  *   'drain' and 'idle', a once-listener fires once, a removed one never; the tests after it run patched too.
+ * - A stream with a direct receiver (direct-receive.ts) delivers every byte once and in order, whether it comes
+ *   by the direct call or, while the reader is paused, by the library's buffered 'message' path.
  */
 import { afterEach, describe, expect, test } from 'bun:test';
 import { generateKeyPair } from '@libp2p/crypto/keys';
@@ -19,6 +21,7 @@ import { DecodeError, MsgType, decodeProxy, encodeProxy, framedConnect, lengthPr
 import { quietEvents } from '../src/tunnel/quiet-events.ts';
 import { pausedStaysPaused } from '../src/tunnel/stream-resume.ts';
 import { quietFrames, quietFramesApplied } from '../src/tunnel/yamux-frames.ts';
+import { directReceive, receiveDirectly } from '../src/tunnel/direct-receive.ts';
 import { bunTls } from '../src/tunnel/tls.ts';
 import { bunTcp } from '../src/tunnel/transport.ts';
 import { waitFor } from './helpers.ts';
@@ -160,6 +163,51 @@ describe('tunnel streams and connections (in process, real TCP)', () => {
     expect(counts.removed).toBe(0);
     expect(unexpected).toBe(false);
     expect(quietFramesApplied()).toBe(true);
+  }, 40_000);
+
+  test('a direct receiver gets every byte once and in order, across pauses that send bytes through the event path', async () => {
+    expect(directReceive()).toBe(true);
+    const [a, b] = [await node(), await node()];
+    nodes.push(a, b);
+    const TOTAL = 16 * 1024 * 1024;
+    const pattern = (i: number) => (i * 7 + (i >>> 11)) & 0xff;
+    let received = 0, wrong = -1, direct = 0, events = 0;
+    const got = Promise.withResolvers<void>();
+    await b.handle(PROTOCOL, (s: Stream) => {
+      const read = (d: Uint8Array | Iterable<Uint8Array>): void => {
+        for (const c of d instanceof Uint8Array ? [d] : d) {
+          for (let j = 0; j < c.length; j++) if (wrong < 0 && c[j] !== pattern(received + j)) wrong = received + j;
+          received += c.length;
+        }
+        // Every few reads the reader's socket is "full": pause, and resume a moment later.
+        if ((direct + events) % 7 === 3) {
+          s.pause();
+          setTimeout(() => s.readStatus === 'paused' && s.resume(), 2);
+        }
+        if (received >= TOTAL) got.resolve();
+      };
+      s.addEventListener('message', (evt) => {
+        events++;
+        read(evt.data);
+      });
+      receiveDirectly(s, (d) => {
+        direct++;
+        read(d);
+      });
+    });
+    const s = await a.dialProtocol(b.getMultiaddrs()[0]!, PROTOCOL);
+    for (let sent = 0; sent < TOTAL;) {
+      const n = Math.min(TOTAL - sent, 1 + ((sent * 31) % 50_000)); // odd sizes: small frames and large ones
+      const chunk = new Uint8Array(n);
+      for (let j = 0; j < n; j++) chunk[j] = pattern(sent + j);
+      if (!s.send(chunk)) await new Promise((r) => s.addEventListener('drain', r, { once: true }));
+      sent += n;
+    }
+    await Promise.race([got.promise, Bun.sleep(30_000)]);
+    expect(received).toBe(TOTAL);
+    expect(wrong).toBe(-1);
+    expect(direct).toBeGreaterThan(0);
+    expect(events).toBeGreaterThan(0);
   }, 40_000);
 
   test('a reply is read by its type alone; anything more is decoded in full and malformed input is refused', () => {

@@ -46,6 +46,7 @@ import { halfWindowUpdates } from './yamux-window.ts';
 import { pausedStaysPaused } from './stream-resume.ts';
 import { quietEvents } from './quiet-events.ts';
 import { quietFrames } from './yamux-frames.ts';
+import { directReceive } from './direct-receive.ts';
 import {
   DISCOVERY_PROTOCOL, DatagramDeframer, MAX_DATAGRAM, MAX_MESSAGE, MsgType, PROXY_PROTOCOL, decodeDiscovery, decodeProxy, encodeDiscovery,
   encodeProxy, frameDatagram, framedConnect, lengthPrefixed, type MessageSource, type ProxyMsg, readMessage, replyType,
@@ -229,6 +230,7 @@ export class TunnelModule implements RemoteDialer {
     if (!quietEvents()) log.warn('libp2p events: this main-event version is not the one quiet-events.ts was written for; every stream write builds events nobody listens to');
     const framesChanged = (): void => log.warn('yamux frames: this @libp2p/yamux version is not the one yamux-frames.ts was written for; every frame builds its trace description');
     if (!quietFrames(framesChanged)) framesChanged();
+    if (!directReceive()) log.warn('stream reads: this @libp2p/utils version is not the one direct-receive.ts was written for; session bytes go through message events');
     try {
       this.node = await createLibp2p({
         privateKey: this.d.privateKey,

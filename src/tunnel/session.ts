@@ -27,6 +27,7 @@
 import type { Stream } from '@libp2p/interface';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { concat } from '../net/bytes.ts';
+import { receiveDirectly } from './direct-receive.ts';
 import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers, pauseStream, resumeStream } from './pipe.ts';
 import { DecodeError, MAX_MESSAGE, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
 
@@ -75,15 +76,17 @@ export class Session {
     this.phase = phase;
     this.early = stream.protocol === SESSION_PROTOCOL_EARLY;
     stream.maxReadBufferLength = 4 * 1024 * 1024;
-    stream.addEventListener('message', (evt) => {
-      const d = evt.data as Uint8Array | Uint8ArrayList;
+    const read = (d: Uint8Array | Uint8ArrayList): void => {
       try {
         if (d instanceof Uint8Array) this.input(d);
         else for (const b of d) this.input(b);
       } catch (e) {
         this.kill(e as Error);
       }
-    });
+    };
+    stream.addEventListener('message', (evt) => read(evt.data as Uint8Array | Uint8ArrayList));
+    // The same reader, called without an event while nothing is held (direct-receive.ts).
+    receiveDirectly(stream, read);
     stream.addEventListener('drain', () => this.conn?.maybeDrain());
     // A raw direction ends with the stream's half-close; otherwise sessions never half-close, and the remote
     // closing its side ends the session (and any connection on it).
