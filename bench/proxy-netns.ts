@@ -19,6 +19,7 @@
  * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
  *          [--modes=kernel,proxy,jsonly,haproxy] (direct always runs; jsonly only when named)
  *          [--affinity]  the services have ClientIP session affinity
+ *          [--source-hash]  the services have a DestinationRule hashing by source address (haproxy: balance source)
  *          [--splice-bytes=N]  the agent's spliceBulkBytes in mode proxy (default: the agent's default)
  *          [--udp]       also UDP: dnsperf from the pod to dnsmasq in "back" behind a UDP cluster IP (kernel
  *                        forwarding of UDP needs the conntrack tool; haproxy has no UDP)
@@ -43,6 +44,7 @@ const nstat = process.argv.includes('--nstat');
 const syscalls = process.argv.includes('--syscalls');
 /** The services get `sessionAffinity: ClientIP` (the kernel path then keeps it in nft sets / iptables recent). */
 const affinity = process.argv.includes('--affinity');
+const sourceHash = process.argv.includes('--source-hash');
 const spliceBytes = process.argv.find((a) => a.startsWith('--splice-bytes='))?.split('=')[1];
 const udp = process.argv.includes('--udp');
 const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base', 'jsonly'] as const;
@@ -90,9 +92,11 @@ try {
   writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { ${allModes.map((m) => `listen 10.211.0.2:${backPorts(m).web};`).join(' ')} location / { return 200 "hello\\n"; } }\n}\n`);
   procs.push(spawn(inNs(BACK, '1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir])));
   writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
+    (sourceHash ? '  balance source\n' : '') +
     `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:${backPorts('haproxy').web}\n`);
   procs.push(spawn(inNs(NODE, '0', ['haproxy', '-f', join(dir, 'haproxy.cfg')])));
-  const svc = (name: string, ip: string, port: number, target: number, proto = 'TCP') => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip},${affinity ? ' sessionAffinity: ClientIP,' : ''} ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n`;
+  const svc = (name: string, ip: string, port: number, target: number, proto = 'TCP') => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip},${affinity ? ' sessionAffinity: ClientIP,' : ''} ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n` +
+    (sourceHash ? `---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: { name: ${name}, namespace: bench }\nspec: { host: ${name}, trafficPolicy: { loadBalancer: { consistentHash: { useSourceIp: true } } } }\n` : '');
   if (udp) {
     // One dnsmasq per mode's port: it answers every name under bench.test itself.
     for (const m of allModes) procs.push(spawn(inNs(BACK, '1', ['dnsmasq', '--no-daemon', '--no-hosts', '--no-resolv', '--listen-address=10.211.0.2', '--bind-interfaces', `--port=${backPorts(m).dns}`, '--address=/bench.test/192.0.2.1', `--pid-file=${join(dir, `dnsmasq-${m}.pid`)}`])));

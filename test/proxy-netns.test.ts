@@ -278,6 +278,33 @@ sock.end();
         // iptables: the pool's own chain went with it, in the same restore (web's and echo's are left).
         if (backendName === 'iptables') expect((await ruleset(backendName)).split('\n').filter((l) => l.startsWith(':EDGEMESH-SVC-'))).toHaveLength(CONNTRACK ? 2 : 1);
         for (const user of ['alice', 'bob', 'carol']) expect(Object.keys((await spread(POD, 4, user)).counts)).toHaveLength(1);
+
+        // Hashing by source address: nftables hashes it in the kernel (jhash into the ring's partitions, with a
+        // fixed seed), iptables keeps it on the listener. Either way each client address sticks to one endpoint,
+        // across rule rewrites, and several addresses spread over both endpoints.
+        writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL + HASHED.replace('httpHeaderName: x-user', 'useSourceIp: true'));
+        if (backendName === 'nftables') await rulesFor((r) => /jhash ip saddr mod 100 seed 0x[0-9a-f]{8} map/.test(r), 'the pool hashed in the kernel');
+        else await rulesFor((r) => !dnatToPods(r), 'pool back on the listener');
+        const path = async () => (JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[]).find((p) => p.service === 'shop/pool:p')?.path;
+        expect(await path()).toBe(backendName === 'nftables' ? 'kernel' : 'proxy');
+        const clients = Array.from({ length: 8 }, (_, i) => `10.200.0.${20 + i}`);
+        for (const a of clients) await ip(['-n', POD, 'addr', 'add', `${a}/24`, 'dev', `v${process.pid}p`]);
+        const from = async (a: string) => {
+          const names = new Set<string>();
+          for (let i = 0; i < 3; i++) names.add((await inNs(POD, ['curl', '-s', '--max-time', '3', '--interface', a, 'http://10.96.0.30/'])).stdout.split(' ')[0]!);
+          return [...names];
+        };
+        const before: string[] = [];
+        for (const a of clients) {
+          const names = await from(a);
+          expect(`${a}: ${names.join(',')}`).toMatch(new RegExp(`^${a.replace(/\./g, '\\.')}: b[23]$`));
+          before.push(names[0]!);
+        }
+        expect(new Set(before)).toEqual(new Set(['b2', 'b3']));
+        writeFileSync(catalog, catalogYaml([...BASE, ['web2', '10.96.0.12', 'TCP', 80, 18080]]) + '---\n' + POOL + HASHED.replace('httpHeaderName: x-user', 'useSourceIp: true'));
+        await rulesFor((r) => r.includes('10.96.0.12'), 'rules rewritten');
+        for (const [i, a] of clients.entries()) expect(`${a}: ${(await from(a)).join(',')}`).toBe(`${a}: ${before[i]}`);
+        for (const a of clients) await ip(['-n', POD, 'addr', 'del', `${a}/24`, 'dev', `v${process.pid}p`]);
         expect(await agent.stop()).toBe(0);
 
         // Without ip_forward, pods go through the listener (their packets could not be forwarded); the node does not.

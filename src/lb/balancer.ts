@@ -62,6 +62,21 @@ export class Balancer {
     this.now = opts.now ?? (() => Date.now());
   }
 
+  /**
+   * Consistent hashing's partition table as endpoints (partition p → its endpoint), for rules that hash in the
+   * kernel; null under any other policy.
+   */
+  partitionTable(): LbEndpoint[] | null {
+    if (this.policy.kind !== 'consistent-hash') return null;
+    const out: LbEndpoint[] = [];
+    for (const key of this.ring.table()) {
+      const ep = this.byKey.get(key);
+      if (!ep) return null;
+      out.push(ep);
+    }
+    return out;
+  }
+
   endpoints(): readonly LbEndpoint[] {
     return this.eps;
   }

@@ -69,6 +69,11 @@ export class BoundedLoadRing {
     }
   }
 
+  /** Each partition's member, partition by partition (empty for an empty ring): the kernel path's hash table. */
+  table(): readonly string[] {
+    return this.partitions;
+  }
+
   /** The member owning `key`, or undefined for an empty ring. */
   locate(key: string | Uint8Array): string | undefined {
     if (!this.partitions.length) return undefined;

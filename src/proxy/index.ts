@@ -61,12 +61,22 @@ export interface PortMapping {
 /** A service port the kernel forwards (rules.ts): TCP, endpoints all reached directly, round robin or random. */
 export interface KernelTarget {
   endpoints: { ip: string; port: number }[];
-  pick: 'round-robin' | 'random';
+  /** 'source-hash': consistent hashing by client address, in the kernel (nftables only; see `partitions`). */
+  pick: 'round-robin' | 'random' | 'source-hash';
+  /**
+   * source-hash: the ring's partition table as indices into `endpoints` (partition p → endpoint). The rule hashes
+   * the client address into a partition with the kernel's jhash under a fixed seed, so every rewrite of the rules
+   * keeps each client where it was; the partitions move between endpoints only as the ring moves them.
+   */
+  partitions?: number[];
   /** ClientIP session affinity: seconds a client address stays with its endpoint since its last connection; 0 = none. */
   affinitySec: number;
   /** Pods' connections too (they are forwarded, so this needs ip_forward and no loopback endpoint). */
   pods: boolean;
 }
+
+/** The largest consistent-hash partition table hashed in the kernel (one nft map element per partition). */
+const MAX_KERNEL_PARTITIONS = 4096;
 
 /** Whether this network namespace forwards IPv4 (read per rule sync: an operator may turn it on later). */
 function ipForwarding(): boolean {
@@ -226,20 +236,32 @@ export class ProxyModule {
    * Whether the kernel can carry this service port by itself (docs/proxy.md#kernel-forwarding): only what a DNAT
    * rule can express exactly: round robin or random, and ClientIP affinity with round robin (the kernel keeps each
    * client address per endpoint with its timeout, as kube-proxy does). UDP too when the conntrack tool can delete
-   * the entries a removed endpoint leaves (conntrack.ts). Hash and least-request policies, IPv6 and endpoints
+   * the entries a removed endpoint leaves (conntrack.ts). Consistent hashing by source address too, with
+   * nftables (jhash into the ring's partition table). Other hash keys (HTTP), least request, IPv6 and endpoints
    * behind the tunnel stay on the listener.
    */
   private kernelTarget(e: Entry, forwarding: boolean): KernelTarget | null {
     if (!this.cfg.kernelForwarding || !this.rules) return null;
     if (e.sp.protocol !== 'TCP' && !(e.sp.protocol === 'UDP' && this.conntrack && !this.conntrack.broken)) return null;
-    const pick = e.balancer.effectivePolicy().kind;
-    if (pick !== 'round-robin' && pick !== 'random') return null;
+    const policy = e.balancer.effectivePolicy();
+    const sourceHash = policy.kind === 'consistent-hash' && policy.hash.kind === 'source-ip';
+    const pick = sourceHash ? 'source-hash' : policy.kind;
+    if (pick !== 'round-robin' && pick !== 'random' && pick !== 'source-hash') return null;
     const affinitySec = e.svc.sessionAffinity === 'ClientIP' ? e.svc.sessionAffinityTimeout : 0;
     if (affinitySec && (pick !== 'round-robin' || !this.kernelAffinity)) return null; // a policy conflict resolves to round robin
     const eps = e.balancer.endpoints();
     if (!eps.length || !eps.every((ep) => !ep.ip.includes(':') && this.isLocal(ep))) return null;
+    let partitions: number[] | undefined;
+    if (pick === 'source-hash') {
+      // nftables' jhash into the ring's table; iptables has no such match, and a table past MAX_KERNEL_PARTITIONS
+      // would make one rule of thousands of map elements: those stay on the listener.
+      const table = e.balancer.partitionTable();
+      if (this.rules.name !== 'nftables' || !table?.length || table.length > MAX_KERNEL_PARTITIONS) return null;
+      const index = new Map(eps.map((ep, i) => [ep.key, i]));
+      partitions = table.map((ep) => index.get(ep.key) ?? 0);
+    }
     // A loopback endpoint is reachable from the node only: pods' packets cannot be routed to it.
-    return { endpoints: eps.map((ep) => ({ ip: ep.ip, port: ep.port })), pick, affinitySec, pods: forwarding && !eps.some((ep) => ep.ip.startsWith('127.')) };
+    return { endpoints: eps.map((ep) => ({ ip: ep.ip, port: ep.port })), pick, partitions, affinitySec, pods: forwarding && !eps.some((ep) => ep.ip.startsWith('127.')) };
   }
 
   private queueSync(snap: CatalogSnapshot): Promise<void> {

@@ -118,7 +118,14 @@ export class NftablesRules implements RulesBackend {
           lines.push(`    goto ${per[0]!.chain}`);
         } else {
           const first = `    meta l4proto ${proto} counter dnat to ${eps[0]!.ip}:${eps[0]!.port} ${comment}`;
-          if (eps.length > 1) {
+          if (p.kernel.pick === 'source-hash' && p.kernel.partitions?.length) {
+            // The client address hashed into the ring's partitions. A fixed seed (from the service port's name):
+            // without one the kernel draws a random seed for every rule it loads, and each rewrite would move
+            // every client.
+            const parts = p.kernel.partitions;
+            const map = parts.map((i, n) => `${n} : ${eps[i]!.ip} . ${eps[i]!.port}`).join(', ');
+            lines.push(`    meta l4proto ${proto} counter dnat to jhash ip saddr mod ${parts.length} seed 0x${chainId(p).slice(0, 8).toLowerCase()} map { ${map} } ${comment}`);
+          } else if (eps.length > 1) {
             const map = eps.map((e, i) => `${i} : ${e.ip} . ${e.port}`).join(', ');
             lines.push(`    meta l4proto ${proto} counter dnat to numgen ${p.kernel.pick === 'random' ? 'random' : 'inc'} mod ${eps.length} map { ${map} } ${comment}`);
           }
