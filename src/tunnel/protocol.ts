@@ -183,13 +183,30 @@ export function encodeProxy(m: Partial<ProxyMsg> & { type: MsgType }): Uint8Arra
   field(out, 3, m.nodeName);
   field(out, 4, m.ip);
   field(out, 5, m.port);
-  if (!m.early?.length) return Uint8Array.from(out);
-  writeVarint(out, (EARLY_FIELD << 3) | 2);
-  writeVarint(out, m.early.length);
-  const msg = new Uint8Array(out.length + m.early.length);
-  msg.set(out);
-  msg.set(m.early, out.length);
-  return msg;
+  return withEarly(out, m.early, false);
+}
+
+/**
+ * `fields` (encoded fields 1-5) followed by `early` as field 16 when there are first bytes, in one buffer, with
+ * the stream's varint length prefix in front when `prefixed`.
+ */
+function withEarly(fields: ArrayLike<number>, early: Uint8Array | undefined, prefixed: boolean): Uint8Array {
+  const tail: number[] = [];
+  if (early?.length) {
+    writeVarint(tail, (EARLY_FIELD << 3) | 2);
+    writeVarint(tail, early.length);
+  }
+  const len = fields.length + tail.length + (early?.length ?? 0);
+  const head: number[] = [];
+  if (prefixed) writeVarint(head, len);
+  const b = new Uint8Array(head.length + len);
+  b.set(head);
+  b.set(fields, head.length);
+  if (early?.length) {
+    b.set(tail, head.length + fields.length);
+    b.set(early, head.length + fields.length + tail.length);
+  }
+  return b;
 }
 
 export function decodeProxy(buf: Uint8Array): ProxyMsg {
@@ -248,22 +265,7 @@ export class DatagramDeframer {
  * the first bytes, if any, as field 16.
  */
 export function framedConnect(fields: Uint8Array, early?: Uint8Array): Uint8Array {
-  const tail: number[] = [];
-  if (early?.length) {
-    writeVarint(tail, (EARLY_FIELD << 3) | 2);
-    writeVarint(tail, early.length);
-  }
-  const len = fields.length + tail.length + (early?.length ?? 0);
-  const head: number[] = [];
-  writeVarint(head, len);
-  const b = new Uint8Array(head.length + len);
-  b.set(head);
-  b.set(fields, head.length);
-  if (early?.length) {
-    b.set(tail, head.length + fields.length);
-    b.set(early, head.length + fields.length + tail.length);
-  }
-  return b;
+  return withEarly(fields, early, true);
 }
 
 /** One varint-length-prefixed message, for writing straight to a stream. */
