@@ -21,6 +21,7 @@ describe('kernel forwarding without kernel support for affinity', () => {
   let refused = 0;
   const rules: RulesBackend = {
     name: 'stand-in',
+    hashesSourceAddress: false,
     async apply(ports) {
       if (ports.some((p) => (p.kernel?.affinitySec ?? 0) > 0)) {
         refused++;
@@ -88,7 +89,7 @@ describe('kernel forwarding of UDP when the conntrack tool cannot work', () => {
     catalog.upsert({ kind: 'endpoints', value: { namespace: 'shop', name: 'dns', from: 'Endpoints', endpoints: [{ ip: '127.0.0.1', nodeName: 'n1', podName: 'dns-0', hostname: '', ready: true, ports: [{ name: 'u', port: echoPort, protocol: 'UDP' as const }] }] } });
     catalog.flush();
     const applied: PortMapping[][] = [];
-    const rules: RulesBackend = { name: 'stand-in', async apply(ports) { applied.push(ports.map((p) => ({ ...p }))); }, async cleanup() {} };
+    const rules: RulesBackend = { name: 'stand-in', hashesSourceAddress: false, async apply(ports) { applied.push(ports.map((p) => ({ ...p }))); }, async cleanup() {} };
     const deletes: string[][] = [];
     const conntrack = new UdpConntrack(logger, async (args) => {
       if (args[0] === '-L') return { out: '', ...listing };

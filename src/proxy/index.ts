@@ -253,10 +253,10 @@ export class ProxyModule {
     if (!eps.length || !eps.every((ep) => !ep.ip.includes(':') && this.isLocal(ep))) return null;
     let partitions: number[] | undefined;
     if (pick === 'source-hash') {
-      // nftables' jhash into the ring's table; iptables has no such match, and a table past MAX_KERNEL_PARTITIONS
-      // would make one rule of thousands of map elements: those stay on the listener.
+      // The kernel hashes into the ring's table where the backend can (nftables' jhash); a table past
+      // MAX_KERNEL_PARTITIONS would make one rule of thousands of map elements: those stay on the listener.
       const table = e.balancer.partitionTable();
-      if (this.rules.name !== 'nftables' || !table?.length || table.length > MAX_KERNEL_PARTITIONS) return null;
+      if (!this.rules.hashesSourceAddress || !table?.length || table.length > MAX_KERNEL_PARTITIONS) return null;
       const index = new Map(eps.map((ep, i) => [ep.key, i]));
       partitions = table.map((ep) => index.get(ep.key) ?? 0);
     }

@@ -30,6 +30,8 @@ import type { PortMapping } from './index.ts';
 
 export interface RulesBackend {
   readonly name: string;
+  /** Whether its rules can hash a client address into a table (nftables' jhash; iptables has no such match). */
+  readonly hashesSourceAddress: boolean;
   apply(ports: readonly PortMapping[]): Promise<void>;
   cleanup(): Promise<void>;
 }
@@ -75,6 +77,7 @@ interface NftObjects {
 
 export class NftablesRules implements RulesBackend {
   readonly name = 'nftables';
+  readonly hashesSourceAddress = true;
   /** What this process last applied; null: nothing yet (the next apply starts from an empty table). */
   private applied: NftObjects | null = null;
   constructor(private readonly log: Logger, readonly table = 'edgemesh') {}
@@ -184,6 +187,7 @@ export class NftablesRules implements RulesBackend {
 
 export class IptablesRules implements RulesBackend {
   readonly name: string;
+  readonly hashesSourceAddress = false;
   static readonly CHAINS = { container: 'EDGEMESH-PORTALS-CONTAINER', host: 'EDGEMESH-PORTALS-HOST', postrouting: 'EDGEMESH-POSTROUTING', forward: 'EDGEMESH-FORWARD' } as const;
   /** A kernel-forwarded service port's own chain (shared by both portals, so its round-robin counters are one). */
   static readonly SVC_PREFIX = 'EDGEMESH-SVC-';
