@@ -44,7 +44,7 @@ export function directReceive(): boolean {
       return;
     }
     receive(data);
-    if (this.readBuffer.byteLength === 0 && this.remoteWriteStatus === 'closed' && this.readStatus === 'readable') {
+    if (this.readBuffer.byteLength === 0 && this.remoteWriteStatus === 'closed') {
       this.readStatus = 'closed';
       this.maybeDispatchEnd();
     }
