@@ -8,6 +8,9 @@
  *            spliceBulkBytes move to its splice(2) worker)
  *   jsonly   the same with spliceBulkBytes: 0 (every byte through the JavaScript splice)
  *   haproxy  haproxy (mode tcp) in the node namespace, dialed at the node's address
+ *   haproxynat  the same haproxy reached through the cluster IPs by an nft DNAT in the node namespace, as an
+ *            intercepting proxy is: it then pays for conntrack and NAT on every packet, as the agent's listener
+ *            does (plain "haproxy" runs with no netfilter hook in the node namespace at all)
  * iperf3 with 1 and 4 streams, wrk with keep-alive and with a new connection per request. The agent and haproxy
  * are pinned to CPU 0; iperf3, nginx and wrk to CPU 1 (the kernel's forwarding runs in softirq on the sender's
  * CPU). Each round runs every mode once; the medians of `--rounds` are printed.
@@ -17,14 +20,19 @@
  * retransmits and a p99 of a second (seen with --nstat: SYN retransmits on the node, PAWS drops on the back).
  * Separate ports keep the modes independent.
  * Usage: sudo bun bench/proxy-netns.ts [--seconds=5] [--rounds=2] [--connections=50] [--pin=split|none]
- *          [--modes=kernel,proxy,jsonly,haproxy] (direct always runs; jsonly only when named)
+ *          [--modes=kernel,proxy,jsonly,haproxy,haproxynat] (direct always runs; jsonly and haproxynat only when named)
  *          [--affinity]  the services have ClientIP session affinity
  *          [--source-hash]  the services have a DestinationRule hashing by source address (haproxy: balance source)
+ *          [--least-request]  the services have a DestinationRule with simple: LEAST_REQUEST (haproxy: balance leastconn)
+ *          [--header-hash]  the services have a DestinationRule hashing by the header x-user, which wrk sends (the
+ *                        agent then reads each connection's first request head; haproxy: mode http, balance
+ *                        hdr(x-user) for the HTTP runs, mode tcp for iperf3, which is not HTTP)
  *          [--splice-bytes=N]  the agent's spliceBulkBytes in mode proxy (default: the agent's default)
  *          [--udp]       also UDP: dnsperf from the pod to dnsmasq in "back" behind a UDP cluster IP (kernel
  *                        forwarding of UDP needs the conntrack tool; haproxy has no UDP)
  *          [--base=DIR]  also run the listener path of the agent in checkout DIR (mode "base"): A/B in the same run
  *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
+ *          [--perf]      perf record the agent/haproxy during the new-connection run; prints the top symbols
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
  *                        (strace slows it down many times: that run's figures are not comparable)
  *        (needs iperf3, wrk, nginx-light, haproxy, nftables, iproute2; strace for --syscalls)
@@ -42,17 +50,21 @@ const conns = arg('connections', 50);
 const pin = process.argv.find((a) => a.startsWith('--pin='))?.split('=')[1] ?? 'split';
 const nstat = process.argv.includes('--nstat');
 const syscalls = process.argv.includes('--syscalls');
+const perf = process.argv.includes('--perf');
 /** The services get `sessionAffinity: ClientIP` (the kernel path then keeps it in nft sets / iptables recent). */
 const affinity = process.argv.includes('--affinity');
 const sourceHash = process.argv.includes('--source-hash');
+const headerHash = process.argv.includes('--header-hash');
+const leastRequest = process.argv.includes('--least-request');
+const wrkHeaders = headerHash ? ['X-User: bench-user-1'] : [];
 const spliceBytes = process.argv.find((a) => a.startsWith('--splice-bytes='))?.split('=')[1];
 const udp = process.argv.includes('--udp');
-const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base', 'jsonly'] as const;
+const allModes = ['direct', 'kernel', 'proxy', 'haproxy', 'base', 'jsonly', 'haproxynat'] as const;
 type Mode = (typeof allModes)[number];
 const only = process.argv.find((a) => a.startsWith('--modes='))?.split('=')[1]?.split(',');
 /** Another checkout's agent (e.g. a `git worktree` of the previous commit), run as mode "base" for A/B in one run. */
 const baseDir = process.argv.find((a) => a.startsWith('--base='))?.split('=')[1];
-const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : m === 'direct' || (only ? only.includes(m) : m !== 'jsonly')));
+const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : m === 'direct' || (only ? only.includes(m) : m !== 'jsonly' && m !== 'haproxynat')));
 /** Each mode's own iperf3 and nginx ports on the back namespace (see the header: PAWS across modes). */
 const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i, dns: 5300 + i }; };
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -92,11 +104,11 @@ try {
   writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { ${allModes.map((m) => `listen 10.211.0.2:${backPorts(m).web};`).join(' ')} location / { return 200 "hello\\n"; } }\n}\n`);
   procs.push(spawn(inNs(BACK, '1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir])));
   writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
-    (sourceHash ? '  balance source\n' : '') +
-    `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n  server s 10.211.0.2:${backPorts('haproxy').web}\n`);
+    (sourceHash ? '  balance source\n' : leastRequest ? '  balance leastconn\n' : '') +
+    `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n` + (headerHash ? '  mode http\n  timeout http-request 5s\n  balance hdr(x-user)\n' : '') + `  server s 10.211.0.2:${backPorts('haproxy').web}\n`);
   procs.push(spawn(inNs(NODE, '0', ['haproxy', '-f', join(dir, 'haproxy.cfg')])));
   const svc = (name: string, ip: string, port: number, target: number, proto = 'TCP') => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: bench }\nspec: { clusterIP: ${ip},${affinity ? ' sessionAffinity: ClientIP,' : ''} ports: [{ name: p, port: ${port}, protocol: ${proto} }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: ${name}, namespace: bench }\nsubsets: [{ addresses: [{ ip: 10.211.0.2, nodeName: n1 }], ports: [{ name: p, port: ${target}, protocol: ${proto} }] }]\n` +
-    (sourceHash ? `---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: { name: ${name}, namespace: bench }\nspec: { host: ${name}, trafficPolicy: { loadBalancer: { consistentHash: { useSourceIp: true } } } }\n` : '');
+    (sourceHash || headerHash || leastRequest ? `---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: { name: ${name}, namespace: bench }\nspec: { host: ${name}, trafficPolicy: { loadBalancer: ${leastRequest ? '{ simple: LEAST_REQUEST }' : `{ consistentHash: { ${headerHash ? 'httpHeaderName: x-user' : 'useSourceIp: true'} } }`} } }\n` : '');
   if (udp) {
     // One dnsmasq per mode's port: it answers every name under bench.test itself.
     for (const m of allModes) procs.push(spawn(inNs(BACK, '1', ['dnsmasq', '--no-daemon', '--no-hosts', '--no-resolv', '--listen-address=10.211.0.2', '--bind-interfaces', `--port=${backPorts(m).dns}`, '--address=/bench.test/192.0.2.1', `--pid-file=${join(dir, `dnsmasq-${m}.pid`)}`])));
@@ -125,7 +137,8 @@ try {
   }
 
   async function iperfOnce(mode: Mode, host: string, port: number, streams: number): Promise<number> {
-    const srv = spawn(inNs(BACK, '1', ['iperf3', '-s', '-B', '10.211.0.2', '-p', String(backPorts(mode).iperf), '-1']));
+    // haproxynat is the haproxy instance of mode haproxy, with its server ports.
+    const srv = spawn(inNs(BACK, '1', ['iperf3', '-s', '-B', '10.211.0.2', '-p', String(backPorts(mode === 'haproxynat' ? 'haproxy' : mode).iperf), '-1']));
     await Bun.sleep(300);
     try {
       return await iperfClient(clientCpu, host, port, seconds, streams, ['ip', 'netns', 'exec', POD]);
@@ -148,7 +161,14 @@ try {
     const diag = close && (nstat || (syscalls && pid));
     if (diag) for (const ns of [NODE, POD, BACK]) Bun.spawnSync(['ip', 'netns', 'exec', ns, 'nstat', '-n'], nstatEnv(ns));
     const trace = close && syscalls && pid ? Bun.spawn(['strace', '-c', '-f', '-p', String(pid), '-o', join(dir, 'strace.txt')], { stdout: 'ignore', stderr: 'ignore' }) : null;
-    const r = await wrkRun(clientCpu, url, conns, seconds, close, ['ip', 'netns', 'exec', POD]);
+    const rec = close && perf && pid ? Bun.spawn(['perf', 'record', '-q', '-g', '-p', String(pid), '-o', join(dir, `perf-${mode}.data`)], { stdout: 'ignore', stderr: 'ignore' }) : null;
+    const r = await wrkRun(clientCpu, url, conns, seconds, close, ['ip', 'netns', 'exec', POD], wrkHeaders);
+    if (rec) {
+      rec.kill('SIGINT');
+      await rec.exited;
+      const report = (sort: string, limit: string) => Bun.spawnSync(['perf', 'report', '-q', '--no-children', '--sort', sort, '--percent-limit', limit, '-g', 'none', '-i', join(dir, `perf-${mode}.data`)], { stdout: 'pipe', stderr: 'pipe' }).stdout.toString().split('\n').filter((l) => l.trim());
+      log(`  ${mode} perf (new connections), by thread and object:\n${report('comm,dso', '1').join('\n')}\n  by symbol:\n${report('dso,sym', '0.7').slice(0, 40).join('\n')}`);
+    }
     if (trace) {
       trace.kill('SIGINT');
       await trace.exited;
@@ -190,17 +210,27 @@ try {
     // CPU per proxied new connection: steadier than req/s on a noisy machine (another tenant's load slows the
     // agent and wrk alike, but costs the agent little extra CPU per connection).
     const cpuPerConn = pid && !syscalls ? (((await cpuSeconds(pid)) - c1) * 1e6) / (close.rps * seconds) : undefined;
-    const dns = udp && mode !== 'haproxy' ? await dnsperf(mode === 'direct' ? '10.211.0.2' : '10.96.0.52', mode === 'direct' ? backPorts('direct').dns : 53, pid) : undefined;
+    const dns = udp && mode !== 'haproxy' && mode !== 'haproxynat' ? await dnsperf(mode === 'direct' ? '10.211.0.2' : '10.96.0.52', mode === 'direct' ? backPorts('direct').dns : 53, pid) : undefined;
     return { iperf1, iperf4, keepalive, close, cpuPerGbit, cpuPerConn, dns };
   }
 
-  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [], base: [], jsonly: [] };
+  const results: Record<Mode, Row[]> = { direct: [], kernel: [], proxy: [], haproxy: [], base: [], jsonly: [], haproxynat: [] };
   const viaCluster = { iperf: ['10.96.0.50', 5201] as [string, number], web: 'http://10.96.0.51/' };
   for (let round = 1; round <= rounds; round++) {
     for (const mode of modes) {
       log(`round ${round}/${rounds}: ${mode}…`);
       if (mode === 'direct') results.direct.push(await measure(mode, { iperf: ['10.211.0.2', backPorts('direct').iperf], web: `http://10.211.0.2:${backPorts('direct').web}/` }));
       else if (mode === 'haproxy') results.haproxy.push(await measure(mode, { iperf: ['10.210.0.1', 15201], web: 'http://10.210.0.1:18080/' }, procs[1]!.pid));
+      else if (mode === 'haproxynat') {
+        const nat = 'table ip benchnat {\n  chain pre {\n    type nat hook prerouting priority -100;\n    ip daddr 10.96.0.50 tcp dport 5201 dnat to 10.210.0.1:15201\n    ip daddr 10.96.0.51 tcp dport 80 dnat to 10.210.0.1:18080\n  }\n}\n';
+        writeFileSync(join(dir, 'benchnat.nft'), nat);
+        sh(['ip', 'netns', 'exec', NODE, 'nft', '-f', join(dir, 'benchnat.nft')]);
+        try {
+          results.haproxynat.push(await measure(mode, viaCluster, procs[1]!.pid));
+        } finally {
+          sh(['ip', 'netns', 'exec', NODE, 'nft', 'delete', 'table', 'ip', 'benchnat']);
+        }
+      }
       else {
         const agent = await startAgent(mode);
         try {

@@ -3,6 +3,7 @@ import type { BulkSplicer } from '../src/proxy/splicer.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Balancer } from '../src/lb/balancer.ts';
+import type { LbPolicy } from '../src/lb/policy.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { TcpServicePort } from '../src/proxy/tcp.ts';
 
@@ -21,10 +22,11 @@ export function startHaproxy(dir: string, bindPort: number, targetPort: number):
   return spawnPinned('0', ['haproxy', '-f', cfg]);
 }
 
-/** The shipped TCP data path in this process, one local endpoint. */
-export function startProxy(targetPort: number, splicer?: BulkSplicer): TcpServicePort {
+/** The shipped TCP data path in this process, one local endpoint; round robin unless `policy` says otherwise. */
+export function startProxy(targetPort: number, splicer?: BulkSplicer, policy?: LbPolicy): TcpServicePort {
   const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
   balancer.setEndpoints([{ key: `127.0.0.1:${targetPort}`, ip: '127.0.0.1', port: targetPort, nodeName: '', podName: '' }]);
+  if (policy) balancer.setPolicy(policy, { enabled: false, timeoutSec: 0 });
   const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger: createLogger('bench', { level: 'error' }), isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 3, splicer });
   proxy.start();
   return proxy;
@@ -53,9 +55,9 @@ export interface WrkResult {
   p99: number;
 }
 
-/** wrk pinned to `cpu` (async: a proxy under test may run on this process's event loop); keep-alive or `close`. */
-export async function wrkRun(cpu: string, url: string, conns: number, seconds: number, close: boolean, prefix: string[] = []): Promise<WrkResult> {
-  const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), url], { stdout: 'pipe', stderr: 'pipe' });
+/** wrk pinned to `cpu` (async: a proxy under test may run on this process's event loop); keep-alive or `close`; extra request headers. */
+export async function wrkRun(cpu: string, url: string, conns: number, seconds: number, close: boolean, prefix: string[] = [], headers: string[] = []): Promise<WrkResult> {
+  const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), ...headers.flatMap((h) => ['-H', h]), url], { stdout: 'pipe', stderr: 'pipe' });
   const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
   await r.exited;
   const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);
