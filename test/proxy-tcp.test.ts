@@ -1,5 +1,6 @@
 /** The TCP data path of one service port, through real sockets on loopback. */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { dlopen, FFIType } from 'bun:ffi';
 import { createHash } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { Balancer, type LbEndpoint } from '../src/lb/balancer.ts';
@@ -300,6 +301,52 @@ describe('TCP service port', () => {
       expect(p.stats.dialFailures).toBeGreaterThan(0);
     } finally {
       p.stop();
+    }
+  });
+
+  test('an endpoint that never answers the handshake times out after connectTimeoutMs and another is dialed', async () => {
+    // A listening socket with a backlog of 0 whose one queued connection is never accepted: the kernel drops
+    // every later SYN (a full accept queue), so a connect to it hangs as to a host that is down.
+    const libc = dlopen('libc.so.6', {
+      socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+      bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+      listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+      close: { args: [FFIType.i32], returns: FFIType.i32 },
+    });
+    const L = libc.symbols;
+    const silent = await freePort();
+    const addr = new Uint8Array(16);
+    new DataView(addr.buffer).setUint16(0, 2, true); // AF_INET
+    new DataView(addr.buffer).setUint16(2, silent, false);
+    addr.set([127, 0, 0, 1], 4);
+    const fd = L.socket(2, 1, 0);
+    expect(L.bind(fd, addr, 16)).toBe(0);
+    expect(L.listen(fd, 0)).toBe(0);
+    const filler = await Bun.connect({ hostname: '127.0.0.1', port: silent, socket: { data() {} } });
+    const b = new Balancer({ ring: RING });
+    b.setEndpoints([ep(silent, 9), ep(ids[0]!.port, 0)]);
+    const p = new TcpServicePort({ ...opts, connectTimeoutMs: 300, balancer: b });
+    p.start();
+    try {
+      const times: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        const t0 = performance.now();
+        const r = await exchange(p.port);
+        times.push(performance.now() - t0);
+        expect(r.data.toString()).toBe('a');
+      }
+      // Each connection that went to the silent endpoint first waited out its timeout (the sweep checks every
+      // 30 ms here) and was then answered by the other one; the rest were answered at once.
+      expect(p.stats.dialFailures).toBeGreaterThan(0);
+      const slow = times.filter((t) => t >= 300);
+      expect(slow.length).toBe(p.stats.dialFailures);
+      for (const t of slow) expect(t).toBeLessThan(1000);
+      for (const t of times.filter((t) => t < 300)) expect(t).toBeLessThan(200);
+    } finally {
+      p.stop();
+      filler.end();
+      L.close(fd);
+      libc.close();
     }
   });
 

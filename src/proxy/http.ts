@@ -31,6 +31,39 @@ export function looksLikeHttp(b: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * The first `end` bytes as a string, one character per byte. Straight from the socket's Uint8Array: a Buffer
+ * over it would first have to give the array an ArrayBuffer of its own (JSC's "get buffer"), measurable per
+ * new connection.
+ */
+export function latin1(b: Uint8Array, end: number): string {
+  const CHUNK = 4096; // apply() passes every byte as an argument: keep each call well under engine limits
+  if (end <= CHUNK) return String.fromCharCode.apply(null, (end === b.length ? b : b.subarray(0, end)) as unknown as number[]);
+  let s = '';
+  for (let i = 0; i < end; i += CHUNK) s += String.fromCharCode.apply(null, b.subarray(i, Math.min(end, i + CHUNK)) as unknown as number[]);
+  return s;
+}
+
+/**
+ * The values of header `name` (lower case) in a head, in order; names match case-insensitively and may be
+ * followed by blanks before the colon, values are trimmed. One lower-cased copy of the head is searched rather
+ * than splitting it into lines.
+ */
+function headerValues(head: string, from: number, name: string): string[] {
+  const lower = head.toLowerCase();
+  const needle = '\r\n' + name;
+  const values: string[] = [];
+  for (let i = lower.indexOf(needle, from); i >= 0; i = lower.indexOf(needle, i + 2)) {
+    let j = i + needle.length;
+    while (head.charCodeAt(j) === 32 || head.charCodeAt(j) === 9) j++;
+    if (head.charCodeAt(j) !== 58) continue; // a longer name that starts with this one (x-user-id for x-user)
+    let eol = head.indexOf('\r\n', j + 1);
+    if (eol < 0) eol = head.length;
+    values.push(head.slice(j + 1, eol).trim());
+  }
+  return values;
+}
+
 /** The hash key of a complete request head, or undefined when the request does not carry it. */
 export function requestKey(head: string, source: HashSource): string | undefined {
   const line = REQUEST_LINE.exec(head);
@@ -41,14 +74,10 @@ export function requestKey(head: string, source: HashSource): string | undefined
     if (q < 0) return undefined;
     return new URLSearchParams(target.slice(q + 1)).get(source.name) ?? undefined;
   }
-  const wanted = source.kind === 'header' ? source.name : 'cookie';
-  const values: string[] = [];
-  for (const raw of head.slice(line[0].length).split('\r\n')) {
-    const colon = raw.indexOf(':');
-    if (colon > 0 && raw.slice(0, colon).trim().toLowerCase() === wanted) values.push(raw.slice(colon + 1).trim());
-  }
+  if (source.kind === 'source-ip') return undefined;
+  // From the CRLF that ends the request line: every header line starts after a CRLF.
+  const values = headerValues(head, line[0].length - 2, source.kind === 'header' ? source.name.toLowerCase() : 'cookie');
   if (source.kind === 'header') return values.length ? values.join(',') : undefined;
-  if (source.kind !== 'cookie') return undefined;
   for (const v of values) {
     for (const pair of v.split(';')) {
       const eq = pair.indexOf('=');

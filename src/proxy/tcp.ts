@@ -27,7 +27,7 @@ import { concat } from '../net/bytes.ts';
 import { idleFor } from '../net/idle.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Pipe, PipeHandlers } from '../tunnel/pipe.ts';
-import { MAX_HEAD, headEnd, insertIntoHead, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
+import { MAX_HEAD, headEnd, insertIntoHead, latin1, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
 import type { BulkSplicer } from './splicer.ts';
 
 
@@ -121,7 +121,11 @@ interface Conn {
   clientEnded: boolean;
   upstreamEnded: boolean;
   closed: boolean;
+  /** A tunnel dial's deadline, or the wait for first bytes before one. */
   dialTimer: ReturnType<typeof setTimeout> | null;
+  /** A local dial in flight: since when (Date.now()), and to which endpoint; the port's sweep times it out. */
+  dialSince: number;
+  dialEp: LbEndpoint | null;
   /** Number of the dial in flight; a timed-out attempt's late callbacks carry an older number and are ignored. */
   attempt: number;
   /** Bytes read before the endpoint was chosen (HTTP hashing); replayed to the upstream first. */
@@ -131,14 +135,17 @@ interface Conn {
   sniffing: boolean;
   /** Last bytes moved either way or drained (Date.now()): tcpIdleTimeout counts from here (net/idle.ts). */
   lastActive: number;
+  /** The SOCKS5 route's deadline for its request. */
   sniffTimer: ReturnType<typeof setTimeout> | null;
+  /** When sniffing for a hash key began (Date.now()); the port's sniff sweep ends it after sniffTimeoutMs. */
+  sniffSince: number;
   hashKey: string | undefined;
   /** The target a route hook chose (one attempt, no balancer). */
   fixedTarget: LbEndpoint | null;
   /** A Set-Cookie line still to insert into the first response head, and the response bytes held for it. */
   setCookie: string | null;
   respHead: Uint8Array | null;
-  /** The client is paused (early bytes past EARLY_LIMIT, sniffing done, route decided): joined() resumes it. */
+  /** The client is paused (early bytes past EARLY_LIMIT, route decided): joined() resumes it. */
   clientPaused: boolean;
   /** Bytes forwarded so far, both ways (counts towards the bulk hand-over; -1 = never hand over). */
   moved: number;
@@ -160,6 +167,16 @@ export class TcpServicePort {
   private readonly conns = new Set<Conn>();
   readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, remoteDials: 0, bytesUp: 0, bytesDown: 0, spliced: 0 };
   private readonly bulkBytes: number;
+  /**
+   * Connections waiting for a request head (hash policies) or for a local upstream to connect, and one sweep
+   * that ends those waits after sniffTimeoutMs / connectTimeoutMs while any are waiting. A timer per connection
+   * (armed, then cleared within a millisecond, as the head nearly always comes in the first read and a local
+   * connect takes microseconds) cost ~2% of a new connection's CPU each. The sweep runs every tenth of the
+   * shorter timeout (10-100 ms), so a wait ends up to that much later than its timeout.
+   */
+  private readonly sniffers = new Set<Conn>();
+  private readonly dialing = new Set<Conn>();
+  private sweep: ReturnType<typeof setInterval> | null = null;
 
   constructor(private readonly o: TcpPortOptions) {
     this.bulkBytes = o.bulkBytes ?? 1024 * 1024;
@@ -181,7 +198,7 @@ export class TcpServicePort {
         open(s) {
           const c: Conn = {
             client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
-            upstreamEnded: false, closed: false, lastActive: Date.now(), dialTimer: null, attempt: 0, early: null, awaitFirst: null, sniffing: false, sniffTimer: null, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
+            upstreamEnded: false, closed: false, lastActive: Date.now(), dialTimer: null, dialSince: 0, dialEp: null, attempt: 0, early: null, awaitFirst: null, sniffing: false, sniffTimer: null, sniffSince: 0, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
             moved: self.o.splicer ? 0 : -1, spliceId: 0,
           };
           s.data = c;
@@ -197,7 +214,9 @@ export class TcpServicePort {
           const pol = self.o.balancer.effectivePolicy();
           if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
             c.sniffing = true;
-            c.sniffTimer = setTimeout(() => self.endSniff(c), self.o.sniffTimeoutMs ?? 500);
+            c.sniffSince = c.lastActive;
+            self.sniffers.add(c);
+            self.armSweep();
             return;
           }
           self.dial(c);
@@ -236,6 +255,8 @@ export class TcpServicePort {
   stop(): void {
     this.listener?.stop(true);
     this.listener = null;
+    if (this.sweep) clearInterval(this.sweep);
+    this.sweep = null;
     for (const c of [...this.conns]) {
       if (c.spliceId) this.o.splicer?.close(c.spliceId, false);
       else this.close(c, false);
@@ -260,16 +281,39 @@ export class TcpServicePort {
     this.dial(c);
   }
 
-  /** The request head is in (or will not come): choose by its key and dial. */
+  /** Arms the sweep while connections wait (for a request head, for a connect); it stops itself when none do. */
+  private armSweep(): void {
+    if (this.sweep) return;
+    const sniffMs = this.o.sniffTimeoutMs ?? 500;
+    const connectMs = this.o.connectTimeoutMs;
+    this.sweep = setInterval(() => {
+      const now = Date.now();
+      for (const c of this.sniffers) if (now - c.sniffSince >= sniffMs) this.endSniff(c);
+      for (const c of this.dialing) {
+        if (now - c.dialSince < connectMs) continue;
+        this.dialing.delete(c);
+        c.attempt++; // a late open or connectError of this attempt is ignored
+        this.failedDial(c, c.dialEp!, `connect timeout after ${connectMs} ms`); // may dial again: back in the set
+      }
+      if (this.sniffers.size === 0 && this.dialing.size === 0 && this.sweep) {
+        clearInterval(this.sweep);
+        this.sweep = null;
+      }
+    }, Math.max(10, Math.min(100, Math.min(sniffMs, connectMs) / 10)));
+  }
+
+  /**
+   * The request head is in (or will not come): choose by its key and dial. The client is not paused: bytes that
+   * come while the upstream connects are kept as early bytes (forward()), up to EARLY_LIMIT, as on every dial.
+   */
   private endSniff(c: Conn): void {
     if (!c.sniffing || c.closed) return;
     c.sniffing = false;
-    if (c.sniffTimer) clearTimeout(c.sniffTimer);
-    pauseClient(c);
+    this.sniffers.delete(c);
     const pol = this.o.balancer.effectivePolicy();
     if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
       const end = c.early ? headEnd(c.early) : -1;
-      if (end >= 0) c.hashKey = requestKey(Buffer.from(c.early!.buffer, c.early!.byteOffset, end).toString('latin1'), pol.hash);
+      if (end >= 0) c.hashKey = requestKey(latin1(c.early!, end), pol.hash);
       if (end >= 0 && c.hashKey === undefined && pol.hash.kind === 'cookie') {
         c.hashKey = randomBytes(16).toString('hex');
         c.setCookie = setCookieLine(pol.hash, c.hashKey);
@@ -297,11 +341,10 @@ export class TcpServicePort {
       return;
     }
     const attempt = ++c.attempt;
-    c.dialTimer = setTimeout(() => {
-      if (c.attempt !== attempt || c.upstream) return;
-      c.attempt++; // a late open or connectError of this attempt is ignored
-      this.failedDial(c, ep, `connect timeout after ${this.o.connectTimeoutMs} ms`);
-    }, this.o.connectTimeoutMs);
+    c.dialSince = Date.now();
+    c.dialEp = ep;
+    this.dialing.add(c);
+    this.armSweep();
     Bun.connect<Dial>({ hostname: ep.ip, port: ep.port, allowHalfOpen: true, data: { c, ep, attempt }, socket: this.upstreamHandlers as unknown as Bun.SocketHandler<Dial> }).catch(() => {}); // typings only allow "buffer" here
   }
 
@@ -404,7 +447,7 @@ export class TcpServicePort {
         u.terminate();
         return;
       }
-      clearTimeout(c.dialTimer!);
+      this.dialing.delete(c);
       if (this.o.idleTimeoutSec > 0) u.timeout(this.o.idleTimeoutSec);
       this.joined(c, ep, u);
     },
@@ -423,7 +466,7 @@ export class TcpServicePort {
     connectError: (u, err) => {
       const { c, ep, attempt } = u.data;
       if (attempt !== c.attempt || c.upstream || c.closed) return;
-      clearTimeout(c.dialTimer!);
+      this.dialing.delete(c);
       this.failedDial(c, ep, err.message);
     },
   };
@@ -568,6 +611,8 @@ export class TcpServicePort {
     c.closed = true;
     if (c.dialTimer) clearTimeout(c.dialTimer);
     if (c.sniffTimer) clearTimeout(c.sniffTimer);
+    this.sniffers.delete(c);
+    this.dialing.delete(c);
     this.conns.delete(c);
     this.stats.active--;
     if (c.ep) this.o.balancer.release(c.ep.key);
