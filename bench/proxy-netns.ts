@@ -32,6 +32,7 @@
  *                        forwarding of UDP needs the conntrack tool; haproxy has no UDP)
  *          [--base=DIR]  also run the listener path of the agent in checkout DIR (mode "base"): A/B in the same run
  *          [--nstat]     print each namespace's TCP counters (retransmits, resets, PAWS, overflows) per new-connection run
+ *          [--warmup=S]  seconds of unmeasured wrk before each HTTP run (default 1; 0 = none)
  *          [--perf]      perf record the agent/haproxy during the new-connection run; prints the top symbols
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
  *                        (strace slows it down many times: that run's figures are not comparable)
@@ -51,6 +52,8 @@ const pin = process.argv.find((a) => a.startsWith('--pin='))?.split('=')[1] ?? '
 const nstat = process.argv.includes('--nstat');
 const syscalls = process.argv.includes('--syscalls');
 const perf = process.argv.includes('--perf');
+/** Seconds of unmeasured wrk before each measured HTTP run. */
+const warmup = arg('warmup', 1);
 /** The services get `sessionAffinity: ClientIP` (the kernel path then keeps it in nft sets / iptables recent). */
 const affinity = process.argv.includes('--affinity');
 const sourceHash = process.argv.includes('--source-hash');
@@ -131,7 +134,6 @@ try {
       if (p.exitCode !== null || Date.now() - started > 15_000) throw new Error(`agent did not start: ${await Bun.file(logFile).text().catch(() => '')}`);
       await Bun.sleep(50);
     }
-    // Let the JIT warm up on the path under test before measuring (as a long-running agent would be).
     await Bun.sleep(300);
     return p;
   }
@@ -158,6 +160,12 @@ try {
   }
   const nstatEnv = (ns: string) => ({ env: { ...process.env, NSTAT_HISTORY: join(dir, `nstat-${ns}`) } });
   const wrk = async (mode: Mode, url: string, close: boolean, pid?: number): Promise<WrkResult> => {
+    // Unmeasured first (every mode alike): the agent's JIT compiles a path while it first runs it (JSC's compiler
+    // thread took ~4% of the agent's CPU in a cold new-connection run), and a long-running agent is warm.
+    if (warmup > 0) {
+      await wrkRun(clientCpu, url, conns, warmup, close, ['ip', 'netns', 'exec', POD], wrkHeaders);
+      if (close) await Bun.sleep(1000);
+    }
     const diag = close && (nstat || (syscalls && pid));
     if (diag) for (const ns of [NODE, POD, BACK]) Bun.spawnSync(['ip', 'netns', 'exec', ns, 'nstat', '-n'], nstatEnv(ns));
     const trace = close && syscalls && pid ? Bun.spawn(['strace', '-c', '-f', '-p', String(pid), '-o', join(dir, 'strace.txt')], { stdout: 'ignore', stderr: 'ignore' }) : null;
