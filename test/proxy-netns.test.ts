@@ -285,8 +285,11 @@ sock.end();
         writeFileSync(catalog, catalogYaml(BASE) + '---\n' + POOL + HASHED.replace('httpHeaderName: x-user', 'useSourceIp: true'));
         if (backendName === 'nftables') await rulesFor((r) => /jhash ip saddr mod 100 seed 0x[0-9a-f]{8} map/.test(r), 'the pool hashed in the kernel');
         else await rulesFor((r) => !dnatToPods(r), 'pool back on the listener');
-        const path = async () => (JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string }[]).find((p) => p.service === 'shop/pool:p')?.path;
-        expect(await path()).toBe(backendName === 'nftables' ? 'kernel' : 'proxy');
+        const pool = async () => (JSON.parse((await inNs(NODE, ['curl', '-s', 'http://127.0.0.1:10559/debug/proxy'])).stdout) as { service: string; path: string; policy: string }[]).find((p) => p.service === 'shop/pool:p');
+        // With iptables the rules do not change (the header-hashing pool was on the listener already): wait for
+        // the agent to report the new policy, or the first requests may still meet the old one.
+        await waitFor(async () => ((await pool())?.policy === 'consistent-hash by source address' ? true : null), 'the source-address policy in force', 5000, 100);
+        expect((await pool())?.path).toBe(backendName === 'nftables' ? 'kernel' : 'proxy');
         const clients = Array.from({ length: 8 }, (_, i) => `10.200.0.${20 + i}`);
         for (const a of clients) await ip(['-n', POD, 'addr', 'add', `${a}/24`, 'dev', `v${process.pid}p`]);
         const from = async (a: string) => {

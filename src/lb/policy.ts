@@ -19,6 +19,13 @@ export type LbPolicy =
 
 export const ROUND_ROBIN: LbPolicy = { kind: 'round-robin' };
 
+/** The policy as `edgemesh status` and /debug/proxy show it: its kind, and for hashing what is hashed. */
+export function describePolicy(p: LbPolicy): string {
+  if (p.kind !== 'consistent-hash') return p.kind;
+  const h = p.hash;
+  return `consistent-hash by ${h.kind === 'source-ip' ? 'source address' : h.kind === 'query' ? `query parameter ${h.name}` : `${h.kind} ${h.name}`}`;
+}
+
 const isObj = (v: JsonValue | undefined): v is JsonObject => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** istio durations: "10s", "1.5h", "500ms", "1m30s". */

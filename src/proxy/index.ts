@@ -14,7 +14,7 @@ import { proxyListenAddress } from '../config/load.ts';
 import type { AgentConfig } from '../config/schema-edgemesh.ts';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import { Balancer, type LbEndpoint } from '../lb/balancer.ts';
-import { parsePolicy, ruleFor } from '../lb/policy.ts';
+import { describePolicy, parsePolicy, ruleFor } from '../lb/policy.ts';
 import { ensureListenAddress } from '../net/bridge.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
@@ -224,7 +224,7 @@ export class ProxyModule {
       const m = this.mapping(service, e, forwarding);
       const path = !m.kernel ? 'proxy' : m.kernel.pods ? 'kernel' : 'kernel from the node, proxy from pods';
       const warning = e.balancer.conflict ?? e.policyWarning;
-      return { ...m, path, endpoints: e.balancer.endpoints().length, policy: e.balancer.effectivePolicy().kind, warning, active: e.listener.stats.active };
+      return { ...m, path, endpoints: e.balancer.endpoints().length, policy: describePolicy(e.balancer.effectivePolicy()), warning, active: e.listener.stats.active };
     });
   }
 
