@@ -15,12 +15,12 @@
  *                    that header: for A/B of the listener's own cost, e.g. under `perf stat -e task-clock -p`)
  */
 import { dlopen, FFIType, read as ptrRead } from 'bun:ffi';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EAGAIN, EINTR, O_CLOEXEC, O_NONBLOCK, closeWithReset } from '../src/net/linux.ts';
 import { freePort } from '../test/helpers.ts';
-import { cpuSeconds, spawnPinned, startHaproxy, startProxy, wrkRun } from './tools.ts';
+import { cpuSeconds, spawnPinned, startHaproxy, startProxy, wrkRun, writeNginxConf } from './tools.ts';
 
 const opt = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1];
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -180,8 +180,8 @@ if (opt('listener')) {
   const procs: ReturnType<typeof Bun.spawn>[] = [];
   try {
     const [pNginx, pHa, pRelay] = [await freePort(), await freePort(), await freePort()];
-    writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:${pNginx}; location / { return 200 "hello\\n"; } }\n}\n`);
-    procs.push(spawnPinned('1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir]));
+    const nginxConf = writeNginxConf(dir, [`127.0.0.1:${pNginx}`]);
+    procs.push(spawnPinned('1', ['nginx', '-c', nginxConf, '-p', dir]));
     const ha = startHaproxy(dir, pHa, pNginx);
     const bare = Bun.spawn(['taskset', '-c', '0', process.execPath, import.meta.path, `--relay=${pRelay}:${pNginx}`], { stdout: 'ignore', stderr: 'inherit' });
     const lis = Bun.spawn(['taskset', '-c', '0', process.execPath, import.meta.path, `--listener=${pNginx}`], { stdout: 'pipe', stderr: 'inherit' });

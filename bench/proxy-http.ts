@@ -5,11 +5,11 @@
  * process, the shipped TcpServicePort) and haproxy on CPU 0; nginx and wrk on CPU 1.
  * Usage: bun bench/proxy-http.ts [--seconds=5] [--connections=50]   (needs wrk, nginx-light, haproxy)
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../test/helpers.ts';
-import { spawnPinned, startHaproxy, startProxy, wrkRun } from './tools.ts';
+import { spawnPinned, startHaproxy, startProxy, wrkRun, writeNginxConf } from './tools.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -24,8 +24,8 @@ chmodSync(dir, 0o755);
 const procs: ReturnType<typeof Bun.spawn>[] = [];
 try {
   const [pNginx, pHa] = [await freePort(), await freePort()];
-  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:${pNginx}; location / { return 200 "hello\\n"; } }\n}\n`);
-  procs.push(spawnPinned('1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir]));
+  const nginxConf = writeNginxConf(dir, [`127.0.0.1:${pNginx}`]);
+  procs.push(spawnPinned('1', ['nginx', '-c', nginxConf, '-p', dir]));
   procs.push(startHaproxy(dir, pHa, pNginx));
   const proxy = startProxy(pNginx);
   await Bun.sleep(500);

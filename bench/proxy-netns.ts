@@ -41,7 +41,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cpuSeconds, iperfClient, parseDnsperf, wrkRun, type WrkResult } from './tools.ts';
+import { cpuSeconds, iperfClient, parseDnsperf, wrkRun, writeNginxConf, type WrkResult } from './tools.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -104,8 +104,8 @@ try {
   // wrk with a new connection per request leaves ~100k sockets in TIME_WAIT: let the pod reuse them.
   sh(['ip', 'netns', 'exec', POD, 'sysctl', '-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
 
-  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { ${allModes.map((m) => `listen 10.211.0.2:${backPorts(m).web};`).join(' ')} location / { return 200 "hello\\n"; } }\n}\n`);
-  procs.push(spawn(inNs(BACK, '1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir])));
+  const nginxConf = writeNginxConf(dir, allModes.map((m) => `10.211.0.2:${backPorts(m).web}`));
+  procs.push(spawn(inNs(BACK, '1', ['nginx', '-c', nginxConf, '-p', dir])));
   writeFileSync(join(dir, 'haproxy.cfg'), 'global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n' +
     (sourceHash ? '  balance source\n' : leastRequest ? '  balance leastconn\n' : '') +
     `listen iperf\n  bind 10.210.0.1:15201\n  server s 10.211.0.2:${backPorts('haproxy').iperf}\nlisten web\n  bind 10.210.0.1:18080\n` + (headerHash ? '  mode http\n  timeout http-request 5s\n  balance hdr(x-user)\n' : '') + `  server s 10.211.0.2:${backPorts('haproxy').web}\n`);

@@ -15,6 +15,17 @@ export function spawnPinned(cpu: string, cmd: string[]): ReturnType<typeof Bun.s
   return Bun.spawn(['taskset', '-c', cpu, ...cmd], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
 }
 
+/**
+ * nginx's config for the HTTP benches, written into `dir`; returns its path. One worker answering "hello" on
+ * each of `listens` (`host:port`), no access log, keep-alive without a request limit. The directory must be
+ * enterable by nginx's unprivileged workers (mode 0755).
+ */
+export function writeNginxConf(dir: string, listens: string[]): string {
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { ${listens.map((l) => `listen ${l};`).join(' ')} location / { return 200 "hello\\n"; } }\n}\n`);
+  return conf;
+}
+
 /** haproxy in TCP mode on CPU 0, from `bindPort` to `targetPort` on loopback (config written into `dir`). */
 export function startHaproxy(dir: string, bindPort: number, targetPort: number): ReturnType<typeof Bun.spawn> {
   const cfg = join(dir, 'haproxy.cfg');

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, freeStablePort } from '../test/helpers.ts';
 import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/cipher.ts';
-import { cpuSeconds, iperfClient, spawnPinned, wrkRun } from './tools.ts';
+import { cpuSeconds, iperfClient, spawnPinned, wrkRun, writeNginxConf } from './tools.ts';
 
 const argOf = (k: string, d: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d;
 const seconds = Number(argOf('seconds', '5'));
@@ -59,8 +59,8 @@ try {
   // a loop printed no figures; its log was not kept, and this is the likely cause.
   const [pIperf, pNginx, pA, pB, adminA, adminB] = await Promise.all([freeStablePort(), freeStablePort(), freeStablePort(), freeStablePort(), freeStablePort(), freeStablePort()]);
   writeFileSync(join(dir, 'psk'), randomBytes(32).toString('base64') + '\n');
-  writeFileSync(join(dir, 'nginx.conf'), `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:${pNginx}; location / { return 200 "hello\\n"; } }\n}\n`);
-  procs.push(spawnPinned('1', ['nginx', '-c', join(dir, 'nginx.conf'), '-p', dir]));
+  const nginxConf = writeNginxConf(dir, [`127.0.0.1:${pNginx}`]);
+  procs.push(spawnPinned('1', ['nginx', '-c', nginxConf, '-p', dir]));
   writeFileSync(join(dir, 'catalog.yaml'), ''); // written for real once the peer IDs are known
   const nodes = [
     { name: 'a', port: pA, admin: adminA, cpu: '0' },
