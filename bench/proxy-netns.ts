@@ -36,7 +36,7 @@
  *          [--perf]      perf record the agent/haproxy during the new-connection run; prints the top symbols
  *          [--syscalls]  strace the agent/haproxy during the new-connection run and print syscalls per connection
  *                        (strace slows it down many times: that run's figures are not comparable)
- *        (needs iperf3, wrk, nginx-light, haproxy, nftables, iproute2; strace for --syscalls)
+ *        (needs iperf3, wrk, nginx-light, haproxy, nftables, iproute2; strace for --syscalls, linux-perf for --perf)
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -72,7 +72,7 @@ const modes = allModes.filter((m) => (m === 'base' ? !!baseDir : m === 'direct' 
 const backPorts = (m: Mode) => { const i = allModes.indexOf(m); return { iperf: 5201 + i, web: 8080 + i, dns: 5300 + i }; };
 const log = (s: string) => process.stderr.write(s + '\n');
 if (process.getuid?.() !== 0) { log('needs root (network namespaces)'); process.exit(1); }
-for (const t of ['iperf3', 'wrk', 'nginx', 'haproxy', 'nft', 'ip', 'taskset', ...(udp ? ['dnsperf', 'dnsmasq'] : [])]) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light haproxy nftables iproute2`); process.exit(1); }
+for (const t of ['iperf3', 'wrk', 'nginx', 'haproxy', 'nft', 'ip', 'taskset', ...(udp ? ['dnsperf', 'dnsmasq'] : []), ...(syscalls ? ['strace'] : []), ...(perf ? ['perf'] : [])]) if (!Bun.which(t)) { log(`needs ${t}: apt-get install iperf3 wrk nginx-light haproxy nftables iproute2${udp ? ' dnsperf dnsmasq-base' : ''}${syscalls ? ' strace' : ''}${perf ? ' linux-perf' : ''}`); process.exit(1); }
 
 const NODE = `bnode${process.pid}`, POD = `bpod${process.pid}`, BACK = `bback${process.pid}`;
 const MAIN = join(import.meta.dir, '../src/cli/main.ts');
