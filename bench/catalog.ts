@@ -9,7 +9,7 @@ import { Catalog } from '../src/catalog/catalog.ts';
 import { type CatalogObjects, type Service, emptyObjects } from '../src/catalog/model.ts';
 import { SNAPSHOT_FORMAT, loadSnapshot, writeSnapshot } from '../src/catalog/snapshot.ts';
 import { createLogger } from '../src/obs/logger.ts';
-import type { Scenario } from './scenarios.ts';
+import type { Scenario } from './scenario.ts';
 
 function service(i: number): Service {
   return {

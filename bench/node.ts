@@ -22,8 +22,9 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { emptyObjects } from '../src/catalog/model.ts';
 import { defaultConfig } from '../src/config/load.ts';
 import { ADDRESSES_ANNOTATION, PEER_ID_ANNOTATION, TunnelModule } from '../src/tunnel/index.ts';
+import { applyLibraryPatches } from '../src/tunnel/patches/index.ts';
 import { syntheticObjects } from './catalog.ts';
-import type { Scenario } from './scenarios.ts';
+import type { Scenario } from './scenario.ts';
 
 const logger = createLogger('bench', { level: 'error' });
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
@@ -263,6 +264,7 @@ export const tunnelScenario: Scenario = {
     }));
     objs.endpoints.push({ namespace: 'bench', name: 'echo', from: 'Endpoints', endpoints: [{ ip: '127.0.0.1', nodeName: 'b', podName: '', hostname: '', ready: true, ports: [{ name: '', port: echo.port, protocol: 'TCP' }] }] });
     const psk = crypto.getRandomValues(new Uint8Array(32));
+    applyLibraryPatches(logger); // as the agent does before its tunnel starts
     const nodes = ['a', 'b'].map((name, i) => {
       const catalog = new Catalog({ logger });
       catalog.replace(structuredClone(objs), 'file');

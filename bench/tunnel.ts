@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, freeStablePort } from '../test/helpers.ts';
-import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/cipher.ts';
+import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/security/cipher.ts';
 import { cpuSeconds, iperfClient, spawnPinned, wrkRun, writeNginxConf } from './tools.ts';
 
 const argOf = (k: string, d: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d;

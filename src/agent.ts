@@ -11,6 +11,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Catalog } from './catalog/catalog.ts';
 import type { ConvertOptions } from './catalog/convert.ts';
+import { catalogDebugView } from './catalog/debug-view.ts';
 import { SnapshotWriter, loadSnapshot } from './catalog/snapshot.ts';
 import { FileSource } from './catalog/sources/file.ts';
 import { KubeSource, buildKubeConfig } from './catalog/sources/kube.ts';
@@ -18,8 +19,10 @@ import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { DnsModule } from './dns/index.ts';
 import { ProxyModule } from './proxy/index.ts';
+import { Dialer } from './dial/route.ts';
 import { loadOrCreateIdentity } from './tunnel/identity.ts';
 import { PEER_ID_ANNOTATION, TunnelModule, type TunnelStatus } from './tunnel/index.ts';
+import { applyLibraryPatches } from './tunnel/patches/index.ts';
 import { loadPsk } from './tunnel/psk.ts';
 import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
@@ -130,8 +133,11 @@ export class Agent {
         metrics: this.metrics,
         readiness: () => this.readiness(),
         status: () => this.status(),
-        catalog: () => this.catalog.snapshot(),
-        debug: { '/debug/proxy': () => this.proxy?.ports() ?? [], '/debug/tunnel': () => this.tunnel?.describe() ?? null },
+        debug: {
+          '/debug/catalog': () => catalogDebugView(this.catalog.snapshot()),
+          '/debug/proxy': () => this.proxy?.ports() ?? [],
+          '/debug/tunnel': () => this.tunnel?.describe() ?? null,
+        },
       });
       this.admin.start();
     }
@@ -164,16 +170,16 @@ export class Agent {
         const id = await loadOrCreateIdentity(loaded.stateDir, this.log.child('identity'));
         const psk = tc.psk.enable ? await loadPsk(tc.psk.path) : null;
         if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
+        applyLibraryPatches(this.log.child('tunnel'));
         this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
         await this.tunnel.start();
         if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId);
         this.watchConfig();
       }
       if (cfg.modules.edgeProxy.enable) {
-        this.proxy = new ProxyModule({
-          config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics,
-          remote: this.tunnel ?? undefined, directCIDRs: tc.directCIDRs,
-        });
+        // The one decision of how endpoints are reached: the tunnel is handed in, so dial/ never imports it.
+        const dialer = new Dialer({ nodeName: loaded.nodeName, directCIDRs: tc.directCIDRs, remote: this.tunnel ?? undefined });
+        this.proxy = new ProxyModule({ config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics, dialer });
         await this.proxy.start();
       }
       if (cfg.modules.edgeDNS.enable) {

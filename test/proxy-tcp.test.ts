@@ -7,7 +7,7 @@ import { Balancer, type LbEndpoint } from '../src/lb/balancer.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { BulkSplicer } from '../src/proxy/splicer.ts';
 import { TcpServicePort, type TcpRemoteDialer } from '../src/proxy/tcp.ts';
-import type { Pipe, PipeHandlers } from '../src/tunnel/pipe.ts';
+import type { Pipe, PipeHandlers } from '../src/dial/contract.ts';
 import { freePort, waitFor, writer } from './helpers.ts';
 
 const RING = { partitionCount: 100, replicationFactor: 10, load: 1.25 };

@@ -13,32 +13,17 @@
  *   by the direct call or, while the reader is paused, by the library's buffered 'message' path.
  */
 import { afterEach, describe, expect, test } from 'bun:test';
-import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Libp2p, Stream } from '@libp2p/interface';
-import { yamux } from '@libp2p/yamux';
-import { createLibp2p } from 'libp2p';
 import { DecodeError, MsgType, decodeProxy, encodeProxy, framedConnect, lengthPrefixed, replyType } from '../src/tunnel/protocol.ts';
-import { quietEvents } from '../src/tunnel/quiet-events.ts';
-import { pausedStaysPaused } from '../src/tunnel/stream-resume.ts';
-import { quietFrames, quietFramesApplied } from '../src/tunnel/yamux-frames.ts';
-import { directReceive, receiveDirectly } from '../src/tunnel/direct-receive.ts';
-import { bunTls } from '../src/tunnel/tls.ts';
-import { bunTcp } from '../src/tunnel/transport.ts';
+import { quietEvents } from '../src/tunnel/patches/quiet-events.ts';
+import { pausedStaysPaused } from '../src/tunnel/patches/stream-resume.ts';
+import { quietFrames, quietFramesApplied } from '../src/tunnel/patches/yamux-frames.ts';
+import { directReceive, receiveDirectly } from '../src/tunnel/patches/direct-receive.ts';
+import { WINDOW, testNode } from './fixtures/libp2p-node.ts';
 import { waitFor } from './helpers.ts';
 
 const PROTOCOL = '/edgemesh-test/bulk/1.0.0';
-const WINDOW = 4 * 1024 * 1024;
-
-async function node(opts: { inactivityTimeoutMs?: number; pings?: boolean } = {}): Promise<Libp2p> {
-  return createLibp2p({
-    privateKey: await generateKeyPair('Ed25519'),
-    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-    transports: [bunTcp({ inactivityTimeoutMs: opts.inactivityTimeoutMs ?? 120_000 }) as never],
-    connectionEncrypters: [bunTls() as never],
-    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: WINDOW } } as never)],
-    connectionMonitor: { enabled: opts.pings ?? true },
-  });
-}
+const node = testNode;
 
 const nodes: Libp2p[] = [];
 afterEach(async () => {

@@ -15,6 +15,7 @@ import { FileSource } from '../src/catalog/sources/file.ts';
 import { defaultConfig } from '../src/config/load.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { TunnelModule } from '../src/tunnel/index.ts';
+import { applyLibraryPatches } from '../src/tunnel/patches/index.ts';
 import { derivePsk } from '../src/tunnel/psk.ts';
 import { AgentProcess, freePort, freeStablePort, getJson, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
 
@@ -546,6 +547,7 @@ modules:
     const config = defaultConfig('agent', 'edge').modules.edgeTunnel;
     Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false, cipher: o.cipher ?? 'auto', encryption: o.encryption ?? 'tls' });
     config.psk.mode = o.pskMode ?? 'handshake';
+    applyLibraryPatches(createMemoryLogger('warn')); // as the agent does before its tunnel starts
     const tunnel = new TunnelModule({ config, nodeName: name, catalog, privateKey: key, psk, logger: createMemoryLogger('warn') });
     await tunnel.start();
     return { tunnel, stop: async () => { await tunnel.stop(); await src.stop(); } };

@@ -10,7 +10,6 @@
  * It binds loopback by default: it exposes the catalog, so putting it on a routable address is a choice.
  */
 import type { Server } from 'bun';
-import type { CatalogSnapshot } from '../catalog/catalog.ts';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import type { Logger } from './logger.ts';
 import type { MetricsRegistry } from './metrics.ts';
@@ -27,24 +26,8 @@ export interface AdminDeps {
   metrics: MetricsRegistry;
   readiness: () => Readiness;
   status: () => unknown;
-  catalog: () => CatalogSnapshot;
-  /** More read-only JSON views, e.g. `/debug/proxy`. */
+  /** Read-only JSON views by path: `/debug/catalog` (catalog/debug-view.ts), `/debug/proxy`, `/debug/tunnel`. */
   debug?: Record<string, () => unknown>;
-}
-
-/** The catalog as operators want to read it; shared by /debug/catalog and tests. */
-export function catalogDebugView(snap: CatalogSnapshot): unknown {
-  return {
-    version: snap.version,
-    services: [...snap.services.values()],
-    endpoints: [...snap.endpoints.values()],
-    nodes: [...snap.nodes.values()],
-    destinationRules: [...snap.destinationRules.values()],
-    gateways: [...snap.gateways.values()],
-    virtualServices: [...snap.virtualServices.values()],
-    // Never serve key material over HTTP, even on loopback.
-    secrets: [...snap.secrets.values()].map((s) => ({ namespace: s.namespace, name: s.name, type: s.type, keys: Object.keys(s.data) })),
-  };
 }
 
 const json = (body: unknown, status = 200) =>
@@ -95,14 +78,12 @@ export class AdminServer {
       }
       case '/status':
         return json(this.deps.status());
-      case '/debug/catalog':
-        return json(catalogDebugView(this.deps.catalog()));
       case '/metrics':
         return new Response(this.deps.metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } });
       default: {
         const view = this.deps.debug?.[path];
         if (view) return json(view());
-        return new Response(`not found; try /healthz /readyz /status /debug/catalog /metrics ${Object.keys(this.deps.debug ?? {}).join(' ')}\n`, { status: 404 });
+        return new Response(`not found; try /healthz /readyz /status /metrics ${Object.keys(this.deps.debug ?? {}).join(' ')}\n`, { status: 404 });
       }
     }
   }

@@ -20,7 +20,7 @@
  *   await ct.sync(mappings)   // after rules.apply(mappings)
  */
 import type { Logger } from '../obs/logger.ts';
-import type { PortMapping } from './index.ts';
+import type { PortMapping } from './mapping.ts';
 import { destinations, run } from './rules.ts';
 
 /** The conntrack command, injectable for tests. */

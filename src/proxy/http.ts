@@ -1,9 +1,15 @@
 /**
- * Just enough HTTP/1.x for hashing policies: find the end of the first request head, read one header, cookie or
- * query parameter from it, and insert a Set-Cookie line into a response head. Bytes are never rewritten
+ * proxy/ — the HTTP-aware stage of the TCP path, used only when a hashing policy needs a request head: find the
+ * end of the first request head, read one header, cookie or query parameter from it (the hash key), and announce
+ * a generated cookie with a Set-Cookie line inserted into the first response head. Bytes are never rewritten
  * otherwise: the proxy keeps the raw request and replays it, so keep-alive, pipelining and bodies are untouched.
+ *
+ *   const d = decideFromHead(earlyBytes, policy.hash);   // { hashKey, cookie }
+ *   // response bytes: d.cookie.take(chunk) until it returns bytes to forward; d.cookie.flush() at the end
  */
+import { randomBytes } from 'node:crypto';
 import type { HashSource } from '../lb/policy.ts';
+import { concat } from '../net/bytes.ts';
 
 /** Longest request head we wait for; beyond it the connection is balanced without a key. */
 export const MAX_HEAD = 16 * 1024;
@@ -100,4 +106,51 @@ export function insertIntoHead(b: Uint8Array, end: number, line: string): Uint8A
   out.set(add, end - 2);
   out.set(b.subarray(end - 2), end - 2 + add.length);
   return out;
+}
+
+/** What the first request head decides: the hash key, and a generated cookie to announce in the response. */
+export interface HeadDecision {
+  hashKey: string | undefined;
+  cookie: CookieAnnouncer | null;
+}
+
+/**
+ * The hash key from the request head at the start of `early` (none when the head is incomplete or lacks it). A
+ * cookie policy whose cookie is absent gets a generated key, announced to the client with Set-Cookie.
+ */
+export function decideFromHead(early: Uint8Array | null, source: HashSource): HeadDecision {
+  const end = early ? headEnd(early) : -1;
+  if (end < 0) return { hashKey: undefined, cookie: null };
+  const hashKey = requestKey(latin1(early!, end), source);
+  if (hashKey === undefined && source.kind === 'cookie') {
+    const generated = randomBytes(16).toString('hex');
+    return { hashKey: generated, cookie: new CookieAnnouncer(setCookieLine(source, generated)) };
+  }
+  return { hashKey, cookie: null };
+}
+
+/** Holds the first response until its head is complete (or 64 KiB came without one), then inserts the Set-Cookie line. */
+export class CookieAnnouncer {
+  private held: Uint8Array | null = null;
+
+  constructor(private readonly line: string) {}
+
+  /** Response bytes in; the bytes to forward out, or null while the head is still incomplete. */
+  take(chunk: Uint8Array): Uint8Array | null {
+    const b = concat(this.held, chunk);
+    const end = headEnd(b);
+    if (end < 0 && b.length < 64 * 1024) {
+      this.held = b;
+      return null;
+    }
+    this.held = null;
+    return end >= 0 ? insertIntoHead(b, end, this.line) : b;
+  }
+
+  /** The response ended before its head did: what was held, as it is. */
+  flush(): Uint8Array | null {
+    const b = this.held;
+    this.held = null;
+    return b;
+  }
 }

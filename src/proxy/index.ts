@@ -18,14 +18,17 @@ import { describePolicy, parsePolicy, ruleFor } from '../lb/policy.ts';
 import { ensureListenAddress } from '../net/bridge.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
+import type { KernelTarget, PortMapping } from './mapping.ts';
 import { type RulesBackend, chooseRules } from './rules.ts';
-import { type TcpRemoteDialer, TcpServicePort } from './tcp.ts';
-import { type UdpRemoteDialer, UdpServicePort } from './udp.ts';
-import { cidrMatcher } from '../net/cidr.ts';
+import { TcpServicePort } from './tcp.ts';
+import { UdpServicePort } from './udp.ts';
+import { Dialer } from '../dial/route.ts';
 import { socks5Route } from './socks5.ts';
 import { BulkSplicer } from './splicer.ts';
 import { UdpConntrack } from './conntrack.ts';
 import { readFileSync } from 'node:fs';
+
+export type { KernelTarget, PortMapping } from './mapping.ts';
 
 export interface ProxyModuleDeps {
   config: AgentConfig;
@@ -33,46 +36,12 @@ export interface ProxyModuleDeps {
   nodeName: string;
   logger: Logger;
   metrics?: MetricsRegistry;
-  /** The tunnel, for endpoints on other nodes; absent when edgeTunnel is off. */
-  remote?: TcpRemoteDialer & UdpRemoteDialer & { reachesDirectly?(nodeName: string, ip: string): boolean };
-  /** Endpoint addresses reached directly even when their node is another one (edgeTunnel.directCIDRs). */
-  directCIDRs?: readonly string[];
+  /** How endpoints are reached (dial/route.ts: local, or through the tunnel); absent: every endpoint is dialed from here. */
+  dialer?: Dialer;
   /** An interception backend to use instead of the one `interception` chooses (tests). */
   rules?: RulesBackend;
   /** The UDP conntrack clean-up to use instead of the conntrack tool's (tests); null: none. */
   conntrack?: UdpConntrack | null;
-}
-
-/** What a listener serves; the rules backends turn these into DNAT rules. */
-export interface PortMapping {
-  /** `ns/name:portName` (or `ns/name:port` for an unnamed port), as the original's rule comments. */
-  service: string;
-  protocol: 'TCP' | 'UDP';
-  clusterIPs: string[];
-  externalIPs: string[];
-  loadBalancerIPs: string[];
-  port: number;
-  listenHost: string;
-  listenPort: number;
-  /** Forwarded by the kernel straight to these endpoints instead of through the listener; null: the listener. */
-  kernel: KernelTarget | null;
-}
-
-/** A service port the kernel forwards (rules.ts): TCP, endpoints all reached directly, round robin or random. */
-export interface KernelTarget {
-  endpoints: { ip: string; port: number }[];
-  /** 'source-hash': consistent hashing by client address, in the kernel (nftables only; see `partitions`). */
-  pick: 'round-robin' | 'random' | 'source-hash';
-  /**
-   * source-hash: the ring's partition table as indices into `endpoints` (partition p → endpoint). The rule hashes
-   * the client address into a partition with the kernel's jhash under a fixed seed, so every rewrite of the rules
-   * keeps each client where it was; the partitions move between endpoints only as the ring moves them.
-   */
-  partitions?: number[];
-  /** ClientIP session affinity: seconds a client address stays with its endpoint since its last connection; 0 = none. */
-  affinitySec: number;
-  /** Pods' connections too (they are forwarded, so this needs ip_forward and no loopback endpoint). */
-  pods: boolean;
 }
 
 /** The largest consistent-hash partition table hashed in the kernel (one nft map element per partition). */
@@ -93,17 +62,16 @@ interface Entry {
   balancer: Balancer;
   /** The listener: TCP or UDP by the service port's protocol. */
   listener: TcpServicePort | UdpServicePort;
-  /** Fields whose change recreates the listener (SPEC §3.1). */
+  /** Fields whose change recreates the listener with a new port, as the original does (protocol, ports, addresses, affinity). */
   identity: string;
   policyWarning: string | null;
 }
 
 export class ProxyModule {
   readonly name = 'edgeProxy';
-  private readonly direct: (ip: string) => boolean;
-  /** The dialer's one decision (DESIGN.md): this node's endpoints, unplaced ones and directCIDRs are dialed here. */
-  private readonly isLocal = (ep: LbEndpoint): boolean =>
-    ep.nodeName === '' || ep.nodeName === this.deps.nodeName || this.direct(ep.ip) || (this.deps.remote?.reachesDirectly?.(ep.nodeName, ep.ip) ?? false);
+  /** The one decision of how an endpoint is reached (dial/route.ts). */
+  private readonly dialer: Dialer;
+  private readonly isLocal: (ep: LbEndpoint) => boolean;
   private entries = new Map<string, Entry>();
   private unsubscribe: (() => void) | null = null;
   private state: 'stopped' | 'running' | 'failed' = 'stopped';
@@ -128,7 +96,8 @@ export class ProxyModule {
   constructor(private readonly deps: ProxyModuleDeps) {
     this.cfg = deps.config.modules.edgeProxy;
     this.host = proxyListenAddress(deps.config);
-    this.direct = cidrMatcher(deps.directCIDRs ?? []);
+    this.dialer = deps.dialer ?? new Dialer({ nodeName: deps.nodeName });
+    this.isLocal = this.dialer.isLocal;
   }
 
   async start(): Promise<void> {
@@ -161,8 +130,8 @@ export class ProxyModule {
           balancer: new Balancer({ ring: this.cfg.loadBalancer.consistentHash }),
           logger: logger.child('socks5'),
           // A node is reached through the tunnel when there is one (its agent then dials its own address).
-          isLocal: (ep: LbEndpoint) => !this.deps.remote || this.isLocal(ep),
-          remote: this.deps.remote,
+          isLocal: (ep: LbEndpoint) => !this.dialer.remote || this.isLocal(ep),
+          remote: this.dialer.remote,
           connectTimeoutMs: this.cfg.connectTimeoutMs,
           idleTimeoutSec: this.cfg.tcpIdleTimeout,
           maxAttempts: 1,
@@ -289,7 +258,7 @@ export class ProxyModule {
         }
         if (!e) {
           const balancer = new Balancer({ ring: this.cfg.loadBalancer.consistentHash });
-          const common = { host: this.host, port: 0, balancer, logger: this.deps.logger.child(key), isLocal: this.isLocal, remote: this.deps.remote };
+          const common = { host: this.host, port: 0, balancer, logger: this.deps.logger.child(key), isLocal: this.isLocal, remote: this.dialer.remote };
           const listener = sp.protocol === 'UDP'
             ? new UdpServicePort({ ...common, idleTimeoutMs: this.cfg.udpIdleTimeout * 1000, maxSessions: this.cfg.udpMaxSessions, connectTimeoutMs: this.cfg.connectTimeoutMs })
             : new TcpServicePort({ ...common, connectTimeoutMs: this.cfg.connectTimeoutMs, idleTimeoutSec: this.cfg.tcpIdleTimeout, maxAttempts: this.cfg.maxDialAttempts, splicer: this.splicer ?? undefined, bulkBytes: this.cfg.spliceBulkBytes });

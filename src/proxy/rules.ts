@@ -26,7 +26,7 @@
  */
 import { EdgeMeshError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
-import type { PortMapping } from './index.ts';
+import type { PortMapping } from './mapping.ts';
 
 export interface RulesBackend {
   readonly name: string;

@@ -6,30 +6,28 @@
  *   four epoll_ctl calls a pause/resume pair costs per connection. The pair is joined in the upstream's `open`.
  * - A failed dial (refused, timeout) excludes that endpoint and asks the balancer again, at most `maxAttempts`
  *   times; then the client is closed cleanly (FIN).
- * - Backpressure: a partial write keeps the rest (one chunk, a view: no copy) and pauses the reading side until
- *   `drain`; memory per connection is bounded by one read chunk each way.
- * - Half-close: a FIN from one side is passed on with shutdown() once pending bytes are written; the pair closes
- *   when both directions are done. An error (RST) on one side resets the other.
+ * - Bytes move through the pump (dial/pump.ts, which each connection's state extends): backpressure, half-close
+ *   and reset propagation as on every pair of ends. Local endpoints are dialed by dial/local.ts.
  * - TCP_NODELAY on both sides (Bun sets it on accepted and connected sockets itself); optional idle timeout
  *   (idle: no bytes either way; Bun's socket deadline alone would close busy connections too, net/idle.ts).
  * - Only when a hashing policy needs it (header, cookie or query), the first request head is read before the
  *   endpoint is chosen (bounded by MAX_HEAD and sniffTimeoutMs), kept as raw bytes and replayed: keep-alive,
- *   pipelining and bodies pass untouched; routing is per connection. A generated cookie is announced with a
- *   Set-Cookie line inserted into the first response head.
+ *   pipelining and bodies pass untouched; routing is per connection. The HTTP stage (http.ts) finds the key and
+ *   announces a generated cookie in the first response head.
  * - Bulk: a connection that has moved `bulkBytes` with nothing buffered is handed to the splice worker
  *   (splicer.ts: splice(2) off the main thread, no copies into JavaScript); its slot is freed when the worker
  *   reports it closed.
  */
 import type { Socket, TCPSocketListener } from 'bun';
-import { randomBytes } from 'node:crypto';
+import type { Pipe, PipeHandlers, RemoteDialer } from '../dial/contract.ts';
+import { type LocalDial, LocalDialer, type LocalSink, type LocalSocket, detach } from '../dial/local.ts';
+import { Pump } from '../dial/pump.ts';
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
 import { concat } from '../net/bytes.ts';
 import { idleFor } from '../net/idle.ts';
 import type { Logger } from '../obs/logger.ts';
-import type { Pipe, PipeHandlers } from '../tunnel/pipe.ts';
-import { MAX_HEAD, headEnd, insertIntoHead, latin1, looksLikeHttp, requestKey, setCookieLine } from './http.ts';
+import { type CookieAnnouncer, MAX_HEAD, decideFromHead, headEnd, looksLikeHttp } from './http.ts';
 import type { BulkSplicer } from './splicer.ts';
-
 
 /**
  * A protocol that decides the target itself from the first bytes (SOCKS5): it may answer the client while
@@ -46,13 +44,16 @@ export interface RouteHook {
   timeoutMs: number;
 }
 
+/** What the TCP path needs of the tunnel (dial/contract.ts). */
+export type TcpRemoteDialer = Pick<RemoteDialer, 'open' | 'takesEarly'>;
+
 export interface TcpPortOptions {
   host: string;
   /** 0 = kernel-assigned (the original's model). */
   port: number;
   balancer: Balancer;
   logger: Logger;
-  /** Whether an endpoint can be dialed from here; false sends the dial to `remote` (the tunnel). */
+  /** Whether an endpoint can be dialed from here (dial/route.ts); false sends the dial to `remote` (the tunnel). */
   isLocal: (ep: LbEndpoint) => boolean;
   /** Opens a byte pipe to an endpoint on another node; absent = such endpoints count as failed dials. */
   remote?: TcpRemoteDialer;
@@ -68,13 +69,6 @@ export interface TcpPortOptions {
   splicer?: BulkSplicer;
   /** Bytes a connection moves (both ways) before it is handed to the splicer. */
   bulkBytes?: number;
-}
-
-export interface TcpRemoteDialer {
-  /** `early`: the client's first bytes, which the tunnel may send with its CONNECT; `sentEarly` says how many it did. */
-  open(t: { nodeName: string; protocol: 'tcp'; ip: string; port: number }, h: PipeHandlers, signal: AbortSignal, early?: Uint8Array): Promise<Pipe & { readonly sentEarly?: number }>;
-  /** Worth waiting a moment for the client's first bytes before opening (they can ride with the CONNECT). */
-  readonly takesEarly?: boolean;
 }
 
 /**
@@ -101,60 +95,93 @@ type Side = 'client' | 'upstream';
 /** Bytes kept from a client whose upstream is still connecting before the client is paused. */
 const EARLY_LIMIT = 64 * 1024;
 
-/** What an upstream socket carries: its connection and which dial attempt created it. */
-interface Dial {
-  c: Conn;
-  ep: LbEndpoint;
-  attempt: number;
-}
-
-interface Conn {
-  client: Socket<Conn>;
-  /** A Bun socket to a local endpoint, or a tunnel stream to a remote one. */
-  upstream: Pipe | null;
-  ep: LbEndpoint | null;
-  tried: Set<string>;
-  /** Bytes accepted from one side that the other side's socket has not taken yet. */
-  pendingToUpstream: Uint8Array | null;
-  pendingToClient: Uint8Array | null;
-  /** FIN received from this side (to pass on once its pending bytes are out). */
-  clientEnded: boolean;
-  upstreamEnded: boolean;
-  closed: boolean;
+/**
+ * One proxied connection: a pump whose end 0 is the client and end 1 the upstream (a Bun socket to a local
+ * endpoint, or a tunnel pipe to a remote one), plus what choosing and dialing the endpoint needs. It is also
+ * the sink of its local dials.
+ */
+class Conn extends Pump implements LocalSink {
+  ep: LbEndpoint | null = null;
+  readonly tried = new Set<string>();
   /** A tunnel dial's deadline, or the wait for first bytes before one. */
-  dialTimer: ReturnType<typeof setTimeout> | null;
-  /** A local dial in flight: since when (Date.now()), and to which endpoint; the port's sweep times it out. */
-  dialSince: number;
-  dialEp: LbEndpoint | null;
-  /** Number of the dial in flight; a timed-out attempt's late callbacks carry an older number and are ignored. */
-  attempt: number;
-  /** Bytes read before the endpoint was chosen (HTTP hashing); replayed to the upstream first. */
-  early: Uint8Array | null;
+  dialTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The local dial in flight, and to which endpoint. */
+  dialing: LocalDial | null = null;
+  dialEp: LbEndpoint | null = null;
+  /** Number of the tunnel dial in flight; a timed-out attempt's late callbacks carry an older number and are ignored. */
+  attempt = 0;
+  /** Bytes read before the endpoint was chosen or connected; replayed to the upstream first. */
+  early: Uint8Array | null = null;
   /** A remote dial waiting for the client's first bytes (FIRST_BYTES_WAIT_MS); called when they come. */
-  awaitFirst: (() => void) | null;
-  sniffing: boolean;
+  awaitFirst: (() => void) | null = null;
+  sniffing = false;
   /** Last bytes moved either way or drained (Date.now()): tcpIdleTimeout counts from here (net/idle.ts). */
-  lastActive: number;
+  lastActive = Date.now();
   /** The SOCKS5 route's deadline for its request. */
-  sniffTimer: ReturnType<typeof setTimeout> | null;
+  sniffTimer: ReturnType<typeof setTimeout> | null = null;
   /** When sniffing for a hash key began (Date.now()); the port's sniff sweep ends it after sniffTimeoutMs. */
-  sniffSince: number;
-  hashKey: string | undefined;
+  sniffSince = 0;
+  hashKey: string | undefined = undefined;
   /** The target a route hook chose (one attempt, no balancer). */
-  fixedTarget: LbEndpoint | null;
-  /** A Set-Cookie line still to insert into the first response head, and the response bytes held for it. */
-  setCookie: string | null;
-  respHead: Uint8Array | null;
+  fixedTarget: LbEndpoint | null = null;
+  /** A generated cookie still to announce in the first response head (http.ts). */
+  cookie: CookieAnnouncer | null = null;
   /** The client is paused (early bytes past EARLY_LIMIT, route decided): joined() resumes it. */
-  clientPaused: boolean;
-  /** Bytes forwarded so far, both ways (counts towards the bulk hand-over; -1 = never hand over). */
-  moved: number;
+  clientPaused = false;
   /** The splice worker's id for this pair once handed over; 0 = still carried in JavaScript here. */
-  spliceId: number;
+  spliceId = 0;
+
+  constructor(
+    readonly port: TcpServicePort,
+    readonly client: Socket<Conn>,
+    /** Bytes forwarded so far, both ways (counts towards the bulk hand-over; -1 = never hand over). */
+    public moved: number,
+  ) {
+    super();
+    this.end0 = client;
+  }
+
+  /** A Bun socket to a local endpoint, or a tunnel pipe to a remote one; null while connecting. */
+  get upstream(): Pipe | null {
+    return this.end1;
+  }
+
+  protected override onClose(): void {
+    this.port.released(this);
+  }
+
+  localOpened(u: LocalSocket): boolean {
+    return this.port.localOpened(this, u);
+  }
+
+  localFailed(why: string): void {
+    this.dialing = null;
+    if (!this.closed && !this.end1) this.port.failedDial(this, this.dialEp!, why);
+  }
+
+  localData(chunk: Uint8Array): void {
+    this.port.forward(this, 'upstream', chunk);
+  }
+
+  localDrain(): void {
+    this.port.drained(this, 'upstream');
+  }
+
+  localEnd(): void {
+    this.port.ended(this, 'upstream');
+  }
+
+  localClose(reset: boolean): void {
+    this.port.close(this, reset);
+  }
+
+  localTimeout(u: LocalSocket): void {
+    this.port.idleCheck(this, u);
+  }
 }
 
-/** The state handed-over sockets point at: closed, so their last callbacks (Bun still calls close) do nothing. */
-const DETACHED = { closed: true, upstream: null, sniffing: false, lastActive: 0 } as unknown as Conn;
+/** The state handed-over client sockets point at: closed, so their last callbacks (Bun still calls close) do nothing. */
+const DETACHED = { closed: true, sniffing: false, lastActive: 0 } as unknown as Conn;
 
 function pauseClient(c: Conn): void {
   if (c.clientPaused) return;
@@ -167,19 +194,19 @@ export class TcpServicePort {
   private readonly conns = new Set<Conn>();
   readonly stats: TcpPortStats = { accepted: 0, active: 0, dialFailures: 0, noEndpoint: 0, remoteDials: 0, bytesUp: 0, bytesDown: 0, spliced: 0 };
   private readonly bulkBytes: number;
+  private readonly local: LocalDialer;
   /**
-   * Connections waiting for a request head (hash policies) or for a local upstream to connect, and one sweep
-   * that ends those waits after sniffTimeoutMs / connectTimeoutMs while any are waiting. A timer per connection
-   * (armed, then cleared within a millisecond, as the head nearly always comes in the first read and a local
-   * connect takes microseconds) cost ~2% of a new connection's CPU each. The sweep runs every tenth of the
-   * shorter timeout (10-100 ms), so a wait ends up to that much later than its timeout.
+   * Connections waiting for a request head (hash policies), and one sweep that ends those waits after
+   * sniffTimeoutMs while any are waiting, instead of a timer per connection (armed, then cleared within a
+   * millisecond, as the head nearly always comes in the first read: ~2% of a new connection's CPU). The sweep
+   * runs every tenth of the shorter timeout (10-100 ms), so a wait ends up to that much later than its timeout.
    */
   private readonly sniffers = new Set<Conn>();
-  private readonly dialing = new Set<Conn>();
   private sweep: ReturnType<typeof setInterval> | null = null;
 
   constructor(private readonly o: TcpPortOptions) {
     this.bulkBytes = o.bulkBytes ?? 1024 * 1024;
+    this.local = new LocalDialer({ timeoutMs: o.connectTimeoutMs });
   }
 
   get port(): number {
@@ -196,11 +223,7 @@ export class TcpServicePort {
         // Plain Uint8Array views: the splice never needs Buffer methods, and Bun can skip creating them.
         binaryType: 'uint8array',
         open(s) {
-          const c: Conn = {
-            client: s, upstream: null, ep: null, tried: new Set(), pendingToUpstream: null, pendingToClient: null, clientEnded: false,
-            upstreamEnded: false, closed: false, lastActive: Date.now(), dialTimer: null, dialSince: 0, dialEp: null, attempt: 0, early: null, awaitFirst: null, sniffing: false, sniffTimer: null, sniffSince: 0, hashKey: undefined, fixedTarget: null, setCookie: null, respHead: null, clientPaused: false,
-            moved: self.o.splicer ? 0 : -1, spliceId: 0,
-          };
+          const c = new Conn(self, s, self.o.splicer ? 0 : -1);
           s.data = c;
           self.conns.add(c);
           self.stats.accepted++;
@@ -238,7 +261,7 @@ export class TcpServicePort {
           self.ended(s.data, 'client');
         },
         timeout(s) {
-          if (idleFor(s, s.data.lastActive, self.o.idleTimeoutSec)) self.close(s.data, false);
+          self.idleCheck(s.data, s);
         },
         error(s) {
           self.close(s.data, true);
@@ -257,6 +280,7 @@ export class TcpServicePort {
     this.listener = null;
     if (this.sweep) clearInterval(this.sweep);
     this.sweep = null;
+    this.local.stop();
     for (const c of [...this.conns]) {
       if (c.spliceId) this.o.splicer?.close(c.spliceId, false);
       else this.close(c, false);
@@ -281,25 +305,18 @@ export class TcpServicePort {
     this.dial(c);
   }
 
-  /** Arms the sweep while connections wait (for a request head, for a connect); it stops itself when none do. */
+  /** Arms the sniff sweep while connections wait for a request head; it stops itself when none do. */
   private armSweep(): void {
     if (this.sweep) return;
     const sniffMs = this.o.sniffTimeoutMs ?? 500;
-    const connectMs = this.o.connectTimeoutMs;
     this.sweep = setInterval(() => {
       const now = Date.now();
       for (const c of this.sniffers) if (now - c.sniffSince >= sniffMs) this.endSniff(c);
-      for (const c of this.dialing) {
-        if (now - c.dialSince < connectMs) continue;
-        this.dialing.delete(c);
-        c.attempt++; // a late open or connectError of this attempt is ignored
-        this.failedDial(c, c.dialEp!, `connect timeout after ${connectMs} ms`); // may dial again: back in the set
-      }
-      if (this.sniffers.size === 0 && this.dialing.size === 0 && this.sweep) {
+      if (this.sniffers.size === 0 && this.sweep) {
         clearInterval(this.sweep);
         this.sweep = null;
       }
-    }, Math.max(10, Math.min(100, Math.min(sniffMs, connectMs) / 10)));
+    }, Math.max(10, Math.min(100, Math.min(sniffMs, this.o.connectTimeoutMs) / 10)));
   }
 
   /**
@@ -312,12 +329,9 @@ export class TcpServicePort {
     this.sniffers.delete(c);
     const pol = this.o.balancer.effectivePolicy();
     if (pol.kind === 'consistent-hash' && pol.hash.kind !== 'source-ip') {
-      const end = c.early ? headEnd(c.early) : -1;
-      if (end >= 0) c.hashKey = requestKey(latin1(c.early!, end), pol.hash);
-      if (end >= 0 && c.hashKey === undefined && pol.hash.kind === 'cookie') {
-        c.hashKey = randomBytes(16).toString('hex');
-        c.setCookie = setCookieLine(pol.hash, c.hashKey);
-      }
+      const d = decideFromHead(c.early, pol.hash);
+      c.hashKey = d.hashKey;
+      c.cookie = d.cookie;
     }
     this.dial(c);
   }
@@ -336,16 +350,21 @@ export class TcpServicePort {
     }
     c.tried.add(ep.key);
     if (!this.o.isLocal(ep)) {
-      if (!c.early && !c.clientEnded && this.o.remote?.takesEarly) this.awaitFirstBytes(c, ep);
+      if (!c.early && !c.fin0 && this.o.remote?.takesEarly) this.awaitFirstBytes(c, ep);
       else this.dialRemote(c, ep);
       return;
     }
-    const attempt = ++c.attempt;
-    c.dialSince = Date.now();
     c.dialEp = ep;
-    this.dialing.add(c);
-    this.armSweep();
-    Bun.connect<Dial>({ hostname: ep.ip, port: ep.port, allowHalfOpen: true, data: { c, ep, attempt }, socket: this.upstreamHandlers as unknown as Bun.SocketHandler<Dial> }).catch(() => {}); // typings only allow "buffer" here
+    c.dialing = this.local.dial(ep.ip, ep.port, c);
+  }
+
+  /** @internal A local dial of `c` connected: pair it, unless the connection has gone meanwhile. */
+  localOpened(c: Conn, u: LocalSocket): boolean {
+    c.dialing = null;
+    if (c.closed || c.end1) return false;
+    if (this.o.idleTimeoutSec > 0) u.timeout(this.o.idleTimeoutSec);
+    this.joined(c, c.dialEp!, u);
+    return true;
   }
 
   /** Open the tunnel to `ep` once the client's first bytes are here, or after FIRST_BYTES_WAIT_MS without them. */
@@ -413,7 +432,7 @@ export class TcpServicePort {
 
   /** The upstream is connected: pair it with the client and let the early bytes through (`sent` of them already went with the CONNECT). */
   private joined(c: Conn, ep: LbEndpoint, u: Pipe, sent = 0): void {
-    c.upstream = u;
+    c.end1 = u;
     c.ep = ep;
     this.o.balancer.acquire(ep.key);
     if (c.fixedTarget) this.o.route?.connected?.(c.client as Socket<unknown>);
@@ -424,107 +443,56 @@ export class TcpServicePort {
       this.stats.bytesUp += early.length;
       const n = u.write(early);
       if (n < early.length) {
-        c.pendingToUpstream = early.subarray(Math.max(0, n)); // drained() resumes the client
+        c.held1 = early.subarray(Math.max(0, n)); // drained() resumes the client
         return;
       }
     }
-    if (c.clientEnded) u.shutdown();
+    if (c.fin0) u.shutdown();
     else if (c.clientPaused) {
       c.clientPaused = false;
       c.client.resume();
     }
   }
 
-  /**
-   * One handler object for every upstream socket (state lives in socket.data): building a fresh set of closures
-   * per connection is measurable at tens of thousands of new connections per second.
-   */
-  private readonly upstreamHandlers: Bun.SocketHandler<Dial, 'uint8array'> = {
-    binaryType: 'uint8array',
-    open: (u) => {
-      const { c, ep, attempt } = u.data;
-      if (attempt !== c.attempt || c.closed || c.upstream) {
-        u.terminate();
-        return;
-      }
-      this.dialing.delete(c);
-      if (this.o.idleTimeoutSec > 0) u.timeout(this.o.idleTimeoutSec);
-      this.joined(c, ep, u);
-    },
-    data: (u, chunk) => this.forward(u.data.c, 'upstream', chunk),
-    drain: (u) => this.drained(u.data.c, 'upstream'),
-    end: (u) => this.ended(u.data.c, 'upstream'),
-    timeout: (u) => {
-      if (idleFor(u, u.data.c.lastActive, this.o.idleTimeoutSec)) this.close(u.data.c, false);
-    },
-    error: (u) => {
-      if (u.data.c.upstream === u) this.close(u.data.c, true);
-    },
-    close: (u, err) => {
-      if (u.data.c.upstream === u) this.close(u.data.c, !!err);
-    },
-    connectError: (u, err) => {
-      const { c, ep, attempt } = u.data;
-      if (attempt !== c.attempt || c.upstream || c.closed) return;
-      this.dialing.delete(c);
-      this.failedDial(c, ep, err.message);
-    },
-  };
-
-  private failedDial(c: Conn, ep: LbEndpoint, why: string): void {
+  /** @internal */
+  failedDial(c: Conn, ep: LbEndpoint, why: string): void {
     this.stats.dialFailures++;
     this.o.logger.debug('dial failed; trying another endpoint', { endpoint: ep.key, error: why });
     this.dial(c);
   }
 
-  /** Bytes from `from` go to the other side; a partial write pauses `from` until the other side drains. */
-  private forward(c: Conn, from: Side, chunk: Uint8Array): void {
+  /** @internal Bytes from `from` go to the other side (through the pump, which pauses `from` on a partial write). */
+  forward(c: Conn, from: Side, chunk: Uint8Array): void {
     if (c.closed) return;
     c.lastActive = Date.now();
-    const to = from === 'client' ? c.upstream : c.client;
-    if (!to) {
-      // The upstream is still connecting: keep the bytes (replayed on open), up to EARLY_LIMIT.
-      c.early = concat(c.early, chunk);
-      if (c.early.length >= EARLY_LIMIT) pauseClient(c);
-      c.awaitFirst?.();
-      return;
+    if (from === 'client') {
+      if (!c.end1) {
+        // The upstream is still connecting: keep the bytes (replayed on open), up to EARLY_LIMIT.
+        c.early = concat(c.early, chunk);
+        if (c.early.length >= EARLY_LIMIT) pauseClient(c);
+        c.awaitFirst?.();
+        return;
+      }
+      this.stats.bytesUp += chunk.length;
+    } else {
+      if (c.cookie) {
+        const out = c.cookie.take(chunk);
+        if (!out) return;
+        c.cookie = null;
+        chunk = out;
+      }
+      this.stats.bytesDown += chunk.length;
     }
-    if (from === 'upstream' && c.setCookie) {
-      // Hold the first response until its head is complete, then announce the generated cookie in it.
-      c.respHead = concat(c.respHead, chunk);
-      const end = headEnd(c.respHead);
-      if (end < 0 && c.respHead.length < 64 * 1024) return;
-      chunk = end >= 0 ? insertIntoHead(c.respHead, end, c.setCookie) : c.respHead;
-      c.setCookie = null;
-      c.respHead = null;
-    }
-    if (from === 'client') this.stats.bytesUp += chunk.length;
-    else this.stats.bytesDown += chunk.length;
-    const held = from === 'client' ? c.pendingToUpstream : c.pendingToClient;
-    if (held) {
-      // A tunnel stream may deliver what it had already queued after pause(): keep order, write after the rest.
-      if (from === 'client') c.pendingToUpstream = concat(held, chunk);
-      else c.pendingToClient = concat(held, chunk);
-      return;
-    }
-    const n = to.write(chunk);
-    if (n < chunk.length) {
-      const rest = chunk.subarray(Math.max(0, n));
-      if (from === 'client') c.pendingToUpstream = rest;
-      else c.pendingToClient = rest;
-      (from === 'client' ? c.client : c.upstream!).pause();
-      return;
-    }
-    if (c.moved >= 0 && (c.moved += chunk.length) >= this.bulkBytes) this.handOver(c);
+    if (c.data(from === 'client' ? 0 : 1, chunk) && c.moved >= 0 && (c.moved += chunk.length) >= this.bulkBytes) this.handOver(c);
   }
 
   /** A bulk connection with nothing held here goes to the splice worker (see splicer.ts). */
   private handOver(c: Conn): void {
-    if (c.pendingToClient || c.pendingToUpstream || c.clientEnded || c.upstreamEnded || c.clientPaused || c.setCookie || c.respHead || c.early || !c.upstream) return;
-    const u = c.upstream as Socket<Dial>;
-    const dial = u.data;
+    if (!c.flowing || c.clientPaused || c.cookie || c.early || !c.upstream) return;
+    const u = c.upstream as LocalSocket;
+    const owner = u.data;
     c.client.data = DETACHED;
-    u.data = { c: DETACHED, ep: dial.ep, attempt: -1 };
+    detach(u);
     const id = this.o.splicer!.handOver(c.client as Socket<unknown>, u as Socket<unknown>, (d) => {
       this.stats.bytesUp += d.up;
       this.stats.bytesDown += d.down;
@@ -535,91 +503,69 @@ export class TcpServicePort {
     if (!id) {
       // Not now (the worker is full, busy or gone): stay here, and ask again after another bulkBytes.
       c.client.data = c;
-      u.data = dial;
+      u.data = owner;
       c.moved = 0;
       return;
     }
     c.spliceId = id;
-    c.closed = true;
+    c.closed = true; // carried by the worker now: nothing here may touch the sockets
     if (c.dialTimer) clearTimeout(c.dialTimer);
     this.stats.spliced++;
   }
 
-  /** `side` can take more: write what waits for it and resume the other side. */
-  private drained(c: Conn, side: Side): void {
+  /** @internal `side` can take more: the pump writes what waits for it and resumes the other side. */
+  drained(c: Conn, side: Side): void {
     if (c.closed) return;
     c.lastActive = Date.now();
-    const sock = side === 'client' ? c.client : c.upstream;
-    const pending = side === 'client' ? c.pendingToClient : c.pendingToUpstream;
-    if (!sock || !pending) return;
-    const n = sock.write(pending);
-    if (n < pending.length) {
-      if (side === 'client') c.pendingToClient = pending.subarray(Math.max(0, n));
-      else c.pendingToUpstream = pending.subarray(Math.max(0, n));
-      return;
-    }
-    if (side === 'client') {
-      c.pendingToClient = null;
-      if (c.upstreamEnded) c.client.shutdown();
-      else c.upstream?.resume();
-    } else {
-      c.pendingToUpstream = null;
-      if (c.clientEnded) c.upstream?.shutdown();
-      else c.client.resume();
-    }
-    this.finishIfDone(c);
+    c.drain(side === 'client' ? 0 : 1);
   }
 
-  private finishIfDone(c: Conn): void {
-    if (c.clientEnded && c.upstreamEnded && !c.pendingToClient && !c.pendingToUpstream) this.close(c, false);
-  }
-
-  /** FIN from `side`: pass it on once its pending bytes are out; close when both directions are done. */
-  private ended(c: Conn, side: Side): void {
+  /** @internal FIN from `side`: passed on once its pending bytes are out; closes when both directions are done. */
+  ended(c: Conn, side: Side): void {
     if (c.closed) return;
     if (side === 'client') {
-      c.clientEnded = true;
       if (c.sniffing && this.o.route) {
         this.close(c, false); // the client left before saying where to
         return;
       }
-      if (c.sniffing) {
-        this.endSniff(c); // a request followed by FIN: still delivered, then the FIN
+      if (c.sniffing || !c.end1) {
+        c.fin0 = true; // joined() passes it on
+        if (c.sniffing) this.endSniff(c); // a request followed by FIN: still delivered, then the FIN
+        else if (!c.early) this.close(c, false);
         return;
       }
-      if (!c.upstream) {
-        if (!c.early) this.close(c, false);
-        return;
-      }
-      if (!c.pendingToUpstream) c.upstream.shutdown();
+      c.end(0);
     } else {
-      c.upstreamEnded = true;
-      if (c.respHead) {
+      const held = c.cookie?.flush();
+      c.cookie = null;
+      if (held) {
         // The response ended before its head did: pass on what there is.
-        const held = c.respHead;
-        c.respHead = c.setCookie = null;
-        this.forward(c, 'upstream', held);
+        this.stats.bytesDown += held.length;
+        c.data(1, held);
       }
-      if (!c.pendingToClient) c.client.shutdown();
+      c.end(1);
     }
-    this.finishIfDone(c);
   }
 
-  /** Close both sides: with `reset`, the survivor gets an RST (error propagation), else a FIN. */
-  private close(c: Conn, reset: boolean): void {
-    if (c.closed) return;
-    c.closed = true;
+  /** @internal Bun's deadline fired on one of `c`'s sockets: close if it really was idle (net/idle.ts). */
+  idleCheck(c: Conn, s: { timeout(sec: number): void }): void {
+    if (idleFor(s, c.lastActive, this.o.idleTimeoutSec)) this.close(c, false);
+  }
+
+  /** @internal Close both sides: with `reset`, the survivor gets an RST (error propagation), else a FIN. */
+  close(c: Conn, reset: boolean): void {
+    if (!c.closed) c.close(reset); // the pump ends both sockets, then released()
+  }
+
+  /** @internal The pump closed `c`: free what it held here. */
+  released(c: Conn): void {
     if (c.dialTimer) clearTimeout(c.dialTimer);
     if (c.sniffTimer) clearTimeout(c.sniffTimer);
     this.sniffers.delete(c);
-    this.dialing.delete(c);
+    this.local.cancel(c.dialing);
+    c.dialing = null;
     this.conns.delete(c);
     this.stats.active--;
     if (c.ep) this.o.balancer.release(c.ep.key);
-    for (const s of [c.client, c.upstream]) {
-      if (!s) continue;
-      if (reset) s.terminate();
-      else s.end();
-    }
   }
 }

@@ -1,29 +1,19 @@
 /**
  * The UDP data path of one service port: a session per client address:port, each with its own connected
  * upstream socket to the endpoint the balancer chose. Replies leave through the listener socket, which is bound
- * to the DNAT target address (never 0.0.0.0, see TESTING.md), so conntrack rewrites their source back to the
+ * to the DNAT target address (never 0.0.0.0: behind a DNAT, a socket bound to the wildcard replies from the wrong source address and the client answers with ICMP port-unreachable), so conntrack rewrites their source back to the
  * cluster IP the client asked. One datagram in, one datagram out: boundaries are preserved.
  *
  * Sessions end after `idleTimeoutMs` without traffic either way (default 60 s; the original's 250 ms breaks
  * anything that is not a single request/response). Session count is bounded; datagrams that arrive while a
  * session's upstream socket is opening are queued (bounded) and sent once it is ready.
  */
+import type { DatagramChannel, RemoteDialer } from '../dial/contract.ts';
 import type { Balancer, LbEndpoint } from '../lb/balancer.ts';
 import type { Logger } from '../obs/logger.ts';
 
-/** A datagram channel to an endpoint on another node (the tunnel frames datagrams inside one stream). */
-export interface DatagramChannel {
-  send(d: Uint8Array): void;
-  close(): void;
-}
-
-export interface UdpRemoteDialer {
-  openDatagrams(
-    t: { nodeName: string; protocol: 'udp'; ip: string; port: number },
-    h: { datagram(d: Uint8Array): void; closed(): void },
-    signal: AbortSignal,
-  ): Promise<DatagramChannel>;
-}
+/** What the UDP path needs of the tunnel (dial/contract.ts): datagrams framed inside one stream. */
+export type UdpRemoteDialer = Pick<RemoteDialer, 'openDatagrams'>;
 
 export interface UdpPortOptions {
   host: string;

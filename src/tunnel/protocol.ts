@@ -13,6 +13,7 @@
  * boundaries), as a 2-byte big-endian length before each datagram.
  */
 
+import type { Stream } from '@libp2p/interface';
 import { concat } from '../net/bytes.ts';
 
 export const DISCOVERY_PROTOCOL = '/libp2p/tunnel-discovery/1.0.0';
@@ -324,4 +325,9 @@ export function readMessage(stream: MessageSource, max: number, signal: AbortSig
     stream.addEventListener('message', onMessage as never);
     stream.addEventListener('close', onClose as never);
   });
+}
+
+/** One length-prefixed protocol message (discovery or proxy) from a libp2p stream. */
+export function readOne(s: Stream, signal: AbortSignal): Promise<Uint8Array> {
+  return readMessage(s as unknown as MessageSource, MAX_MESSAGE, signal);
 }

@@ -27,8 +27,10 @@
 import type { Stream } from '@libp2p/interface';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { concat } from '../net/bytes.ts';
-import { receiveDirectly } from './direct-receive.ts';
-import { HIGH_WATER, LOW_WATER, type Pipe, type PipeHandlers, pauseStream, resumeStream } from './pipe.ts';
+import type { Pipe, PipeHandlers } from '../dial/contract.ts';
+import { receiveDirectly } from './patches/direct-receive.ts';
+import { HIGH_WATER, LOW_WATER, pauseStream, resumeStream } from './pipe.ts';
+import { MsgType, replyType } from './protocol.ts';
 import { DecodeError, MAX_MESSAGE, lengthPrefixed, readVarint, writeVarint } from './protocol.ts';
 
 export const SESSION_PROTOCOL = '/edgemesh/tunnel-session/1.0.0';
@@ -58,11 +60,11 @@ export interface SessionHooks {
 
 export class Session {
   /** handshake: a message is expected; open: frames of a connection; idle: nothing may arrive. */
-  phase: 'handshake' | 'open' | 'idle';
+  private phase: 'handshake' | 'open' | 'idle';
   dead = false;
   lastUsed = Date.now();
   /** Dialer: the CONNECT sent, waiting for its reply. */
-  waiting: { h: PipeHandlers; resolve(end: FramedEnd | null): void; reject(e: Error): void } | null = null;
+  private waiting: { h: PipeHandlers; resolve(end: FramedEnd | null): void; reject(e: Error): void } | null = null;
   private partial: Uint8Array | null = null; // an incomplete length prefix or handshake message
   private deferred: Uint8Array | null = null; // the next connection's bytes, arrived before this one ended here
   private remaining = 0; // payload bytes of the current data frame still to come
@@ -125,6 +127,48 @@ export class Session {
   /** Send a handshake message (CONNECT, SUCCESS or FAILED). */
   sendMessage(msg: Uint8Array): void {
     this.stream.send(lengthPrefixed(msg));
+  }
+
+  /**
+   * Dialer: send a framed CONNECT and wait for its reply: the connection's end (attached, paused) on SUCCESS,
+   * null on FAILED (the session is released for the next one); rejected if the stream dies first.
+   */
+  connect(h: PipeHandlers, framedConnect: Uint8Array): Promise<FramedEnd | null> {
+    return new Promise((resolve, reject) => {
+      this.waiting = { h, resolve, reject };
+      this.phase = 'handshake';
+      this.stream.send(framedConnect);
+    });
+  }
+
+  /** Dialer: the reply to our CONNECT arrived (from the hooks' message()). */
+  answered(msg: Uint8Array): void {
+    const w = this.waiting;
+    this.waiting = null;
+    if (!w) throw new DecodeError('a reply nobody asked for');
+    if (replyType(msg) === MsgType.SUCCESS) {
+      // Attached before the rest of this read is parsed: the endpoint may speak first.
+      w.resolve(this.attach(w.h, true));
+    } else {
+      this.release();
+      w.resolve(null);
+    }
+  }
+
+  /** Dialer: the stream is gone while a CONNECT waits for its reply. */
+  failWaiting(err: Error): void {
+    this.waiting?.reject(err);
+    this.waiting = null;
+  }
+
+  /** Receiver: the next message expected is a CONNECT (after a FAILED, or once a connection is released). */
+  expectConnect(): void {
+    this.phase = 'handshake';
+  }
+
+  /** Dialer: back in the pool; nothing may arrive until the next CONNECT. */
+  rest(): void {
+    this.phase = 'idle';
   }
 
   /** Start carrying a connection; `paused` holds what arrives until the caller resumes the pipe. */

@@ -12,7 +12,7 @@
  *   s.xor(chunk);                                      // in place, any chunk sizes, state carried across calls
  */
 import { xsalsa20 as nobleXSalsa20 } from '@noble/ciphers/salsa.js';
-import { EdgeMeshError } from '../errors.ts';
+import { EdgeMeshError } from '../../errors.ts';
 
 /** XOR `data` in place with the keystream starting at 64-byte block `block`. */
 export interface XSalsa20Engine {
