@@ -11,33 +11,16 @@ import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
 import { idleFor } from '../net/idle.ts';
 import type { Logger } from '../obs/logger.ts';
-import type { CacheEntry, Forwarder } from './forwarder.ts';
+import { AnswerCache, type Prepared } from './answers.ts';
+import type { Forwarder } from './forwarder.ts';
 import { AA, CLASS_ANY, CLASS_IN, QR, RA, RCODE, RD, TC, TYPE, type SimpleQuery, compressOwners, errorResponse, optRecord, parseSimpleQuery, questionKey, questionEnd, readU16, writeU16 } from './wire.ts';
 import type { Zone } from './zone.ts';
 
 /** Our advertised EDNS UDP payload size (the DNS Flag Day 2020 value: avoids IP fragmentation). */
 export const EDNS_SIZE = 1232;
-const MAX_PREPARED = 50_000;
 
 /** A parsed question: wire.ts's simple query, or the same fields from the general codec (opcode is in flags). */
 type Question = Omit<SimpleQuery, 'opcode'>;
-
-/** A prepared answer in the hot table, with the lower-cased question bytes (+ EDNS tag) it answers. */
-interface HotEntry {
-  question: Uint8Array;
-  /** A zone answer… */
-  prepared: Prepared | null;
-  /** …or a forwarded answer from the forwarder's cache (expires, TTLs age). */
-  forwarded: CacheEntry | null;
-  next: HotEntry | null;
-}
-
-interface Prepared {
-  bytes: Uint8Array;
-  qEnd: number;
-  /** The same answer cut down to header + question (+ OPT), TC set: for UDP clients whose limit it exceeds. */
-  truncated: Uint8Array;
-}
 
 export interface DnsServerDeps {
   host: string;
@@ -68,15 +51,8 @@ type TcpConn = { buf: Uint8Array; pending: Uint8Array[]; closed: boolean; lastAc
 export class DnsServer {
   private udp: Bun.udp.Socket<'buffer'> | null = null;
   private tcp: Bun.TCPSocketListener<TcpConn> | null = null;
-  private prepared = new Map<string, Prepared>();
-  /** Hash of the question bytes → prepared answers: the allocation-free front of `prepared`. */
-  private hot = new Map<number, HotEntry>();
-  // Results of scan(), kept in fields so the hot path allocates nothing.
-  private sHash = 0;
-  private sQEnd = 0;
-  private sTag = 0;
-  private sEdns = 0;
-  private preparedFor: Zone | null = null;
+  /** Prepared zone answers and the index by question that also finds the forwarder's cached answers. */
+  private readonly answers = new AnswerCache();
   private buckets = new Map<string, { tokens: number; at: number }>();
   private bucketSweep: ReturnType<typeof setInterval> | null = null;
   readonly stats: DnsServerStats = { udpQueries: 0, tcpQueries: 0, zoneAnswers: 0, forwarded: 0, formerr: 0, dropped: 0, rateLimited: 0 };
@@ -91,7 +67,7 @@ export class DnsServer {
         port,
         socket: {
           data: (_sock, buf, rport, raddr) => this.onDatagram(buf, rport, raddr),
-          // ECONNREFUSED from a client that went away must not take the process down (TESTING.md).
+          // ECONNREFUSED from a client that went away: a Bun UDP socket without an error handler crashes the process.
           error: (_s, err) => logger.debug('udp socket error', { error: describeError(err) }),
         },
       });
@@ -173,7 +149,7 @@ export class DnsServer {
 
   /**
    * Replies are queued and sent with one sendMany per event-loop turn: one syscall-batch instead of one send per
-   * answer (TESTING.md measured ~12% less CPU per packet). A pending ICMP error (a client that went away) makes
+   * answer (measured: ~12% less CPU per packet; Bun also turns each send's address into a string and back). A pending ICMP error (a client that went away) makes
    * the send throw; that costs the rest of this batch, which UDP clients retry.
    */
   private sendUdp(msg: Uint8Array, port: number, addr: string): void {
@@ -262,47 +238,43 @@ export class DnsServer {
   answer(buf: Uint8Array, transport: 'udp' | 'tcp'): Uint8Array | Promise<Uint8Array | null> | null {
     const b = buf instanceof Buffer ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
     const zone = this.deps.zone();
-    if (this.preparedFor !== zone) {
-      this.prepared = new Map();
-      this.hot = new Map();
-      this.preparedFor = zone;
-    }
+    const a = this.answers;
+    a.forZone(zone);
     // Hottest path: a prepared zone answer or a cached forwarded one, found by a hash of the question bytes;
     // no allocation but the reply.
-    const simple = this.scan(buf);
+    const simple = a.scan(buf);
     let key: string | null = null;
     if (simple) {
-      for (let e: HotEntry | null | undefined = this.hot.get(this.sHash); e; e = e.next) {
-        if (!this.sameQuestion(e.question, buf)) continue;
-        if (e.prepared) {
-          this.stats.zoneAnswers++;
-          return this.serve(e.prepared, buf, this.sQEnd, this.sEdns, transport);
+      const e = a.hotEntry(buf);
+      if (e?.prepared) {
+        this.stats.zoneAnswers++;
+        return this.serve(e.prepared, buf, a.qEnd, a.edns, transport);
+      }
+      if (e) {
+        const out = this.deps.forwarder.cached(null, buf, a.qEnd, e.forwarded);
+        if (out) {
+          this.stats.forwarded++;
+          return transport === 'udp' ? this.fitUdp(out, a.edns) : out;
         }
-        const out = this.deps.forwarder.cached(null, buf, this.sQEnd, e.forwarded);
-        if (!out) {
-          this.hot.delete(this.sHash); // expired: drop the chain, the paths below refill it
-          break;
-        }
-        this.stats.forwarded++;
-        return transport === 'udp' ? this.fitUdp(out, this.sEdns) : out;
+        a.dropHot(); // expired: drop the chain, the paths below refill it
       }
       // Hot path: the same answers found by a string key of the raw question bytes.
-      key = questionKey(b, this.sQEnd, this.sTag);
-      const p = this.prepared.get(key);
+      key = questionKey(b, a.qEnd, a.tag);
+      const p = a.prepared(key);
       if (p) {
         this.stats.zoneAnswers++;
-        this.remember(buf, p, null);
-        return this.serve(p, buf, this.sQEnd, this.sEdns, transport);
+        a.remember(buf, p, null);
+        return this.serve(p, buf, a.qEnd, a.edns, transport);
       }
       // Names under the cluster domain never reach the forwarder's cache (unless forwardAll); a reverse name can
       // become ours when a service IP appears, so only those are checked against the zone.
       const reverse = key.includes('\x04arpa\x00');
-      const hit = !reverse || this.deps.forwardAll || !zone?.owns(this.nameOf(b, this.sQEnd)) ? this.deps.forwarder.cached(key, buf, this.sQEnd) : null;
+      const hit = !reverse || this.deps.forwardAll || !zone?.owns(this.nameOf(b, a.qEnd)) ? this.deps.forwarder.cached(key, buf, a.qEnd) : null;
       if (hit) {
         this.stats.forwarded++;
         const entry = this.deps.forwarder.entry(key);
-        if (entry) this.remember(buf, null, entry);
-        return transport === 'udp' ? this.fitUdp(hit, this.sEdns) : hit;
+        if (entry) a.remember(buf, null, entry);
+        return transport === 'udp' ? this.fitUdp(hit, a.edns) : hit;
       }
     }
 
@@ -328,91 +300,12 @@ export class DnsServer {
     if (zone && !this.deps.forwardAll && zone.owns(q.name)) {
       this.stats.zoneAnswers++;
       const p = this.prepare(zone, q);
-      // Random names under the domain must not grow this without bound.
-      if (this.prepared.size >= MAX_PREPARED) {
-        this.prepared.clear();
-        this.hot.clear();
-      }
-      this.prepared.set(key, p);
-      if (simple) this.remember(buf, p, null);
+      a.storePrepared(key, p);
+      if (simple) a.remember(buf, p, null);
       return this.serve(p, buf, q.qEnd, q.ednsSize, transport);
     }
     this.stats.forwarded++;
     return this.deps.forwarder.resolve(buf, key).then((r) => (transport === 'udp' ? this.fitUdp(r, q.ednsSize) : r));
-  }
-
-  /**
-   * Walk a query of the simple shape, hashing (FNV-1a) its lower-cased question bytes and EDNS state into
-   * sHash/sQEnd/sTag/sEdns. False for any other shape (the general path then decides).
-   */
-  private scan(b: Uint8Array): boolean {
-    const len = b.length;
-    if (len < 17 || b[4] !== 0 || b[5] !== 1 || b[6] !== 0 || b[7] !== 0 || b[8] !== 0 || b[9] !== 0 || b[10] !== 0 || (b[2]! & 0xf8) !== 0) return false;
-    const ar = b[11]!;
-    if (ar > 1) return false;
-    let h = 0x811c9dc5;
-    let o = 12;
-    for (;;) {
-      const l = b[o]!;
-      h = Math.imul(h ^ l, 0x01000193);
-      if (l === 0) break;
-      if (l > 63 || o + 1 + l >= len) return false;
-      for (let i = o + 1, e = o + 1 + l; i < e; i++) {
-        let c = b[i]!;
-        if (c >= 65 && c <= 90) c += 32;
-        h = Math.imul(h ^ c, 0x01000193);
-      }
-      o += 1 + l;
-      if (o - 12 > 255) return false;
-    }
-    const qEnd = o + 5;
-    if (qEnd > len) return false;
-    for (let i = o + 1; i < qEnd; i++) h = Math.imul(h ^ b[i]!, 0x01000193);
-    let tag = 0;
-    let edns = 0;
-    if (ar === 1) {
-      if (qEnd + 11 > len || b[qEnd] !== 0 || b[qEnd + 1] !== 0 || b[qEnd + 2] !== TYPE.OPT || b[qEnd + 6] !== 0) return false;
-      if (qEnd + 11 + ((b[qEnd + 9]! << 8) | b[qEnd + 10]!) !== len) return false;
-      edns = Math.max(512, (b[qEnd + 3]! << 8) | b[qEnd + 4]!);
-      tag = b[qEnd + 7]! & 0x80 ? 2 : 1;
-    } else if (qEnd !== len) {
-      return false;
-    }
-    this.sHash = Math.imul(h ^ tag, 0x01000193) >>> 0;
-    this.sQEnd = qEnd;
-    this.sTag = tag;
-    this.sEdns = edns;
-    return true;
-  }
-
-  /** The stored question (lower-cased bytes + tag) equals this query's (after a successful scan). */
-  private sameQuestion(stored: Uint8Array, b: Uint8Array): boolean {
-    const n = this.sQEnd - 12;
-    if (stored.length !== n + 1 || stored[n] !== this.sTag) return false;
-    for (let i = 0; i < n; i++) {
-      let c = b[12 + i]!;
-      if (c >= 65 && c <= 90) c += 32;
-      if (c !== stored[i]) return false;
-    }
-    return true;
-  }
-
-  /**
-   * Put a prepared zone answer or a forwarder cache entry into the hot table under the question that the last
-   * successful scan() (of this same query) described.
-   */
-  private remember(b: Uint8Array, p: Prepared | null, f: CacheEntry | null): void {
-    const n = this.sQEnd - 12;
-    const q = new Uint8Array(n + 1);
-    for (let i = 0; i < n; i++) {
-      let c = b[12 + i]!;
-      if (c >= 65 && c <= 90) c += 32;
-      q[i] = c;
-    }
-    q[n] = this.sTag;
-    for (let e: HotEntry | null | undefined = this.hot.get(this.sHash); e; e = e.next) if (this.sameQuestion(e.question, b)) return;
-    if (this.hot.size >= MAX_PREPARED) this.hot.clear();
-    this.hot.set(this.sHash, { question: q, prepared: p, forwarded: f, next: this.hot.get(this.sHash) ?? null });
   }
 
   /** The lower-case dotted name of a question whose bytes scan() accepted (only on cache misses). */
