@@ -62,6 +62,15 @@ endpoints:
     expect((await fetch(`${admin}/readyz`, { method: 'POST' })).status).toBe(405);
   });
 
+  test('every admin path docs/config.md lists answers with JSON or text, not 404', async () => {
+    const doc = readFileSync(join(import.meta.dir, '..', 'docs', 'config.md'), 'utf8');
+    const table = doc.slice(doc.indexOf('### The admin server'), doc.indexOf('\n## ', doc.indexOf('### The admin server')));
+    const paths = [...table.matchAll(/^\| `(\/[a-z/]+)` \|/gm)].map((m) => m[1]!);
+    expect(paths).toEqual(['/healthz', '/readyz', '/status', '/debug/catalog', '/debug/proxy', '/debug/tunnel', '/metrics']);
+    for (const p of paths) expect({ path: p, status: (await getText(`${admin}${p}`)).status }).toEqual({ path: p, status: 200 });
+    expect((await getText(`${admin}/debug/nothing`)).status).toBe(404);
+  });
+
   test('an edit that adds a Service is visible within 1 s; an editor-style rename too', async () => {
     const t0 = performance.now();
     writeFileSync(catalog, readFileSync(catalog, 'utf8') + '---\n' + service('beta', '10.96.0.2'));

@@ -13,7 +13,7 @@ const svc = (name: string, extra: Record<string, unknown> = {}) => ({
 });
 
 describe('convert', () => {
-  test('Service fields and the EdgeProxy filter (SPEC §1.5)', () => {
+  test('Service fields and the EdgeProxy filter (the original\'s label filter)', () => {
     const r = convertObject(svc('web', { spec: { sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } } }), opts);
     if ('ignored' in r || r.kind !== 'services') throw new Error('expected a service');
     expect(r.value).toMatchObject({ namespace: 'default', name: 'web', clusterIPs: ['10.96.0.10'], proxied: true, sessionAffinity: 'ClientIP', sessionAffinityTimeout: 60 });

@@ -73,7 +73,7 @@ modules:
 `;
 
 describe('config', () => {
-  test('defaults match the original (SPEC §8) and depend on the detected mode', () => {
+  test('defaults match the original\'s and depend on the detected mode', () => {
     const edge = defaultConfig('agent', 'edge');
     expect(edge.modules.edgeDNS.enable).toBe(true);
     expect(edge.modules.edgeDNS.listenPort).toBe(53);

@@ -153,7 +153,7 @@ describe('DestinationRule policies', () => {
   test('binding: by metadata name in the service namespace (the original), else by spec.host', () => {
     const svc = { namespace: 'shop', name: 'web' } as Service;
     const dr = (namespace: string, name: string, host: string): IstioObject => ({ namespace, name, apiVersion: 'networking.istio.io/v1beta1', spec: { host } });
-    expect(ruleFor(svc, [dr('shop', 'web', 'elsewhere')])?.name).toBe('web'); // name binding, host ignored (SPEC §9.2 #6)
+    expect(ruleFor(svc, [dr('shop', 'web', 'elsewhere')])?.name).toBe('web'); // bound by metadata name, spec.host ignored, as the original's random-LB example shows
     expect(ruleFor(svc, [dr('shop', 'r1', 'web')])?.name).toBe('r1');
     expect(ruleFor(svc, [dr('other', 'r2', 'web.shop')])?.name).toBe('r2');
     expect(ruleFor(svc, [dr('other', 'r3', 'web.shop.svc.cluster.local.')])?.name).toBe('r3');

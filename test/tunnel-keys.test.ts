@@ -1,4 +1,4 @@
-/** The node identity and the pre-shared key (groundwork of the tunnel, issue 5). */
+/** The node identity and the pre-shared key. */
 import { describe, expect, test } from 'bun:test';
 import { chmodSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -68,7 +68,7 @@ describe('pre-shared key', () => {
   test('the original derivation: base64Decode(hex(sha256(file)))[0:32], and the v1 document around it', () => {
     const key = derivePsk(sample);
     expect(key.length).toBe(32);
-    // Regression vector, computed once from the SPEC §5.3 formula.
+    // Regression vector, computed once from the original's formula: base64Decode(hex(sha256(file)))[0:32].
     expect(Buffer.from(key).toString('hex')).toBe(SAMPLE_KEY_HEX);
     const doc = new TextDecoder().decode(pskDocument(sample)).split('\n');
     expect(doc.slice(0, 2)).toEqual(['/key/swarm/psk/1.0.0/', '/base64/']);

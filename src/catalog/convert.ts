@@ -142,7 +142,7 @@ export function convertService(o: Rec, opts: ConvertOptions): Service {
   return svc;
 }
 
-/** SPEC §1.5: the service-proxy-name label filter, headless label, no cluster IP, ExternalName. */
+/** The original's proxy filter: the service-proxy-name label (serviceFilterMode), the headless label, no cluster IP, ExternalName. */
 export function isProxied(svc: Service, mode: ServiceFilterMode): boolean {
   const has = Object.hasOwn(svc.labels, SERVICE_PROXY_NAME_LABEL);
   if (mode === 'FilterIfLabelExists' ? has : !has) return false;

@@ -35,8 +35,8 @@ export interface Service {
   sessionAffinityTimeout: number;
   labels: Record<string, string>;
   /**
-   * Whether EdgeProxy serves this service (SPEC §1.5): the service-proxy-name label filter, not headless, has a
-   * cluster IP, not ExternalName. DNS answers for every service regardless.
+   * Whether EdgeProxy serves this service, as the original decides: the service-proxy-name label filter
+   * (docs/catalog.md), not headless, has a cluster IP, not ExternalName. DNS answers for every service regardless.
    */
   proxied: boolean;
 }

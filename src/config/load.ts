@@ -1,7 +1,7 @@
 /**
  * config/ — defaults, loading and validation. The config module owns every default; nothing else hard-codes one.
  *
- * Order (as the original, SPEC §1.2): defaults → mode-based defaults (cloud/edge from the environment) → the
+ * Order (as the original): defaults → mode-based defaults (cloud/edge from the environment) → the
  * user's file → cross-field checks → final mode (standalone / manual / cloud / edge). With no file at all the
  * agent uses the embedded standalone default, which works without root and without Kubernetes.
  *
@@ -17,7 +17,7 @@ import { type ConfigIssue, type ObjectField, parseHostPort } from './schema.ts';
 import { type AgentConfig, type GatewayConfig, agentSchema, gatewaySchema } from './schema-edgemesh.ts';
 
 export type Role = 'agent' | 'gateway';
-/** standalone: catalog from a file, no Kubernetes. The other three are the original's (SPEC §1.3). */
+/** standalone: catalog from a file, no Kubernetes. The other three are the original's (docs/config.md, "Run modes"). */
 export type RunMode = 'standalone' | 'manual' | 'cloud' | 'edge';
 export type Env = Record<string, string | undefined>;
 

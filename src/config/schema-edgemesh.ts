@@ -1,5 +1,5 @@
 /**
- * The agent's and the gateway's configuration, key for key compatible with the Go original (SPEC §8), plus our
+ * The agent's and the gateway's configuration, key for key compatible with the Go original's v1alpha1 files, plus our
  * additions (catalog, stateDir, adminAddress, edgeDNS.listenAddress, logging). Keys the original marks "do not
  * configure" are accepted (real ConfigMaps contain them) and overwritten at run time.
  */

@@ -3,7 +3,7 @@
  * drift apart: the TypeScript type, the complete defaults, the merge of a user file onto the defaults (with the
  * original's semantics), and the validation messages.
  *
- * Merge semantics follow the Go original (YAML → JSON → Go struct, SPEC §8.1): present scalars overwrite, nested
+ * Merge semantics follow the Go original (it decodes YAML → JSON into a Go struct of defaults): present scalars overwrite, nested
  * objects merge field by field, lists replace, `null` keeps the default, and keys match case-insensitively.
  * Unlike the original, an unknown key is an error with a did-you-mean hint, and every problem is reported at once.
  */

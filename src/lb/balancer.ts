@@ -6,7 +6,7 @@
  *   const ep = b.pick({ clientIP: '10.0.0.7' })          // null when there is none
  *   b.acquire(ep.key) … b.release(ep.key)                 // active connections, for least-request
  *
- * Default round robin over a shuffled list (SPEC §4.1–4.2); Kubernetes `sessionAffinity: ClientIP` pins a client
+ * Default round robin over a shuffled list, as the original; Kubernetes `sessionAffinity: ClientIP` pins a client
  * IP to its endpoint for the timeout. A DestinationRule policy on a service with ClientIP affinity is ignored
  * with a warning, as in the original. Endpoint changes never touch established connections: they only change
  * what later picks see; affinity entries of removed endpoints are dropped.

@@ -1,6 +1,6 @@
 /**
  * Consistent hashing with bounded loads, with the semantics of buraksezer/consistent v0.9 and xxHash64 (seed 0)
- * that the Go original uses (SPEC §4.4), so a key maps to the same member as on a Go node:
+ * that the Go original uses, so a key maps to the same member as on a Go node:
  * - each member contributes `replicationFactor` ring points: xxh64(member + decimal(i));
  * - partition p (0..partitionCount-1) hashes as xxh64(uint64 LE p) and goes to the first point at or after it
  *   whose member still has room (load + 1 ≤ ceil(floor(partitionCount / members) × load));

@@ -1,11 +1,11 @@
 /**
- * The SOCKS5 proxy of SPEC §3.6: reach another node by its Kubernetes node name, typically for ssh:
+ * The SOCKS5 proxy, as the original's: reach another node by its Kubernetes node name, typically for ssh:
  *   ssh -o ProxyCommand="nc --proxy-type socks5 --proxy 169.254.96.16:10800 %h %p" user@edge-node-2
  *
  * Only CONNECT to a domain name that is a node name in the catalog, other than this node; the node's
  * InternalIP (else ExternalIP) is dialed. Unlike the original, every refusal gets the proper SOCKS5 reply code
  * (not a silent close), parsing copes with fields split across reads, and connections do not share state.
- * Nodes are dialed directly for now; through the tunnel once it exists (issue 5).
+ * With the tunnel on, the target node's agent dials its own address (docs/proxy.md); without it, the node is dialed directly.
  */
 import type { CatalogSnapshot } from '../catalog/catalog.ts';
 import type { LbEndpoint } from '../lb/balancer.ts';

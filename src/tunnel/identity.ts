@@ -1,7 +1,8 @@
 /**
- * tunnel/ — the libp2p tunnel (issue 5). For now: the node's identity and the pre-shared key.
+ * tunnel/ — the node's identity: its libp2p key, kept in the state directory.
  *
- * The original derives each node's private key from its node name (SPEC §5.2), so anyone who knows a name can
+ * The original derives each node's private key from its node name (MD5 of the name seeds Go's math/rand, whose
+ * output is the Ed25519 seed), so anyone who knows a name can
  * impersonate that node. Here a node generates an Ed25519 key once and keeps it, mode 0600, in its state
  * directory; its peer ID is then bound to its node name through the catalog. The key is never regenerated
  * silently: a new key is a new peer ID, which the binding would then reject.

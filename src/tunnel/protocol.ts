@@ -1,5 +1,5 @@
 /**
- * tunnel/ — the wire messages of the original's two protocols (SPEC §5.4, §5.6), byte-compatible with its Go
+ * tunnel/ — the wire messages of the original's two protocols (discovery and proxy, docs/tunnel.md), byte-compatible with its Go
  * protobuf (proto2, varint-length-delimited on the stream):
  *
  *   Discovery { type=1 enum CONNECT|SUCCESS|FAILED; protocol=2 string ("MDNS"|"DHT"); node_name=3 string }

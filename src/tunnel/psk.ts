@@ -1,7 +1,7 @@
 /**
  * The tunnel's pre-shared key (a private network: peers without it cannot connect at all).
  *
- * Derivation of the original (SPEC §5.3), so a key file works for Go and TypeScript nodes alike: the file's exact
+ * Derivation of the original (docs/security.md), so a key file works for Go and TypeScript nodes alike: the file's exact
  * bytes are hashed with SHA-256, the lowercase hex of the hash is put into a libp2p "v1 PSK" document with the
  * base64 encoding, and libp2p base64-decodes that hex text and keeps the first 32 bytes:
  *   key = base64Decode(hex(sha256(file)))[0:32]

@@ -9,7 +9,7 @@
  *   both SYNs cross in the NATs (TCP simultaneous open) → one direct connection; A upgrades it as the initiator
  *   of the security handshake, B as the responder (the spec's roles). New streams then prefer it.
  *
- * Why not @libp2p/dcutr (../shared/TESTING.md measured it never producing a direct connection on Bun): it takes
+ * Why not @libp2p/dcutr (in a NAT lab of namespaces on Bun it never produced a direct connection; docs/tunnel.md): it takes
  * its addresses from the address manager, which never learns observed TCP addresses, and filters out private
  * ranges that edge WANs use; each punch dial leaves from a new port, so the NAT mapping the relay saw is not the
  * one punched; its first, one-sided dial leaves a conntrack entry that resets the real punch; and the role of the

@@ -28,7 +28,7 @@ import { type Kind, emptyObjects, keyOf } from '../model.ts';
 
 const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
-/** Build the client configuration for a run mode (SPEC §1.2–1.3). */
+/** Build the client configuration for a run mode (docs/config.md: manual, cloud in-cluster, edge via the metaServer). */
 export function buildKubeConfig(mode: RunMode, cfg: KubeAPIConfig): KubeConfig {
   const kc = new KubeConfig();
   try {

@@ -15,7 +15,7 @@
  * and the Go original's, reach this one.
  *
  * Our own pnet instead of @libp2p/pnet because that one's WASM cipher dies after ~16 MiB of bulk traffic
- * (../shared/TESTING.md) and is 4x slower than libsodium; the engine comes from cipher.ts.
+ * ("WebAssembly.Memory.grow would exceed the memory's declared maximum size", on Bun and Node) and is 4x slower than libsodium; the engine comes from cipher.ts.
  */
 import type { AbortOptions, ConnectionProtector, MultiaddrConnection } from '@libp2p/interface';
 import { AbstractMultiaddrConnection, byteStream } from '@libp2p/utils';
