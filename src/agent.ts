@@ -168,7 +168,7 @@ export class Agent {
       const tc = cfg.modules.edgeTunnel;
       if (tc.enable) {
         const id = await loadOrCreateIdentity(loaded.stateDir, this.log.child('identity'));
-        const psk = tc.psk.enable ? await loadPsk(tc.psk.path) : null;
+        const psk = tc.psk.enable ? await loadPsk(tc.psk.path, this.log.child('tunnel')) : null;
         if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
         applyLibraryPatches(this.log.child('tunnel'));
         this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'ADMIN_LISTEN'
   | 'ADMIN_UNREACHABLE'
   | 'STATE_DIR'
+  | 'FILE_WRITE'
   | 'BUILD'
   | 'TUNNEL_START'
   | 'TUNNEL_DOWN'

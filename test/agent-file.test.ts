@@ -1,6 +1,6 @@
 /** The agent as a real process in standalone mode: file catalog, admin server, snapshot, signals. */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { chmodSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { hasLocalAddress } from '../src/net/bridge.ts';
 import { join } from 'node:path';
 import { AgentProcess, MAIN, getJson, getText, listening, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
@@ -69,6 +69,29 @@ endpoints:
     expect(paths).toEqual(['/healthz', '/readyz', '/status', '/debug/catalog', '/debug/proxy', '/debug/tunnel', '/metrics']);
     for (const p of paths) expect({ path: p, status: (await getText(`${admin}${p}`)).status }).toEqual({ path: p, status: 200 });
     expect((await getText(`${admin}/debug/nothing`)).status).toBe(404);
+  });
+
+  test('the admin server answers only requests that name it in Host (DNS rebinding from a browser on the node)', async () => {
+    const port = Number(new URL(admin).port);
+    const raw = async (host: string): Promise<string> => {
+      const got = Promise.withResolvers<string>();
+      let text = '';
+      await Bun.connect({
+        hostname: '127.0.0.1', port,
+        socket: {
+          open: (s) => { s.write(`GET /debug/catalog HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`); },
+          data: (_s, d) => { text += d.toString(); },
+          close: () => got.resolve(text),
+          error: (_s, e) => got.reject(e),
+        },
+      });
+      return got.promise;
+    };
+    expect(await raw(`rebind.attacker.example:${port}`)).toStartWith('HTTP/1.1 421');
+    expect(await raw('attacker.example')).toStartWith('HTTP/1.1 421');
+    expect(await raw(`localhost:${port}`)).toStartWith('HTTP/1.1 200');
+    expect(await raw(`127.0.0.1:${port}`)).toStartWith('HTTP/1.1 200');
+    expect((await getText(`${admin}/metrics`)).body).toContain('edgemesh_admin_refused_host_total 2');
   });
 
   test('an edit that adds a Service is visible within 1 s; an editor-style rename too', async () => {
@@ -185,6 +208,23 @@ describe('small commands', () => {
       const again = await runCli(['psk', 'generate', '--out', f]);
       expect(again.code).toBe(2);
       expect(again.stderr).toContain('--force');
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('psk generate --force replaces a key through a new 0600 file, whatever the old file\'s mode', async () => {
+    const t = tempDir();
+    try {
+      const f = join(t.path, 'psk');
+      writeFileSync(f, 'old key\n');
+      chmodSync(f, 0o644);
+      const r = await runCli(['psk', 'generate', '--out', f, '--force']);
+      expect(r.code).toBe(0);
+      expect(statSync(f).mode & 0o777).toBe(0o600);
+      const key = readFileSync(f, 'utf8');
+      expect(Buffer.from(key.trim(), 'base64').length).toBe(32);
+      expect(readdirSync(t.path)).toEqual(['psk']); // no temp file left behind
     } finally {
       t.cleanup();
     }

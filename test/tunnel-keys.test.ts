@@ -2,6 +2,7 @@
 import { describe, expect, test } from 'bun:test';
 import { chmodSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { EdgeMeshError } from '../src/errors.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { IDENTITY_FILE, loadOrCreateIdentity } from '../src/tunnel/identity.ts';
 import { derivePsk, loadPsk, pskDocument } from '../src/tunnel/psk.ts';
@@ -83,8 +84,41 @@ describe('pre-shared key', () => {
       await expect(loadPsk(join(t.path, 'psk'))).rejects.toThrow('edgemesh psk generate --out');
       writeFileSync(join(t.path, 'empty'), '');
       await expect(loadPsk(join(t.path, 'empty'))).rejects.toThrow('is empty');
-      writeFileSync(join(t.path, 'psk'), sample);
-      expect(Buffer.from(await loadPsk(join(t.path, 'psk'))).toString('hex')).toBe(SAMPLE_KEY_HEX);
+      const own = new TextEncoder().encode('3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n');
+      writeFileSync(join(t.path, 'psk'), own, { mode: 0o600 });
+      expect(await loadPsk(join(t.path, 'psk'))).toEqual(derivePsk(own));
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('the sample key the original publishes is refused by name, with or without a newline', async () => {
+    const t = tempDir();
+    try {
+      for (const text of ['JugH9HP1XBouyO5pWGeZa8LtipDURrf17EJvUHcJGuQ=', 'JugH9HP1XBouyO5pWGeZa8LtipDURrf17EJvUHcJGuQ=\n']) {
+        writeFileSync(join(t.path, 'psk'), text, { mode: 0o600 });
+        const err = await loadPsk(join(t.path, 'psk')).then(() => null, (e: EdgeMeshError) => e);
+        expect(err?.code).toBe('CONFIG_INVALID');
+        expect(err?.message).toContain('sample key published in the original');
+        expect(err?.message).toContain('edgemesh psk generate --out');
+      }
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('a world-writable key file is refused; a readable one is tightened to 0600 with a warning', async () => {
+    const t = tempDir();
+    try {
+      const f = join(t.path, 'psk');
+      writeFileSync(f, 'a-key-of-our-own\n');
+      chmodSync(f, 0o666);
+      await expect(loadPsk(f)).rejects.toThrow('writable by every user (mode 666)');
+      chmodSync(f, 0o644);
+      const log = createMemoryLogger('warn');
+      expect(await loadPsk(f, log)).toEqual(derivePsk(new TextEncoder().encode('a-key-of-our-own\n')));
+      expect(statSync(f).mode & 0o777).toBe(0o600);
+      expect(log.lines.join('\n')).toContain('readable by other users; its mode is now 0600');
     } finally {
       t.cleanup();
     }

@@ -8,6 +8,9 @@
  *   /debug/proxy    the proxy's service ports: cluster IP:port → listener, endpoints, policy
  *   /metrics        Prometheus text
  * It binds loopback by default: it exposes the catalog, so putting it on a routable address is a choice.
+ * Requests must name this server in their Host header (127.0.0.1, localhost, [::1] or the configured address,
+ * with or without the port): a web page in a browser on the node could otherwise read it through DNS
+ * rebinding (its own name resolving to 127.0.0.1). Anything else gets 421.
  */
 import type { Server } from 'bun';
 import { EdgeMeshError, describeError } from '../errors.ts';
@@ -35,7 +38,12 @@ const json = (body: unknown, status = 200) =>
 
 export class AdminServer {
   private server: Server<undefined> | null = null;
-  constructor(private readonly deps: AdminDeps) {}
+  /** Requests refused for their Host header (edgemesh_admin_refused_host_total). */
+  refusedHosts = 0;
+
+  constructor(private readonly deps: AdminDeps) {
+    deps.metrics.counterFrom('edgemesh_admin_refused_host_total', 'Admin requests refused because their Host header names another server (DNS rebinding)').set(() => this.refusedHosts);
+  }
 
   get url(): string {
     const h = this.deps.host.includes(':') ? `[${this.deps.host}]` : this.deps.host;
@@ -66,7 +74,22 @@ export class AdminServer {
     this.server = null;
   }
 
+  /** Host header values (lower case, port removed) this server answers to. */
+  private readonly hosts = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
+
+  /** The Host header names this server (see the header comment). */
+  private hostAllowed(host: string | null): boolean {
+    if (!host) return false;
+    const h = host.toLowerCase();
+    const name = h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d+$/, '');
+    return this.hosts.has(name) || name === this.deps.host.toLowerCase() || name === `[${this.deps.host.toLowerCase()}]`;
+  }
+
   private handle(req: Request): Response {
+    if (!this.hostAllowed(req.headers.get('host'))) {
+      this.refusedHosts++;
+      return new Response('misdirected request: this admin server answers only to its own address (Host: 127.0.0.1, localhost or the configured adminAddress)\n', { status: 421 });
+    }
     const path = new URL(req.url).pathname;
     if (req.method !== 'GET' && req.method !== 'HEAD') return new Response('method not allowed\n', { status: 405, headers: { allow: 'GET, HEAD' } });
     switch (path) {
