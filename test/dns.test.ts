@@ -163,6 +163,56 @@ modules:
     expect(up.count('missing.test')).toBe(1);
   });
 
+  test('each upstream query leaves from a port of its own; a forged answer from another port is ignored', async () => {
+    const before = up.sources.length;
+    for (let i = 1; i <= 6; i++) {
+      up.records.set(`port${i}.test`, [{ name: `port${i}.test`, type: 'A', ttl: 60, data: `192.0.2.${50 + i}` }]);
+      expect((await ask(port, `port${i}.test`)).answers!.map((a) => a.data)).toEqual([`192.0.2.${50 + i}`]);
+    }
+    const ports = up.sources.slice(before);
+    expect(ports.length).toBe(6);
+    expect(new Set(ports).size).toBeGreaterThanOrEqual(5); // one shared socket: 1
+    up.records.set('spoofed.test', [{ name: 'spoofed.test', type: 'A', ttl: 60, data: '192.0.2.77' }]);
+    up.spoof = true;
+    try {
+      const r = await ask(port, 'spoofed.test');
+      expect(up.spoofsSent).toBe(1);
+      expect(r.answers!.map((a) => a.data)).toEqual(['192.0.2.77']);
+    } finally {
+      up.spoof = false;
+    }
+  });
+
+  test('TCP: a query sent a byte at a time is answered, and the server keeps serving others', async () => {
+    const q = query('example.test');
+    const framed = new Uint8Array(q.length + 2);
+    framed[0] = q.length >> 8;
+    framed[1] = q.length & 0xff;
+    framed.set(q, 2);
+    const got = Promise.withResolvers<Uint8Array>();
+    let buf = new Uint8Array(0);
+    const sock = await Bun.connect({
+      hostname: '127.0.0.1', port,
+      socket: {
+        data: (_s, d) => {
+          const next = new Uint8Array(buf.length + d.length);
+          next.set(buf);
+          next.set(d, buf.length);
+          buf = next;
+          if (buf.length >= 2 && buf.length >= 2 + ((buf[0]! << 8) | buf[1]!)) got.resolve(buf.subarray(2));
+        },
+      },
+    });
+    for (const b of framed) {
+      sock.write(new Uint8Array([b]));
+      await Bun.sleep(1);
+    }
+    const r = decode(await Promise.race([got.promise, Bun.sleep(3000).then(() => null)]));
+    sock.end();
+    expect(r.answers!.map((a) => a.data)).toEqual(['192.0.2.1']);
+    expect((await ask(port, 'example.test', 'A', { tcp: true })).answers!.map((a) => a.data)).toEqual(['192.0.2.1']);
+  });
+
   test('a truncated upstream answer is retried over TCP; UDP clients get TC when it exceeds their limit', async () => {
     const small = await ask(port, 'big.test');
     expect(small.flag_tc).toBe(true);

@@ -17,7 +17,7 @@ import { createMemoryLogger } from '../src/obs/logger.ts';
 import { TunnelModule } from '../src/tunnel/index.ts';
 import { applyLibraryPatches } from '../src/tunnel/patches/index.ts';
 import { derivePsk } from '../src/tunnel/psk.ts';
-import { AgentProcess, freePort, freeStablePort, getJson, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
+import { AgentProcess, freePort, freeStablePort, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
 
 interface Node {
   name: string;
@@ -593,6 +593,35 @@ modules:
       await x.stop();
     }
   }, 30_000);
+
+  test('a UDP flow whose peer stops reading costs bounded memory: the receiving node drops and counts datagrams', async () => {
+    const c = await inProcessNode('c', thirdKey, pskOf());
+    try {
+      const metric = async () => Number(/edgemesh_tunnel_udp_dropped_total (\d+)/.exec((await getText(`${nodes[1]!.admin}/metrics`)).body)?.[1] ?? 'NaN');
+      const before = await metric();
+      const s = await c.tunnel.openStream({ nodeName: 'b', protocol: 'udp', ip: '127.0.0.1', port: udpEcho.port }, AbortSignal.timeout(5000));
+      s.pause(); // a reader that never reads: b's echoes pile up on its side of the stream
+      const dg = new Uint8Array(2 + 1200);
+      dg[0] = 1200 >> 8;
+      dg[1] = 1200 & 0xff;
+      // 8 MiB of datagrams out, paced, while nothing comes back in: past yamux's window and the 1 MiB limit.
+      for (let i = 0; i < 7000; i++) {
+        if (!s.send(dg)) await s.onDrain();
+        if (i % 20 === 0) await Bun.sleep(1); // paced, so the echo server (in this process) keeps up
+      }
+      let dropped = 0;
+      await waitFor(async () => (dropped = (await metric()) - before) > 500 || null, () => `more than 500 datagrams dropped on b (${dropped})`, 10_000);
+      s.abort(new Error('done'));
+      // b keeps serving UDP for everyone else.
+      const other = await c.tunnel.openStream({ nodeName: 'b', protocol: 'udp', ip: '127.0.0.1', port: udpEcho.port }, AbortSignal.timeout(5000));
+      const back = new Promise<number>((res) => other.addEventListener('message', (e) => res((e.data as Uint8Array).byteLength)));
+      other.send(new Uint8Array([0, 3, 1, 2, 3]));
+      expect(await back).toBe(5);
+      other.abort(new Error('done'));
+    } finally {
+      await c.stop();
+    }
+  }, 40_000);
 
   test('garbage on the proxy, discovery and session protocols costs only that stream; the node keeps serving', async () => {
     const c = await inProcessNode('c', thirdKey, pskOf());

@@ -2,16 +2,19 @@
  * Forwarding for names that are not ours: upstreams from resolv.conf (minus our own address, so a resolv.conf
  * that points back at the agent cannot loop — the original's CoreDNS exits on that) or from config.
  *
- * - UDP with a random transaction ID per query, a timeout per try, and failover across upstreams;
- *   a truncated answer is retried over TCP to the same upstream.
+ * - UDP from a new socket per query, so from a random source port (as BIND and Unbound do: an off-path spoofer
+ *   must guess the port as well as the 16-bit ID), with a random transaction ID from the CSPRNG; the socket is
+ *   connected to the upstream, so the kernel delivers only its datagrams, and an answer must carry our ID and
+ *   our question. A timeout per try, failover across upstreams; a truncated answer is retried over TCP to the
+ *   same upstream.
  * - A bounded cache keyed by (name, type, class, DO bit), evicting oldest first. Entries keep the upstream's bytes; a hit copies
  *   them, patches the ID and the client's question (its letter case), and ages every TTL in place.
  *   Negative answers are cached for at most maxNegativeTTL; SERVFAIL and REFUSED are not cached.
  * - Identical questions in flight share one upstream query.
  */
 import { isIP } from 'node:net';
-type UdpSocket<T extends 'buffer'> = Bun.udp.Socket<T>;
 import { describeError } from '../errors.ts';
+import { Frames16 } from '../net/frames.ts';
 import type { Logger } from '../obs/logger.ts';
 import { RCODE, RD, errorResponse, questionEnd, readU16, ttlOffsets, writeU16 } from './wire.ts';
 
@@ -68,8 +71,13 @@ export interface CacheEntry {
 
 interface Pending {
   resolve: (b: Uint8Array | null) => void;
-  upstream: Upstream;
-  question: Uint8Array;
+}
+
+/** A transaction ID from the CSPRNG (Math.random's output can be predicted from a few samples). */
+const idBuf = new Uint16Array(1);
+function randomId(): number {
+  crypto.getRandomValues(idBuf);
+  return idBuf[0]!;
 }
 
 export interface ForwarderDeps {
@@ -106,8 +114,8 @@ const sameQuestion = (a: Uint8Array, b: Uint8Array) => {
 export class Forwarder {
   private cache = new Map<string, CacheEntry>();
   private inflight = new Map<string, Promise<Uint8Array | null>>();
-  private pending = new Map<number, Pending>();
-  private sockets: { 4?: Promise<UdpSocket<'buffer'>>; 6?: Promise<UdpSocket<'buffer'>> } = {};
+  /** Queries waiting for an upstream's answer (stop() ends them). */
+  private readonly pending = new Set<Pending>();
   private readonly now: () => number;
   private warnedNoUpstream = false;
   readonly stats: ForwarderStats = { queries: 0, cacheHits: 0, upstreamQueries: 0, upstreamFailures: 0, tcpRetries: 0, cacheEntries: 0 };
@@ -117,11 +125,8 @@ export class Forwarder {
   }
 
   async stop(): Promise<void> {
-    for (const p of this.pending.values()) p.resolve(null);
+    for (const p of [...this.pending]) p.resolve(null);
     this.pending.clear();
-    const socks = await Promise.all([this.sockets[4], this.sockets[6]].map((p) => p?.catch(() => undefined)));
-    for (const s of socks) s?.close();
-    this.sockets = {};
   }
 
   /** The live cache entry for a key (the server keeps hot copies of these); null when absent or expired. */
@@ -244,62 +249,51 @@ export class Forwarder {
     return null;
   }
 
-  private socket(family: 4 | 6): Promise<UdpSocket<'buffer'>> {
-    const s = this.sockets[family];
-    if (s) return s;
-    return (this.sockets[family] = Bun.udpSocket({
-      hostname: family === 4 ? '0.0.0.0' : '::',
-      socket: {
-        data: (_sock, buf, port, addr) => this.onReply(buf, port, addr),
-        // ICMP port unreachable from a dead upstream arrives as an error; the timeout handles the retry.
-        error: () => {},
-      },
-    }));
-  }
-
-  private onReply(buf: Uint8Array, port: number, addr: string): void {
-    if (buf.length < 12) return;
-    const p = this.pending.get(readU16(buf, 0));
-    // Accept only the upstream we asked, with the question we asked (off-path spoofing needs all three).
-    if (!p || p.upstream.port !== port || p.upstream.host !== addr.replace(/^::ffff:/, '')) return;
-    const qEnd = questionEnd(buf);
-    if (qEnd < 0 || !sameQuestion(buf.subarray(12, qEnd), p.question)) return;
-    this.pending.delete(readU16(buf, 0));
-    p.resolve(new Uint8Array(buf));
-  }
-
+  /** One query over UDP from its own socket (a random source port), connected to the upstream. */
   private async udp(query: Uint8Array, question: Uint8Array, up: Upstream): Promise<Uint8Array | null> {
-    const sock = await this.socket(isIP(up.host) === 6 ? 6 : 4);
-    let id = (Math.random() * 0x10000) | 0;
-    for (let n = 0; this.pending.has(id) && n < 100; n++) id = (Math.random() * 0x10000) | 0;
+    const id = randomId();
     const out = new Uint8Array(query);
     writeU16(out, 0, id);
-    return new Promise<Uint8Array | null>((resolve) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        resolve(null);
-      }, this.deps.timeoutMs);
-      this.pending.set(id, {
-        upstream: up,
-        question,
-        resolve: (b) => {
-          clearTimeout(timer);
-          resolve(b);
+    const got = Promise.withResolvers<Uint8Array | null>();
+    let sock: Bun.udp.ConnectedSocket<'buffer'> | null = null;
+    const p: Pending = {
+      resolve: (b) => {
+        if (!this.pending.delete(p)) return;
+        clearTimeout(timer);
+        sock?.close();
+        got.resolve(b);
+      },
+    };
+    this.pending.add(p);
+    const timer = setTimeout(() => p.resolve(null), this.deps.timeoutMs);
+    try {
+      sock = await Bun.udpSocket({
+        hostname: isIP(up.host) === 6 ? '::' : '0.0.0.0',
+        connect: { hostname: up.host, port: up.port },
+        socket: {
+          data: (_s, buf) => {
+            if (buf.length < 12 || readU16(buf, 0) !== id) return;
+            const qEnd = questionEnd(buf);
+            if (qEnd < 0 || !sameQuestion(buf.subarray(12, qEnd), question)) return;
+            p.resolve(new Uint8Array(buf));
+          },
+          // ICMP port unreachable from a dead upstream arrives as an error; the timeout moves on.
+          error: () => {},
         },
       });
-      try {
-        sock.send(out, up.port, up.host);
-      } catch (err) {
-        // A pending ICMP error from an earlier dead upstream surfaces here; the timeout moves on.
-        this.deps.logger.debug('upstream send failed', { upstream: formatUpstream(up), error: describeError(err) });
-      }
-    });
+      if (!this.pending.has(p)) sock.close(); // stopped or timed out while the socket opened
+      else sock.send(out);
+    } catch (err) {
+      this.deps.logger.debug('upstream send failed', { upstream: formatUpstream(up), error: describeError(err) });
+      p.resolve(null);
+    }
+    return got.promise;
   }
 
   /** One query over TCP (2-byte length prefix), with the same timeout. */
   private tcp(query: Uint8Array, question: Uint8Array, up: Upstream): Promise<Uint8Array | null> {
     return new Promise((resolve) => {
-      let buf = new Uint8Array(0);
+      const frames = new Frames16();
       let done = false;
       const finish = (r: Uint8Array | null, s?: { end(): void }) => {
         if (done) return;
@@ -310,7 +304,7 @@ export class Forwarder {
       };
       const timer = setTimeout(() => finish(null, sock), this.deps.timeoutMs);
       let sock: { end(): void } | undefined;
-      const id = (Math.random() * 0x10000) | 0;
+      const id = randomId();
       const msg = new Uint8Array(query.length + 2);
       writeU16(msg, 0, query.length);
       msg.set(query, 2);
@@ -324,16 +318,10 @@ export class Forwarder {
             s.write(msg);
           },
           data: (s, chunk) => {
-            const next = new Uint8Array(buf.length + chunk.length);
-            next.set(buf);
-            next.set(chunk, buf.length);
-            buf = next;
-            if (buf.length >= 2 && buf.length >= 2 + readU16(buf, 0)) {
-              const r = buf.slice(2, 2 + readU16(buf, 0));
-              const qEnd = questionEnd(r);
-              finish(readU16(r, 0) === id && qEnd > 0 && sameQuestion(r.subarray(12, qEnd), question) ? r : null, s);
-            }
-            if (buf.length > 65537) finish(null, s);
+            frames.push(chunk, (frame) => {
+              const qEnd = questionEnd(frame);
+              finish(readU16(frame, 0) === id && qEnd > 0 && sameQuestion(frame.subarray(12, qEnd), question) ? frame.slice() : null, s);
+            });
           },
           close: () => finish(null),
           error: () => finish(null),

@@ -9,6 +9,7 @@
  */
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { EdgeMeshError, describeError } from '../errors.ts';
+import { Frames16 } from '../net/frames.ts';
 import { idleFor } from '../net/idle.ts';
 import type { Logger } from '../obs/logger.ts';
 import { AnswerCache, type Prepared } from './answers.ts';
@@ -46,7 +47,7 @@ export interface DnsServerStats {
 }
 
 /** lastActive: the last query or drained answer (Date.now()); tcpIdleTimeout counts from there (net/idle.ts). */
-type TcpConn = { buf: Uint8Array; pending: Uint8Array[]; closed: boolean; lastActive: number };
+type TcpConn = { frames: Frames16; pending: Uint8Array[]; closed: boolean; lastActive: number };
 
 export class DnsServer {
   private udp: Bun.udp.Socket<'buffer'> | null = null;
@@ -76,7 +77,7 @@ export class DnsServer {
         port: this.udp.port,
         socket: {
           open: (s) => {
-            s.data = { buf: new Uint8Array(0), pending: [], closed: false, lastActive: Date.now() };
+            s.data = { frames: new Frames16(), pending: [], closed: false, lastActive: Date.now() };
             s.timeout(this.deps.tcpIdleTimeoutSec);
           },
           data: (s, chunk) => this.onTcpData(s, chunk),
@@ -179,15 +180,9 @@ export class DnsServer {
   private onTcpData(s: Bun.Socket<TcpConn>, chunk: Buffer): void {
     const c = s.data;
     c.lastActive = Date.now();
-    const next = new Uint8Array(c.buf.length + chunk.length);
-    next.set(c.buf);
-    next.set(chunk, c.buf.length);
-    c.buf = next;
-    while (c.buf.length >= 2) {
-      const len = readU16(c.buf, 0);
-      if (c.buf.length < 2 + len) break;
-      const msg = c.buf.slice(2, 2 + len);
-      c.buf = c.buf.subarray(2 + len);
+    // Length-prefixed messages, reassembled in linear time whatever the chunking (net/frames.ts).
+    c.frames.push(chunk, (frame) => {
+      const msg = frame.slice(); // kept past this call when the answer is forwarded
       this.stats.tcpQueries++;
       let r: Uint8Array | Promise<Uint8Array | null> | null;
       try {
@@ -198,9 +193,7 @@ export class DnsServer {
       }
       if (r instanceof Uint8Array) this.sendTcp(s, r);
       else if (r) void r.then((x) => x && !c.closed && this.sendTcp(s, x));
-    }
-    // A peer that sends more than one maximal message without reading answers is not a DNS client.
-    if (c.buf.length > 65537) s.end();
+    });
   }
 
   private sendTcp(s: Bun.Socket<TcpConn>, msg: Uint8Array): void {

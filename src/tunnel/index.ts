@@ -33,7 +33,7 @@ import { buildNode, startError } from './node.ts';
 import { PEER_ID_ANNOTATION, PeerBook, bestConnection } from './peers.ts';
 import { StreamPipe } from './pipe.ts';
 import { SessionPool, SessionsUnsupported } from './pool.ts';
-import { DatagramDeframer, MAX_DATAGRAM, MsgType, PROXY_PROTOCOL, decodeProxy, encodeProxy, frameDatagram, lengthPrefixed, readOne } from './protocol.ts';
+import { DatagramDeframer, MAX_DATAGRAM, MsgType, PROXY_PROTOCOL, UDP_STREAM_LIMIT, decodeProxy, encodeProxy, frameDatagram, lengthPrefixed, readOne } from './protocol.ts';
 import { HolePuncher } from './punch.ts';
 import { Receiver } from './receiver.ts';
 import { Relays } from './relays.ts';
@@ -190,7 +190,9 @@ export class TunnelModule implements RemoteDialer {
     return {
       // UDP may drop: a stream that cannot keep up loses datagrams rather than buffering without bound.
       send: (d) => {
-        if (stream.writeStatus === 'writable' && stream.writeBufferLength < 1024 * 1024 && d.length <= MAX_DATAGRAM) stream.send(frameDatagram(d));
+        if (stream.writeStatus !== 'writable' || d.length > MAX_DATAGRAM) return;
+        if (stream.writeBufferLength >= UDP_STREAM_LIMIT) this.stats.udpDropped++;
+        else stream.send(frameDatagram(d));
       },
       close: () => {
         stream.close().catch(() => stream.abort(new Error('closing')));

@@ -232,6 +232,12 @@ export function replyType(buf: Uint8Array): MsgType {
 /** The most a UDP datagram can carry; also the frame limit on the stream. */
 export const MAX_DATAGRAM = 65535;
 
+/**
+ * Bytes a UDP flow's stream may hold unsent before datagrams are dropped (UDP may drop; a peer that stops
+ * reading must not grow our memory without bound).
+ */
+export const UDP_STREAM_LIMIT = 1024 * 1024;
+
 /** Prefix one datagram with its length for the stream. */
 export function frameDatagram(d: Uint8Array): Uint8Array {
   const out = new Uint8Array(2 + d.length);
@@ -241,24 +247,8 @@ export function frameDatagram(d: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Reassembles datagrams from stream chunks cut anywhere. */
-export class DatagramDeframer {
-  private buf: Uint8Array | null = null;
-
-  /** Feed bytes from the stream; `emit` is called once per whole datagram, in order. */
-  push(chunk: Uint8Array, emit: (d: Uint8Array) => void): void {
-    const b = concat(this.buf, chunk);
-    this.buf = null;
-    let i = 0;
-    while (b.length - i >= 2) {
-      const len = (b[i]! << 8) | b[i + 1]!;
-      if (b.length - i - 2 < len) break;
-      emit(b.subarray(i + 2, i + 2 + len));
-      i += 2 + len;
-    }
-    if (i < b.length) this.buf = b.slice(i);
-  }
-}
+/** Reassembles datagrams from stream chunks cut anywhere (2-byte length prefixes: net/frames.ts, linear in the bytes). */
+export { Frames16 as DatagramDeframer } from '../net/frames.ts';
 
 /**
  * A session's CONNECT, length prefix included, built in one buffer: `fields` is encodeProxy() of the CONNECT

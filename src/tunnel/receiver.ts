@@ -16,7 +16,7 @@ import type { Logger } from '../obs/logger.ts';
 import type { PeerBook } from './peers.ts';
 import { StreamPipe } from './pipe.ts';
 import { SESSION_IDLE_MS } from './pool.ts';
-import { DatagramDeframer, MAX_DATAGRAM, MsgType, type ProxyMsg, decodeProxy, encodeProxy, frameDatagram, lengthPrefixed, readOne } from './protocol.ts';
+import { DatagramDeframer, MAX_DATAGRAM, MsgType, UDP_STREAM_LIMIT, type ProxyMsg, decodeProxy, encodeProxy, frameDatagram, lengthPrefixed, readOne } from './protocol.ts';
 import { Session } from './session.ts';
 import type { TunnelStats } from './status.ts';
 
@@ -228,7 +228,10 @@ export class Receiver {
         socket: {
           data: (_s, buf) => {
             touch();
-            if (buf.length <= MAX_DATAGRAM) stream.send(frameDatagram(buf));
+            if (buf.length > MAX_DATAGRAM) return;
+            // The peer reads slower than the endpoint sends: drop rather than buffer without bound.
+            if (stream.writeBufferLength >= UDP_STREAM_LIMIT) this.d.stats.udpDropped++;
+            else stream.send(frameDatagram(buf));
           },
         },
       });
