@@ -16,6 +16,7 @@ describe('SOCKS5', () => {
   const metrics = new MetricsRegistry();
   let proxy: ProxyModule;
   let port = 0;
+  let closedPort = 0;
 
   beforeAll(async () => {
     for (const [name, ip] of [['edge-1', '127.0.0.1'], ['edge-2', '127.0.0.1']] as const) {
@@ -23,7 +24,14 @@ describe('SOCKS5', () => {
     }
     catalog.flush();
     port = await freePort();
-    const { config } = mergeConfig('agent', 'edge', { modules: { edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none', socks5Proxy: { enable: true, listenPort: port } } } });
+    closedPort = await freePort(); // nothing listens there
+    const { config } = mergeConfig('agent', 'edge', {
+      modules: {
+        edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none', socks5Proxy: { enable: true, listenPort: port } },
+        // The node ports SOCKS5 may reach (ssh only by default): the test's web server and a closed port.
+        edgeTunnel: { nodePorts: [22, web.port!, closedPort] },
+      },
+    });
     proxy = new ProxyModule({ config, catalog, nodeName: 'edge-1', logger, metrics });
     await proxy.start();
   });
@@ -82,7 +90,9 @@ describe('SOCKS5', () => {
     expect(await rep(connectReq(3, name('nowhere'), 22))).toBe(REP.HOST_UNREACHABLE);
     expect(await rep(connectReq(3, name('edge-1'), 22))).toBe(REP.NOT_ALLOWED);
     expect(await rep(connectReq(3, name('edge-2'), web.port!, 2))).toBe(REP.COMMAND);
-    expect(await rep(connectReq(3, name('edge-2'), await freePort()))).toBe(REP.REFUSED);
+    expect(await rep(connectReq(3, name('edge-2'), closedPort))).toBe(REP.REFUSED);
+    // A port of the node that edgeTunnel.nodePorts does not list (kubelet's, say): not allowed, not dialed.
+    expect(await rep(connectReq(3, name('edge-2'), 10250))).toBe(REP.NOT_ALLOWED);
     // A client that offers only username/password gets "no acceptable methods".
     expect([...(await talk([new Uint8Array([5, 1, 2])]))]).toEqual([5, 0xff]);
     // Garbage is closed without an answer.

@@ -265,7 +265,7 @@ metadata:
     edgemesh.io/peer-id: ${n.peerId}
     edgemesh.io/tunnel-addresses: /ip4/127.0.0.1/tcp/${n.port}
 status:
-  addresses: [{ type: InternalIP, address: 127.0.0.${10 + nodes.indexOf(n)} }]`);
+  addresses: [{ type: InternalIP, address: 127.0.0.${10 + nodes.indexOf(n)} }, { type: Hostname, address: localhost }]`);
   }
   for (const s of extra) {
     docs.push(`apiVersion: v1
@@ -576,6 +576,23 @@ modules:
       await expect(c.tunnel.openStream(target('127.0.0.2', sink.port), signal())).rejects.toMatchObject({ code: 'TUNNEL_REFUSED' });
       await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*127\.0\.0\.1:22.*is not an endpoint on node b/);
       await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*127\.0\.0\.2:\d+.*is not an endpoint on node b/);
+    } finally {
+      await c.stop();
+    }
+  }, 30_000);
+
+  test('a node\'s own addresses: IP literals only (its Hostname is not resolved), and only the ports of edgeTunnel.nodePorts', async () => {
+    const c = await inProcessNode('c', thirdKey, pskOf());
+    const before = sinkConnections;
+    try {
+      // b's Node lists "Hostname: localhost"; the original would resolve it and dial b's loopback (its admin server,
+      // KubeEdge's metaServer on 127.0.0.1:10550, …).
+      await expect(c.tunnel.openStream(target('localhost', sink.port), AbortSignal.timeout(5000))).rejects.toMatchObject({ code: 'TUNNEL_REFUSED' });
+      await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*target="?tcp localhost:\d+.*is not an IP address/);
+      // b's InternalIP at a port nodePorts (default [22]) does not list.
+      await expect(c.tunnel.openStream(target('127.0.0.11', sink.port), AbortSignal.timeout(5000))).rejects.toMatchObject({ code: 'TUNNEL_REFUSED' });
+      await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*127\.0\.0\.11:\d+.*is not in modules\.edgeTunnel\.nodePorts \[22\]/);
+      expect(sinkConnections).toBe(before);
     } finally {
       await c.stop();
     }

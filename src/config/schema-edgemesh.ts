@@ -120,6 +120,11 @@ const edgeTunnel = (listenPort: number) =>
     holePunching: bool(true),
     /** Carry proxied TCP connections one after another on reused streams (/edgemesh/tunnel-session/1.0.0) when the peer speaks it. */
     sessions: bool(true),
+    /**
+     * Ports of this node's own addresses (InternalIP, ExternalIP) that a peer may have it dial, and SOCKS5 may
+     * reach: the original allows every port (kubelet, exporters, sshd); by default only ssh.
+     */
+    nodePorts: list(int(22, 1, 65535), () => [22]),
   });
 
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */

@@ -137,7 +137,7 @@ export class ProxyModule {
           maxAttempts: 1,
           splicer: this.splicer ?? undefined,
           bulkBytes: this.cfg.spliceBulkBytes,
-          route: socks5Route({ nodeName: this.deps.nodeName, catalog: () => catalog.snapshot(), logger: logger.child('socks5') }),
+          route: socks5Route({ nodeName: this.deps.nodeName, nodePorts: config.modules.edgeTunnel.nodePorts, catalog: () => catalog.snapshot(), logger: logger.child('socks5') }),
         });
         this.socks5.start();
         logger.info('SOCKS5 proxy listening', { address: `${this.host}:${this.socks5.port}` });

@@ -2,8 +2,9 @@
  * The SOCKS5 proxy, as the original's: reach another node by its Kubernetes node name, typically for ssh:
  *   ssh -o ProxyCommand="nc --proxy-type socks5 --proxy 169.254.96.16:10800 %h %p" user@edge-node-2
  *
- * Only CONNECT to a domain name that is a node name in the catalog, other than this node; the node's
- * InternalIP (else ExternalIP) is dialed. Unlike the original, every refusal gets the proper SOCKS5 reply code
+ * Only CONNECT to a domain name that is a node name in the catalog, other than this node, at a port of
+ * edgeTunnel.nodePorts (ssh, 22, by default; the original allows any port); the node's InternalIP (else
+ * ExternalIP) is dialed. Unlike the original, every refusal gets the proper SOCKS5 reply code
  * (not a silent close), parsing copes with fields split across reads, and connections do not share state.
  * With the tunnel on, the target node's agent dials its own address (docs/proxy.md); without it, the node is dialed directly.
  */
@@ -18,6 +19,8 @@ const reply = (code: number) => new Uint8Array([5, code, 0, 1, 0, 0, 0, 0, 0, 0]
 
 export interface Socks5Deps {
   nodeName: string;
+  /** The ports of a node's address that may be reached (edgeTunnel.nodePorts; the receiving node checks them too). */
+  nodePorts: readonly number[];
   catalog: () => CatalogSnapshot;
   logger: Logger;
 }
@@ -72,6 +75,7 @@ export function socks5Route(deps: Socks5Deps): RouteHook {
       const node = deps.catalog().nodes.get(name);
       const ip = node?.addresses.find((a) => a.type === 'InternalIP')?.address ?? node?.addresses.find((a) => a.type === 'ExternalIP')?.address;
       if (!ip) return refuse(client, REP.HOST_UNREACHABLE, `no node named ${JSON.stringify(name)} with an address in the catalog`);
+      if (!deps.nodePorts.includes(port)) return refuse(client, REP.NOT_ALLOWED, `port ${port} of node ${name} is not in modules.edgeTunnel.nodePorts [${deps.nodePorts.join(', ')}]`);
       const target: LbEndpoint = { key: `${ip}:${port}`, ip, port, nodeName: name, podName: '' };
       return { target, rest: b.subarray(end) };
     },

@@ -81,7 +81,7 @@ export class TunnelModule implements RemoteDialer {
       newStream: (t, protocols, signal) => this.newStream(t, protocols, signal),
       bestConnection: (peer) => bestConnection(this.node, peer),
     });
-    this.receiver = new Receiver({ nodeName: d.nodeName, catalog: d.catalog, peers: this.peers, handshakeTimeoutMs: c.handshakeTimeoutMs, stats: this.stats, logger: d.logger });
+    this.receiver = new Receiver({ nodeName: d.nodeName, nodePorts: c.nodePorts, catalog: d.catalog, peers: this.peers, handshakeTimeoutMs: c.handshakeTimeoutMs, stats: this.stats, logger: d.logger });
     this.reporter = new TunnelReporter({ peers: this.peers, stats: this.stats, metrics: d.metrics });
   }
 

@@ -2,12 +2,15 @@
  * tunnel/ — the receiving end: CONNECTs from peers (/libp2p/tunnel-proxy/1.0.0, one stream per connection, and
  * session streams, many connections one after another), each checked, dialed here and pumped.
  *
- * What may be dialed: only endpoints that the catalog places on this node (or, for TCP, this node's own
- * addresses: SOCKS5 reaches a node that way), and only for peers bound to some node; anything else gets FAILED,
- * counted and logged. The original dials whatever it is asked to (an open proxy into every node's network).
+ * What may be dialed: only IP literals (a name would be resolved here, and a node's hostname can map to
+ * 127.0.0.1); only endpoints that the catalog places on this node, or, for TCP, this node's own InternalIP and
+ * ExternalIP addresses at a port of edgeTunnel.nodePorts (SOCKS5 reaches a node that way, ssh by default); and
+ * only for peers bound to some node. Anything else gets FAILED, counted and logged. The original dials whatever
+ * it is asked to (an open proxy into every node's network).
  * Local endpoints are dialed with three attempts (dial/local.ts), as the original's receiver does.
  */
 import type { Connection, PeerId, Stream } from '@libp2p/interface';
+import { isIP } from 'node:net';
 import type { Catalog, CatalogSnapshot } from '../catalog/catalog.ts';
 import type { Pipe, PipeHandlers } from '../dial/contract.ts';
 import { LocalDialer, type LocalSocket } from '../dial/local.ts';
@@ -27,6 +30,8 @@ const SESSION_SUCCESS = encodeProxy({ type: MsgType.SUCCESS });
 
 export interface ReceiverDeps {
   nodeName: string;
+  /** Ports of this node's own addresses a peer may have it dial (edgeTunnel.nodePorts). */
+  nodePorts: readonly number[];
   catalog: Catalog;
   peers: PeerBook;
   handshakeTimeoutMs: number;
@@ -52,12 +57,16 @@ export class Receiver {
   refusal(from: PeerId, protocol: string, ip: string, port: number): string | null {
     if (protocol !== 'tcp' && protocol !== 'udp') return `unknown protocol ${JSON.stringify(protocol)}`;
     if (!(port > 0 && port < 65536)) return `bad port ${port}`;
+    if (isIP(ip) === 0) return `${JSON.stringify(ip)} is not an IP address (names are never resolved for a peer)`;
     if (this.d.peers.nodeOf(from) === null) return 'the requesting peer is not bound to any node in the catalog';
     const snap = this.d.catalog.snapshot();
     if (this.localEndpoints(snap).has(`${ip}|${port}|${protocol === 'tcp' ? 'TCP' : 'UDP'}`)) return null;
-    // SOCKS5 reaches a node itself (e.g. ssh): any port on this node's own addresses.
+    // SOCKS5 reaches a node itself (e.g. ssh): the node's own addresses, at the ports the operator allows.
     const self = snap.nodes.get(this.d.nodeName);
-    if (protocol === 'tcp' && self?.addresses.some((a) => a.address === ip)) return null;
+    if (protocol === 'tcp' && self?.addresses.some((a) => (a.type === 'InternalIP' || a.type === 'ExternalIP') && a.address === ip)) {
+      if (this.d.nodePorts.includes(port)) return null;
+      return `port ${port} of this node's address ${ip} is not in modules.edgeTunnel.nodePorts [${this.d.nodePorts.join(', ')}]`;
+    }
     return `${protocol} ${ip}:${port} is not an endpoint on node ${this.d.nodeName}`;
   }
 
