@@ -102,12 +102,15 @@ export class Agent {
   private readonly startedAt = new Date();
   private readonly ac = new AbortController();
   private started = false;
+  /** Times this node found its Node bound to another peer ID and left it (edgemesh_tunnel_binding_conflicts_total). */
+  private bindingConflicts = 0;
 
   constructor(readonly loaded: LoadedConfig, private readonly deps: AgentDeps) {
     this.log = deps.logger;
     this.metrics = deps.metrics ?? new MetricsRegistry();
     this.catalog = new Catalog({ logger: this.log.child('catalog') });
     this.registerMetrics();
+    this.metrics.counterFrom('edgemesh_tunnel_binding_conflicts_total', 'Starts that found this Node bound to another tunnel peer ID and did not overwrite it').set(() => this.bindingConflicts);
   }
 
   get adminUrl(): string | null {
@@ -173,7 +176,7 @@ export class Agent {
         applyLibraryPatches(this.log.child('tunnel'));
         this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
         await this.tunnel.start();
-        if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId);
+        if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId, tc.takeOverBinding);
         this.watchConfig();
       }
       if (cfg.modules.edgeProxy.enable) {
@@ -343,17 +346,36 @@ export class Agent {
    * Bind this node's name to its tunnel peer ID where everyone reads it: an annotation on our Node object.
    * Retries with backoff while the API is unreachable; without RBAC for it, says how to do it by hand.
    */
-  private async publishPeerId(source: KubeSource, nodeName: string, peerId: string): Promise<void> {
+  private async publishPeerId(source: KubeSource, nodeName: string, peerId: string, takeOver: boolean): Promise<void> {
     const log = this.log.child('tunnel');
+    const byHand = `kubectl annotate node ${nodeName} ${PEER_ID_ANNOTATION}=${peerId}`;
     for (let delay = 1000; !this.ac.signal.aborted; delay = Math.min(delay * 2, 60_000)) {
-      const r = await source.annotateNode(nodeName, { [PEER_ID_ANNOTATION]: peerId });
+      const cur = await source.nodeAnnotation(nodeName, PEER_ID_ANNOTATION);
+      if ('value' in cur && cur.value === peerId) {
+        log.info('the tunnel peer ID is already published on this node', { node: nodeName, peerId });
+        return;
+      }
+      if ('value' in cur && cur.value !== null && !takeOver) {
+        // Never overwrite another binding: whoever can rebind a node receives its tunnel traffic.
+        this.bindingConflicts++;
+        log.error('this Node is bound to another tunnel peer ID; not overwriting it: other nodes will refuse this one', {
+          node: nodeName, bound: cur.value, ours: peerId,
+          fix: `if this node's identity key was replaced on purpose: ${byHand} --overwrite (or set modules.edgeTunnel.takeOverBinding: true); otherwise find the host that holds this node's binding`,
+        });
+        return;
+      }
+      if ('forbidden' in cur && cur.forbidden) {
+        log.warn('not allowed to read this Node: the peer ID is not published; other nodes cannot verify this one until it is bound by hand', { error: cur.error, fix: byHand });
+        return;
+      }
+      const r = 'value' in cur ? await source.annotateNode(nodeName, { [PEER_ID_ANNOTATION]: peerId }) : { forbidden: false, error: cur.error };
       if (!r) {
-        log.info('published the tunnel peer ID on this node', { node: nodeName, annotation: PEER_ID_ANNOTATION, peerId });
+        log.info('published the tunnel peer ID on this node', { node: nodeName, annotation: PEER_ID_ANNOTATION, peerId, ...('value' in cur && cur.value ? { replaced: cur.value } : {}) });
         return;
       }
       if (r.forbidden) {
         log.warn('not allowed to annotate this Node: other nodes cannot verify this one until it is done by hand', {
-          error: r.error, fix: `kubectl annotate node ${nodeName} ${PEER_ID_ANNOTATION}=${peerId} (or grant "patch" on nodes)`,
+          error: r.error, fix: `${byHand} (or grant "patch" on this Node: docs/security.md)`,
         });
         return;
       }
@@ -361,6 +383,7 @@ export class Agent {
       await new Promise((res) => setTimeout(res, delay).unref?.());
     }
   }
+
 
   private async ensureStateDir(): Promise<void> {
     try {

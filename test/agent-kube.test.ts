@@ -269,6 +269,58 @@ describe('tunnel identity published on the Node (Kubernetes mode)', () => {
     }
   });
 
+  const OTHER = '12D3KooWA9AvBpYt17yctznPFxDvR6NFXfyu8kY72jnVLC9SKUG4';
+
+  test('a Node bound to another peer ID is not overwritten: logged with the fix and counted; a binding already right is not patched', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0', annotations: { 'edgemesh.io/peer-id': OTHER } } });
+    let a = await startAgent(api, t.path, await tunnelCfg(t.path));
+    try {
+      await a.agent.waitForLog(/bound to another tunnel peer ID; not overwriting it.*bound=12D3KooWA9AvBp.*--overwrite/);
+      expect(api.patches).toEqual([]);
+      expect((await getText(`${a.cfg.admin}/metrics`)).body).toContain('edgemesh_tunnel_binding_conflicts_total 1');
+      // The agent also sees, in its catalog, that its own binding is not its key, and says so.
+      await a.agent.waitForLog(/the catalog binds this node to another peer ID/);
+      await a.agent.stop();
+      // Bound by hand to this node's key: a restart finds it right and patches nothing.
+      const ours = (await a.agent.waitForLog(/tunnel started peerId=(\S+)/))[1]!;
+      api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0', annotations: { 'edgemesh.io/peer-id': ours } } });
+      a = await startAgent(api, t.path, await tunnelCfg(t.path));
+      await a.agent.waitForLog(/the tunnel peer ID is already published on this node/);
+      expect(api.patches).toEqual([]);
+    } finally {
+      await a.agent.stop();
+      await api.stop();
+      t.cleanup();
+    }
+  });
+
+  test('takeOverBinding: true replaces another binding; a binding that changes while the agent runs is reported and counted', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0', annotations: { 'edgemesh.io/peer-id': OTHER } } });
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-9', annotations: { 'edgemesh.io/peer-id': OTHER } } });
+    const cfg = (await tunnelCfg(t.path)).replace('mdns: false', 'mdns: false, takeOverBinding: true');
+    const a = await startAgent(api, t.path, cfg);
+    try {
+      const ours = (await a.agent.waitForLog(/tunnel started peerId=(\S+)/))[1]!;
+      await a.agent.waitForLog(/published the tunnel peer ID on this node.*replaced=12D3KooWA9AvBp/);
+      expect(api.patches.length).toBe(1);
+      expect(ours).not.toBe(OTHER);
+      // Someone rebinds edge-9 while we run.
+      api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-9', annotations: { 'edgemesh.io/peer-id': ours } } });
+      await a.agent.waitForLog(/a node's tunnel binding changed.*node=edge-9/);
+      await waitFor(async () => (await getText(`${a.cfg.admin}/metrics`)).body.includes('edgemesh_tunnel_binding_changes_total 1') || null, 'the binding change counted');
+    } finally {
+      await a.agent.stop();
+      await api.stop();
+      t.cleanup();
+    }
+  });
+
   test('without permission to patch Nodes, the agent keeps running and says how to bind by hand', async () => {
     const api = new FakeApiServer();
     const t = tempDir();

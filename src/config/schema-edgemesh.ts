@@ -125,6 +125,11 @@ const edgeTunnel = (listenPort: number) =>
      * reach: the original allows every port (kubelet, exporters, sshd); by default only ssh.
      */
     nodePorts: list(int(22, 1, 65535), () => [22]),
+    /**
+     * Overwrite this Node's edgemesh.io/peer-id annotation when it names another peer ID (after this node's
+     * identity key was replaced on purpose). Off: a different binding is left alone and reported.
+     */
+    takeOverBinding: bool(false),
   });
 
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */

@@ -30,7 +30,7 @@ import type { MetricsRegistry } from '../obs/metrics.ts';
 import type { TunnelConfig } from './config.ts';
 import { Discovery } from './discovery.ts';
 import { buildNode, startError } from './node.ts';
-import { PEER_ID_ANNOTATION, PeerBook, bestConnection } from './peers.ts';
+import { BindingWatch, PEER_ID_ANNOTATION, PeerBook, bestConnection } from './peers.ts';
 import { StreamPipe } from './pipe.ts';
 import { SessionPool, SessionsUnsupported } from './pool.ts';
 import { DatagramDeframer, MAX_DATAGRAM, MsgType, PROXY_PROTOCOL, UDP_STREAM_LIMIT, decodeProxy, encodeProxy, frameDatagram, lengthPrefixed, readOne } from './protocol.ts';
@@ -70,6 +70,8 @@ export class TunnelModule implements RemoteDialer {
   private fixedPort: FixedPort | null = null;
   private puncher: HolePuncher | null = null;
   private lastPskWarning = 0;
+  private bindings: BindingWatch | null = null;
+  private unwatchBindings: (() => void) | null = null;
 
   constructor(private readonly d: TunnelDeps) {
     const c = d.config;
@@ -126,13 +128,18 @@ export class TunnelModule implements RemoteDialer {
     } catch (e) {
       throw startError(e);
     }
+    this.bindings = new BindingWatch({ catalog: this.d.catalog, nodeName: this.d.nodeName, ownPeerId: node.peerId.toString(), logger: log });
+    this.unwatchBindings = this.bindings.start();
     this.reporter.registerMetrics(() => this.facts());
+    this.d.metrics?.counterFrom('edgemesh_tunnel_binding_changes_total', 'Nodes whose tunnel peer ID binding changed while this agent ran').set(() => this.bindings?.changes ?? 0);
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.relays.isRelay });
     this.relays.start();
     this.reporter.start(node);
   }
 
   async stop(): Promise<void> {
+    this.unwatchBindings?.();
+    this.unwatchBindings = null;
     this.reporter.stop();
     this.relays.stop();
     this.pool.stop();

@@ -12,6 +12,7 @@ import type { Connection, Libp2p, PeerId } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr';
 import type { Catalog } from '../catalog/catalog.ts';
+import type { Logger } from '../obs/logger.ts';
 import { parseHostPort } from '../config/schema.ts';
 import { isRelayed } from './transport.ts';
 
@@ -110,4 +111,51 @@ export function toMultiaddr(a: string, port: number): string {
   const host = hp?.host ?? a;
   const p = hp?.port ?? port;
   return `/${host.includes(':') ? 'ip6' : 'ip4'}/${host}/tcp/${p}`;
+}
+
+/**
+ * Watches the bindings: a node whose peer ID changes while we run is reported (log and count: whoever can rebind a
+ * node receives its tunnel traffic), and this node's own binding is checked against its key at start and on every
+ * change (other nodes refuse a node whose key differs from its binding).
+ */
+export class BindingWatch {
+  private readonly bound = new Map<string, string>();
+  private lastOwn: string | null = null;
+  changes = 0;
+
+  constructor(private readonly d: { catalog: Catalog; nodeName: string; ownPeerId: string; logger: Logger }) {}
+
+  /** Start watching; returns the unsubscribe function. */
+  start(): () => void {
+    this.scan(false);
+    return this.d.catalog.subscribe((_snap, change) => {
+      if (change.keys.nodes.size) this.scan(true);
+    });
+  }
+
+  private scan(report: boolean): void {
+    const seen = new Set<string>();
+    for (const n of this.d.catalog.snapshot().nodes.values()) {
+      const id = n.annotations[PEER_ID_ANNOTATION];
+      if (!id) continue;
+      seen.add(n.name);
+      const was = this.bound.get(n.name);
+      this.bound.set(n.name, id);
+      // This node's binding becoming its own key is this agent's own publishing, not news.
+      const ours = n.name === this.d.nodeName && id === this.d.ownPeerId;
+      if (report && was !== undefined && was !== id && !ours) {
+        this.changes++;
+        this.d.logger.warn('a node\'s tunnel binding changed: its traffic now goes to another key', { node: n.name, from: was, to: id });
+      }
+    }
+    for (const name of [...this.bound.keys()]) if (!seen.has(name)) this.bound.delete(name);
+    const own = this.bound.get(this.d.nodeName) ?? null;
+    if (own !== null && own !== this.d.ownPeerId && own !== this.lastOwn) {
+      this.d.logger.error('the catalog binds this node to another peer ID than its key\'s: other nodes will refuse it', {
+        node: this.d.nodeName, bound: own, ours: this.d.ownPeerId,
+        fix: `set the Node's ${PEER_ID_ANNOTATION} annotation to ${this.d.ownPeerId} (the catalog file, or kubectl annotate node ${this.d.nodeName} ${PEER_ID_ANNOTATION}=${this.d.ownPeerId} --overwrite), or restore the identity key that matches ${own}`,
+      });
+    }
+    this.lastOwn = own;
+  }
 }

@@ -205,6 +205,17 @@ export class KubeSource {
    * Merge-patch annotations onto a Node (the tunnel publishes its peer ID this way). Returns null on success, or
    * the reason; `forbidden` when RBAC does not allow it, so the caller stops retrying and tells the operator.
    */
+  /** One annotation of a Node as the API server has it now (null: absent), or why it could not be read. */
+  async nodeAnnotation(name: string, key: string): Promise<{ value: string | null } | { forbidden: boolean; error: string }> {
+    try {
+      const node = await this.core.readNode({ name });
+      return { value: node.metadata?.annotations?.[key] ?? null };
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      return { forbidden: code === 403 || code === 401, error: describeError(e) };
+    }
+  }
+
   async annotateNode(name: string, annotations: Record<string, string>): Promise<null | { forbidden: boolean; error: string }> {
     try {
       await this.core.patchNode({ name, body: { metadata: { annotations } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
