@@ -10,6 +10,7 @@ import type { PrivateKey } from '@libp2p/interface';
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { type Socket, connect } from 'node:net';
 import { Catalog } from '../src/catalog/catalog.ts';
 import { FileSource } from '../src/catalog/sources/file.ts';
 import { defaultConfig } from '../src/config/load.ts';
@@ -594,6 +595,40 @@ modules:
       await nodes[1]!.agent!.waitForLog(/refused a tunnel CONNECT.*127\.0\.0\.11:\d+.*is not in modules\.edgeTunnel\.nodePorts \[22\]/);
       expect(sinkConnections).toBe(before);
     } finally {
+      await c.stop();
+    }
+  }, 30_000);
+
+  test('a flood of idle sockets (200 from one address, 20 from each of five others) does not keep a bound peer out', async () => {
+    const b = nodes[1]!;
+    const flood: Socket[] = [];
+    let closedByB = 0;
+    const open = (localAddress: string) => new Promise<void>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: b.port, localAddress }, () => resolve());
+      s.on('error', () => resolve());
+      s.on('close', () => closedByB++);
+      flood.push(s);
+    });
+    const metric = async (reason: string) => Number(new RegExp(`edgemesh_tunnel_admission_refused_total\\{reason="${reason}"\\} (\\d+)`).exec((await getText(`${b.admin}/metrics`)).body)?.[1] ?? 'NaN');
+    const before = { perAddress: await metric('per-address'), silent: await metric('silent') };
+    await Promise.all([
+      ...Array.from({ length: 200 }, () => open('127.0.0.2')),
+      ...[3, 4, 5, 6, 7].flatMap((h) => Array.from({ length: 20 }, () => open(`127.0.0.${h}`))),
+    ]);
+    const c = await inProcessNode('c', thirdKey, pskOf());
+    try {
+      const t0 = performance.now();
+      const s = await c.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000));
+      const ms = performance.now() - t0;
+      s.abort(new Error('connected'));
+      expect(ms).toBeLessThan(1000);
+      // 4 per address may wait for a handshake: the rest of the flood was closed at once, and counted.
+      expect((await metric('per-address')) - before.perAddress).toBeGreaterThanOrEqual(196 + 5 * 16);
+      // Those left waiting said nothing: closed after the first-bytes deadline (2 s).
+      await waitFor(() => closedByB >= flood.length || null, () => `every flood socket closed (${closedByB} of ${flood.length})`, 6000);
+      expect((await metric('silent')) - before.silent).toBeGreaterThanOrEqual(6 * 4);
+    } finally {
+      for (const f of flood) f.destroy();
       await c.stop();
     }
   }, 30_000);

@@ -30,6 +30,7 @@ import type { MetricsRegistry } from '../obs/metrics.ts';
 import type { TunnelConfig } from './config.ts';
 import { Discovery } from './discovery.ts';
 import { buildNode, startError } from './node.ts';
+import { Admission } from './admission.ts';
 import { BindingWatch, PEER_ID_ANNOTATION, PeerBook, bestConnection } from './peers.ts';
 import { StreamPipe } from './pipe.ts';
 import { SessionPool, SessionsUnsupported } from './pool.ts';
@@ -71,6 +72,7 @@ export class TunnelModule implements RemoteDialer {
   private puncher: HolePuncher | null = null;
   private lastPskWarning = 0;
   private bindings: BindingWatch | null = null;
+  private admission: Admission | null = null;
   private unwatchBindings: (() => void) | null = null;
 
   constructor(private readonly d: TunnelDeps) {
@@ -98,7 +100,8 @@ export class TunnelModule implements RemoteDialer {
     // Every outbound connection leaves from one port, so the mapping a relay observes is the one a punch uses.
     this.fixedPort = c.holePunching ? FixedPort.open() : null;
     if (c.holePunching && !this.fixedPort) log.warn('hole punching off: could not reserve a fixed source port through libc (bun:ffi)');
-    const transport: BunTcpInit = { fixedPort: this.fixedPort, connectTimeoutMs: c.handshakeTimeoutMs };
+    this.admission = new Admission({ trusted: (ip) => this.peers.isNodeAddress(ip) || this.relays.isRelayAddress(ip) });
+    const transport: BunTcpInit = { fixedPort: this.fixedPort, connectTimeoutMs: c.handshakeTimeoutMs, admission: this.admission };
     const built = await buildNode({
       config: c, privateKey: this.d.privateKey, psk: this.d.psk, relays: this.relays, transport, logger: log,
       onPskFailure: (why, remote) => this.pskFailed(why, remote),
@@ -131,6 +134,8 @@ export class TunnelModule implements RemoteDialer {
     this.bindings = new BindingWatch({ catalog: this.d.catalog, nodeName: this.d.nodeName, ownPeerId: node.peerId.toString(), logger: log });
     this.unwatchBindings = this.bindings.start();
     this.reporter.registerMetrics(() => this.facts());
+    const refusedByAdmission = this.d.metrics?.counterFrom('edgemesh_tunnel_admission_refused_total', 'Inbound connections closed before their handshake, by reason: per-address or total limit of connections waiting for a handshake, or silent past the first-bytes deadline');
+    for (const reason of ['per-address', 'total', 'silent'] as const) refusedByAdmission?.set(() => this.admission?.refused[reason] ?? 0, { reason });
     this.d.metrics?.counterFrom('edgemesh_tunnel_binding_changes_total', 'Nodes whose tunnel peer ID binding changed while this agent ran').set(() => this.bindings?.changes ?? 0);
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.relays.isRelay });
     this.relays.start();
@@ -142,6 +147,7 @@ export class TunnelModule implements RemoteDialer {
     this.unwatchBindings = null;
     this.reporter.stop();
     this.relays.stop();
+    this.admission?.stop();
     this.pool.stop();
     this.fixedPort?.close();
     this.fixedPort = null;

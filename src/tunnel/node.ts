@@ -86,7 +86,9 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
       connectionEncrypters: encrypters as never,
       streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
       peerDiscovery: c.mdns ? [mdns({ serviceTag: c.rendezvous })] : [],
-      connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs },
+      // libp2p's own limit of connections waiting for a handshake is 10 for the whole node: raised past what the
+      // transport's admission lets through (admission.ts), which limits them per address instead.
+      connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs, maxIncomingPendingConnections: (d.transport.admission?.total ?? 10) + 192 },
       services: services as never,
       // Started by the module, once every handler and listener is in place (identify results arrive at once).
       start: false,

@@ -64,6 +64,26 @@ export class PeerBook {
     return this.peerIndex.names.get(peer.toString()) ?? null;
   }
 
+  private addressIndex: { version: number; ips: Set<string> } | null = null;
+
+  /**
+   * Whether `ip` is an address of a node in the catalog (InternalIP, ExternalIP, or the host of a
+   * tunnel-addresses multiaddr): such connections are always admitted (admission.ts). Rebuilt per catalog version.
+   */
+  isNodeAddress(ip: string): boolean {
+    const snap = this.catalog.snapshot();
+    if (this.addressIndex?.version !== snap.version) {
+      const ips = new Set<string>();
+      for (const n of snap.nodes.values()) {
+        for (const a of n.addresses) if (a.type === 'InternalIP' || a.type === 'ExternalIP') ips.add(a.address);
+        const ann = n.annotations[ADDRESSES_ANNOTATION];
+        if (ann) for (const m of ann.matchAll(/\/ip[46]\/([^/,\s]+)/g)) ips.add(m[1]!);
+      }
+      this.addressIndex = { version: snap.version, ips };
+    }
+    return this.addressIndex.ips.has(ip.replace(/^::ffff:/, ''));
+  }
+
   /** Whether `peer` is the one the catalog binds to `nodeName`. */
   claimMatches(nodeName: string, peer: PeerId): boolean {
     const bound = this.peerOf(nodeName);

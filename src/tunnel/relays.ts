@@ -86,6 +86,12 @@ export class Relays {
     return out;
   }
 
+  /** Whether `ip` is a configured address of a relay. */
+  isRelayAddress(ip: string): boolean {
+    const host = ip.replace(/^::ffff:/, '');
+    return this.list.some((r) => r.advertiseAddress.some((a) => a === host || a.startsWith(`${host}:`) || a.includes(`/${host}/`)));
+  }
+
   /** `peer` through every relay other than itself. */
   circuitsTo(peer: PeerId): Multiaddr[] {
     const out: Multiaddr[] = [];

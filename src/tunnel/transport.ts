@@ -23,6 +23,7 @@ import { TypedEventEmitter } from 'main-event';
 import { isIPv4 } from 'node:net';
 import { FixedPort, FixedPortBusy } from '../net/fixed-port.ts';
 import { idleFor } from '../net/idle.ts';
+import type { Admission, Ticket } from './admission.ts';
 import type { Uint8ArrayList } from 'uint8arraylist';
 
 export interface BunTcpInit {
@@ -32,16 +33,20 @@ export interface BunTcpInit {
   fixedPort?: FixedPort | null;
   /** How long a dial may take. */
   connectTimeoutMs?: number;
+  /** Limits on inbound connections waiting for their handshake (admission.ts); absent: libp2p's own only. */
+  admission?: Admission | null;
 }
 
 interface SocketData {
   conn: BunTcpConnection | null;
   /** Last read, write or drain (Date.now()): the inactivity timeout counts from here (net/idle.ts). */
   lastActive: number;
+  /** An inbound connection's admission until its first bytes arrive. */
+  ticket: Ticket | null;
 }
 
 /** A socket's state before its connection object exists. */
-const socketData = (): SocketData => ({ conn: null, lastActive: Date.now() });
+const socketData = (): SocketData => ({ conn: null, lastActive: Date.now(), ticket: null });
 
 class BunTcpConnection extends AbstractMultiaddrConnection {
   /** Bytes the kernel did not take yet (a view into the caller's buffer: libp2p does not reuse sent buffers). */
@@ -140,6 +145,11 @@ function handlers(onOpen: (s: Socket<SocketData>) => void, inactivityMs: number)
       onOpen(s);
     },
     data(s, d) {
+      const t = s.data.ticket;
+      if (t !== null) {
+        t.spoke();
+        s.data.ticket = null;
+      }
       s.data.conn?.bunData(d);
     },
     drain(s) {
@@ -178,7 +188,7 @@ class BunTcpListener extends TypedEventEmitter<ListenerEvents> implements Listen
   private readonly sockets = new Set<Socket<SocketData>>();
   private readonly shutdown = new AbortController();
 
-  constructor(private readonly o: CreateListenerOptions, private readonly log: Logger, private readonly inactivityMs: number) {
+  constructor(private readonly o: CreateListenerOptions, private readonly log: Logger, private readonly inactivityMs: number, private readonly admission: Admission | null) {
     super();
   }
 
@@ -205,11 +215,22 @@ class BunTcpListener extends TypedEventEmitter<ListenerEvents> implements Listen
       s.terminate();
       return;
     }
+    // Admission first: a connection refused here costs an accept and a close, nothing else (admission.ts).
+    const ticket = this.admission ? this.admission.admit(s.remoteAddress, () => s.terminate()) : null;
+    if (this.admission && !ticket) {
+      s.terminate();
+      return;
+    }
+    s.data.ticket = ticket;
     const conn = new BunTcpConnection(s, { remoteAddr, direction: 'inbound', log: this.log.newScope('connection'), localAddr: this.listeningAddr });
     s.data.conn = conn;
     this.sockets.add(s);
-    conn.addEventListener('close', () => this.sockets.delete(s));
-    this.o.upgrader.upgradeInbound(conn as MultiaddrConnection, { signal: this.shutdown.signal }).catch((err: Error) => {
+    conn.addEventListener('close', () => {
+      this.sockets.delete(s);
+      ticket?.done();
+    });
+    this.o.upgrader.upgradeInbound(conn as MultiaddrConnection, { signal: this.shutdown.signal }).then(() => ticket?.done(), (err: Error) => {
+      ticket?.done();
       this.log.error('inbound connection upgrade failed - %e', err);
       conn.abort(err);
     });
@@ -255,7 +276,7 @@ class BunTcp implements Transport {
   }
 
   createListener(options: CreateListenerOptions): Listener {
-    return new BunTcpListener(options, this.log.newScope('listener'), this.init.inactivityTimeoutMs ?? 120_000);
+    return new BunTcpListener(options, this.log.newScope('listener'), this.init.inactivityTimeoutMs ?? 120_000, this.init.admission ?? null);
   }
 
   listenFilter(multiaddrs: Multiaddr[]): Multiaddr[] {
