@@ -11,12 +11,14 @@ import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Socket, connect } from 'node:net';
+import { multiaddr } from '@multiformats/multiaddr';
 import { Catalog } from '../src/catalog/catalog.ts';
 import { FileSource } from '../src/catalog/sources/file.ts';
 import { defaultConfig } from '../src/config/load.ts';
 import { createMemoryLogger } from '../src/obs/logger.ts';
 import { TunnelModule } from '../src/tunnel/index.ts';
 import { applyLibraryPatches } from '../src/tunnel/patches/index.ts';
+import { lengthPrefixed } from '../src/tunnel/protocol.ts';
 import { derivePsk } from '../src/tunnel/psk.ts';
 import { AgentProcess, freePort, freeStablePort, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig, writer } from './helpers.ts';
 
@@ -674,6 +676,43 @@ modules:
       await c.stop();
     }
   }, 40_000);
+
+  test('hole punching cannot be used as a port scanner: an unbound peer, or any peer on a direct connection, gets no dial', async () => {
+    const trap = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { open: () => void trapped++, data: () => {} } });
+    let trapped = 0;
+    try {
+      const b = peerIdFromString(nodes[1]!.peerId);
+      // DCUtR's HolePunch messages: CONNECT (100) with our "observed" address b should dial, then SYNC (300).
+      const addr = multiaddr(`/ip4/127.0.0.1/tcp/${trap.port}`).bytes;
+      const connectMsg = Uint8Array.from([0x08, 100, 0x12, addr.length, ...addr]);
+      const syncMsg = Uint8Array.from([0x08, 0xac, 0x02]);
+      // A peer in no catalog, then a bound one on a direct connection (one at a time: they share a listen port).
+      for (const [name, key] of [['x', await generateKeyPair('Ed25519')], ['c', thirdKey]] as const) {
+        const who = await inProcessNode(name, key, pskOf());
+        try {
+          const node = (who.tunnel as unknown as { node: import('@libp2p/interface').Libp2p }).node;
+          const s = await node.dialProtocol(multiaddr(`/ip4/127.0.0.1/tcp/${nodes[1]!.port}/p2p/${b.toString()}`), '/libp2p/dcutr', { signal: AbortSignal.timeout(5000), runOnLimitedConnection: true });
+          const closed = new Promise<void>((res) => s.addEventListener('close', () => res()));
+          try {
+            s.send(lengthPrefixed(connectMsg));
+            s.send(lengthPrefixed(syncMsg));
+          } catch {
+            // b may reset the stream at once (the fix): nothing more to send
+          }
+          await Promise.race([closed, Bun.sleep(1500)]);
+        } finally {
+          await who.stop();
+        }
+      }
+      await nodes[1]!.agent!.waitForLog(/refused a hole-punch request.*the peer is not bound to any node/);
+      await nodes[1]!.agent!.waitForLog(/refused a hole-punch request.*not a relayed connection/);
+      await Bun.sleep(500);
+      expect(trapped).toBe(0); // the code before dialed 127.0.0.1:<trap> for either
+      expect((await getText(`${nodes[1]!.admin}/metrics`)).body).toMatch(/edgemesh_tunnel_punch_refused_total [2-9]/);
+    } finally {
+      trap.stop(true);
+    }
+  }, 30_000);
 
   test('garbage on the proxy, discovery and session protocols costs only that stream; the node keeps serving', async () => {
     const c = await inProcessNode('c', thirdKey, pskOf());

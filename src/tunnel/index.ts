@@ -118,7 +118,7 @@ export class TunnelModule implements RemoteDialer {
     await this.discovery.attach(node);
     if (this.fixedPort) {
       this.puncher = new HolePuncher({
-        node, transport, log: log.child('punch'), timeoutMs: c.handshakeTimeoutMs,
+        node, transport, log: log.child('punch'), timeoutMs: c.handshakeTimeoutMs, isBound: (peer) => this.peers.nodeOf(peer) !== null,
         onPunched: (peer, relayed, ms) => {
           log.info('hole punched: direct connection', { node: this.peers.nodeOf(peer) ?? '?', peer: peer.toString(), ms: Math.round(ms) });
           this.retire(relayed);

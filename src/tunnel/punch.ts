@@ -19,6 +19,12 @@
  *
  * Behind NATs that randomise ports or answer with RST, punching fails every time; the relayed connection keeps
  * working, and attempts/successes are counted.
+ *
+ * What a punch may dial: only for a peer bound to a node in the catalog, only over a relayed connection to it
+ * (a direct one needs no punch), and only public or private unicast IPv4 addresses, at most MAX_TARGETS of them:
+ * never loopback, link-local, multicast or "this network". Otherwise any PSK holder could have a node dial
+ * anything and time the failures (a port scanner: 53 ms for a closed port, 10 s for an open one, measured).
+ * Refusals are logged and counted.
  */
 import type { Connection, Libp2p, MultiaddrConnection, PeerId, Stream } from '@libp2p/interface';
 import type { Logger } from '../obs/logger.ts';
@@ -31,11 +37,25 @@ const CONNECT = 100;
 const SYNC = 300;
 const MAX_MESSAGE = 4096;
 const ATTEMPTS = 3;
+/** Addresses of a peer tried per punch; DCUtR peers send a handful (their observed addresses). */
+const MAX_TARGETS = 4;
+
+/** Whether an IPv4 address may be a punch target: unicast, not loopback, link-local, multicast, broadcast or 0/8. */
+export function punchable(ip: string): boolean {
+  const p = ip.split('.').map(Number);
+  if (p.length !== 4 || p.some((x) => !Number.isInteger(x) || x < 0 || x > 255)) return false;
+  const [a, b] = p as [number, number, number, number];
+  if (a === 0 || a === 127 || a >= 224) return false; // this network, loopback, multicast and reserved/broadcast
+  if (a === 169 && b === 254) return false; // link-local
+  return true;
+}
 
 export interface PunchStats {
   attempts: number;
   successes: number;
   failures: number;
+  /** Punch requests refused: an unbound peer, a direct connection, or no address that may be dialed. */
+  refused: number;
 }
 
 /** HolePunch { required Type type = 1; repeated bytes ObsAddrs = 2; } */
@@ -96,12 +116,14 @@ export interface PuncherDeps {
   transport: BunTcpInit;
   log: Logger;
   timeoutMs: number;
+  /** Whether the catalog binds this peer to a node (only those may punch). */
+  isBound: (peer: PeerId) => boolean;
   /** Called with each direct connection punched (for logs and status). */
   onPunched?: (peer: PeerId, conn: Connection, ms: number) => void;
 }
 
 export class HolePuncher {
-  readonly stats: PunchStats = { attempts: 0, successes: 0, failures: 0 };
+  readonly stats: PunchStats = { attempts: 0, successes: 0, failures: 0, refused: 0 };
   /** Our address as peers observe it (from identify), newest last; only TCP/IPv4. */
   private readonly observed: string[] = [];
   private readonly inFlight = new Set<string>();
@@ -129,7 +151,7 @@ export class HolePuncher {
     });
     node.addEventListener('connection:open', (evt) => {
       const conn = evt.detail;
-      if (conn.direction === 'inbound' && isRelayed(conn)) void this.asB(conn);
+      if (conn.direction === 'inbound' && isRelayed(conn) && this.d.isBound(conn.remotePeer)) void this.asB(conn);
     });
   }
 
@@ -166,8 +188,8 @@ export class HolePuncher {
           stream.send(lengthPrefixed(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes))));
           const reply = decode(await readMessage(stream as unknown as MessageSource, MAX_MESSAGE, signal));
           if (reply.type !== CONNECT) throw new Error(`expected CONNECT, got ${reply.type}`);
-          const targets = tcp4(reply.addrs);
-          if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address');
+          const targets = this.targets(reply.addrs);
+          if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address that may be dialed');
           const rtt = performance.now() - clock;
           stream.send(lengthPrefixed(encode(SYNC, [])));
           await Bun.sleep(rtt / 2);
@@ -187,20 +209,36 @@ export class HolePuncher {
     }
   }
 
+  /** The addresses a punch may dial, of those a peer sent (see the header). */
+  private targets(addrs: Uint8Array[]): { host: string; port: number }[] {
+    return tcp4(addrs).filter((t) => punchable(t.host)).slice(0, MAX_TARGETS);
+  }
+
+  private refuse(stream: Stream, peer: PeerId, why: string): void {
+    this.stats.refused++;
+    this.d.log.warn('refused a hole-punch request', { peer: peer.toString(), reason: why });
+    stream.abort(new Error(`hole punch refused: ${why}`));
+  }
+
   /** A: answer with our addresses and dial as soon as SYNC arrives. */
   private async asA(stream: Stream, relayed: Connection): Promise<void> {
     const peer = relayed.remotePeer;
+    if (!this.d.isBound(peer)) return this.refuse(stream, peer, 'the peer is not bound to any node in the catalog');
+    if (!isRelayed(relayed)) return this.refuse(stream, peer, 'not a relayed connection (a direct one needs no punch)');
     const signal = AbortSignal.timeout(this.d.timeoutMs);
     const t0 = performance.now();
     this.stats.attempts++; // every exchange counts, so that failures never outnumber attempts
     try {
       const connect = decode(await readMessage(stream as unknown as MessageSource, MAX_MESSAGE, signal));
       if (connect.type !== CONNECT) throw new Error(`expected CONNECT, got ${connect.type}`);
-      const targets = tcp4(connect.addrs);
+      const targets = this.targets(connect.addrs);
+      if (!targets.length) {
+        this.stats.attempts--; // refused, not attempted
+        return this.refuse(stream, peer, 'no address that may be dialed (loopback, link-local, multicast and non-IPv4 are never punched)');
+      }
       stream.send(lengthPrefixed(encode(CONNECT, this.observed.map((a) => multiaddr(a).bytes))));
       const sync = decode(await readMessage(stream as unknown as MessageSource, MAX_MESSAGE, signal));
       if (sync.type !== SYNC) throw new Error(`expected SYNC, got ${sync.type}`);
-      if (!targets.length) throw new Error('the peer sent no TCP/IPv4 address');
       await this.dial(targets, 'outbound', peer, signal);
       this.stats.successes++;
       this.d.onPunched?.(peer, relayed, performance.now() - t0);

@@ -48,7 +48,7 @@ export interface TunnelStatus {
   listen: string[];
   relay: boolean;
   /** Hole punching: the fixed source port, our address as peers observe it, attempts and successes. */
-  punch: { sourcePort: number | null; observed: string[]; attempts: number; successes: number; failures: number };
+  punch: { sourcePort: number | null; observed: string[]; attempts: number; successes: number; failures: number; refused: number };
   peers: PeerStatus[];
 }
 
@@ -91,7 +91,7 @@ export class TunnelReporter {
   /** Each connected peer (once, by its best connection: direct before relayed) with its path and round trip. */
   describe(f: NodeFacts): TunnelStatus {
     const node = f.node;
-    const punch = { sourcePort: f.sourcePort, observed: f.puncher?.addresses() ?? [], ...(f.puncher?.stats ?? { attempts: 0, successes: 0, failures: 0 }) };
+    const punch = { sourcePort: f.sourcePort, observed: f.puncher?.addresses() ?? [], ...(f.puncher?.stats ?? { attempts: 0, successes: 0, failures: 0, refused: 0 }) };
     if (!node) return { peerId: '', encryption: f.encryption, listen: [], relay: f.isRelay, punch, peers: [] };
     const peers: PeerStatus[] = [];
     for (const peer of node.getPeers()) {
@@ -150,6 +150,7 @@ export class TunnelReporter {
     m.counterFrom('edgemesh_tunnel_psk_failures_total', 'Connections that failed the private-network (PSK) handshake').set(() => st.pskFailures);
     m.counterFrom('edgemesh_tunnel_punch_attempts_total', 'Hole-punching attempts (DCUtR)').set(() => facts().puncher?.stats.attempts ?? 0);
     m.counterFrom('edgemesh_tunnel_punch_successes_total', 'Hole punches that produced a direct connection').set(() => facts().puncher?.stats.successes ?? 0);
+    m.counterFrom('edgemesh_tunnel_punch_refused_total', 'Hole-punch requests refused: unbound peer, direct connection, or no address that may be dialed').set(() => facts().puncher?.stats.refused ?? 0);
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => facts().node?.getConnections().filter((c) => !isRelayed(c)).length ?? 0, { path: 'direct' });
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => facts().node?.getConnections().filter(isRelayed).length ?? 0, { path: 'relayed' });
   }
