@@ -130,6 +130,20 @@ const edgeTunnel = (listenPort: number) =>
      * identity key was replaced on purpose). Off: a different binding is left alone and reported.
      */
     takeOverBinding: bool(false),
+    /**
+     * The relay server of a relay node (one listed in relayNodes). Only peers bound to a node get reservations
+     * and circuits. Proxied connections live for hours, so by default a circuit has no duration or data limit
+     * (the library's defaults, 2 min and 128 KiB, cut every real connection); set them to bound what one circuit
+     * may cost the relay.
+     */
+    relayServer: obj({
+      /** Peers holding a reservation at once. */
+      maxReservations: int(1024, 1, 1_000_000),
+      /** Seconds a relayed connection may last; 0 = no limit. */
+      circuitDurationSec: int(0, 0),
+      /** MiB a relayed connection may carry (each way); 0 = no limit. */
+      circuitDataMiB: int(0, 0),
+    }),
   });
 
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */

@@ -105,6 +105,8 @@ export class TunnelModule implements RemoteDialer {
     const built = await buildNode({
       config: c, privateKey: this.d.privateKey, psk: this.d.psk, relays: this.relays, transport, logger: log,
       onPskFailure: (why, remote) => this.pskFailed(why, remote),
+      isBound: (peer) => this.peers.nodeOf(peer) !== null,
+      onRelayRefused: (what, peer) => this.relayRefused(what, peer),
     });
     const node = built.node;
     this.node = node;
@@ -304,6 +306,17 @@ export class TunnelModule implements RemoteDialer {
     if (now - this.lastPskWarning < 10_000) return;
     this.lastPskWarning = now;
     this.d.logger.warn('refused a tunnel connection that failed the PSK check: check that both nodes use the same psk file', { remote, why, totalFailures: this.stats.pskFailures });
+  }
+
+  private lastRelayWarning = 0;
+
+  /** A relay request involving an unbound peer: counted always, logged at most every 10 s (strangers are noisy). */
+  private relayRefused(what: 'reservation' | 'circuit', peer: PeerId): void {
+    this.stats.relayRefused++;
+    const now = Date.now();
+    if (now - this.lastRelayWarning < 10_000) return;
+    this.lastRelayWarning = now;
+    this.d.logger.warn(`refused a relay ${what} for a peer bound to no node in the catalog`, { peer: peer.toString(), totalRefused: this.stats.relayRefused });
   }
 
   // ---- status ----

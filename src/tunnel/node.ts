@@ -6,7 +6,7 @@
  *   const { node, encryption } = await buildNode({ config, privateKey, psk, relays, transport, logger, onPskFailure });
  */
 import { identify } from '@libp2p/identify';
-import type { Libp2p, PrivateKey } from '@libp2p/interface';
+import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
 import { ping } from '@libp2p/ping';
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
 import { mdns } from '@libp2p/mdns';
@@ -37,6 +37,10 @@ export interface NodeDeps {
   logger: Logger;
   /** A connection failed the PSK: `why` and the remote address (TLS admission), or nothing (pnet). */
   onPskFailure(why?: string, remote?: string): void;
+  /** Whether the catalog binds this peer to a node: only those may hold relay reservations or use circuits. */
+  isBound(peer: PeerId): boolean;
+  /** A relay request from or to an unbound peer was refused. */
+  onRelayRefused(what: 'reservation' | 'circuit', peer: PeerId): void;
 }
 
 export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption: string }> {
@@ -71,10 +75,40 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
     ping: ping({ runOnLimitedConnection: true }) as never,
   };
   if (d.relays.isRelay) {
-    // Proxied streams live for hours: no per-circuit duration or data limits (the defaults, 2 min and
-    // 128 KiB, would cut every real connection), like the original.
-    services.relay = circuitRelayServer({ reservations: { maxReservations: 4096, applyDefaultLimit: false } }) as never;
+    // Proxied streams live for hours: no per-circuit duration or data limit unless the operator sets one (the
+    // library's defaults, 2 min and 128 KiB, would cut every real connection; the original sets none).
+    const r = c.relayServer;
+    const limited = r.circuitDurationSec > 0 || r.circuitDataMiB > 0;
+    services.relay = circuitRelayServer({
+      reservations: {
+        maxReservations: r.maxReservations,
+        applyDefaultLimit: limited,
+        ...(limited ? {
+          defaultDurationLimit: r.circuitDurationSec > 0 ? r.circuitDurationSec * 1000 : 2 ** 31 - 1,
+          defaultDataLimit: r.circuitDataMiB > 0 ? BigInt(r.circuitDataMiB) * 1024n * 1024n : 2n ** 62n,
+        } : {}),
+      },
+    }) as never;
   }
+  // Relays serve bound peers only: a stranger with the PSK (or anyone, with psk.enable false) gets no reservation,
+  // and no circuit is made from or to an unbound peer. Checked again on the receiving end of a circuit.
+  const connectionGater = {
+    denyInboundRelayReservation: (source: PeerId): boolean => {
+      if (d.isBound(source)) return false;
+      d.onRelayRefused('reservation', source);
+      return true;
+    },
+    denyOutboundRelayedConnection: (source: PeerId, destination: PeerId): boolean => {
+      if (d.isBound(source) && d.isBound(destination)) return false;
+      d.onRelayRefused('circuit', d.isBound(source) ? destination : source);
+      return true;
+    },
+    denyInboundRelayedConnection: (_relay: PeerId, remote: PeerId): boolean => {
+      if (d.isBound(remote)) return false;
+      d.onRelayRefused('circuit', remote);
+      return true;
+    },
+  };
   let node: Libp2p;
   try {
     node = await createLibp2p({
@@ -83,6 +117,7 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
       addresses: { listen: [...listen, ...d.relays.listen()], appendAnnounce: d.relays.ownAdvertised() },
       transports: [bunTcp(d.transport), circuitRelayTransport({ reservationCompletionTimeout: c.handshakeTimeoutMs, reservationConcurrency: Math.max(1, c.relayNodes.length) })],
       connectionProtector: protector,
+      connectionGater,
       connectionEncrypters: encrypters as never,
       streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
       peerDiscovery: c.mdns ? [mdns({ serviceTag: c.rendezvous })] : [],
