@@ -542,7 +542,7 @@ modules:
 
   /** A tunnel node inside the test process, reading the same catalog file: a third party for the refusal tests. */
   interface ThirdOptions { cipher?: 'auto' | 'noble'; encryption?: 'tls' | 'noise'; pskMode?: 'handshake' | 'stream' }
-  async function inProcessNode(name: string, key: PrivateKey, psk: Uint8Array | null, o: ThirdOptions = {}): Promise<{ tunnel: TunnelModule; stop: () => Promise<void> }> {
+  async function inProcessNode(name: string, key: PrivateKey, psk: Uint8Array | null, o: ThirdOptions = {}): Promise<{ tunnel: TunnelModule; log: string[]; stop: () => Promise<void> }> {
     const catalog = new Catalog({ logger: createMemoryLogger('warn') });
     const src = new FileSource({ path: catalogPath, catalog, logger: createMemoryLogger('warn'), convert: { serviceFilterMode: 'FilterIfLabelExists' } });
     await src.start();
@@ -551,9 +551,10 @@ modules:
     Object.assign(config, { enable: true, listenPort: thirdPort, listenInterfaces: 'lo', mdns: false, cipher: o.cipher ?? 'auto', encryption: o.encryption ?? 'tls' });
     config.psk.mode = o.pskMode ?? 'handshake';
     applyLibraryPatches(createMemoryLogger('warn')); // as the agent does before its tunnel starts
-    const tunnel = new TunnelModule({ config, nodeName: name, catalog, privateKey: key, psk, logger: createMemoryLogger('warn') });
+    const logger = createMemoryLogger('warn');
+    const tunnel = new TunnelModule({ config, nodeName: name, catalog, privateKey: key, psk, logger });
     await tunnel.start();
-    return { tunnel, stop: async () => { await tunnel.stop(); await src.stop(); } };
+    return { tunnel, log: logger.lines, stop: async () => { await tunnel.stop(); await src.stop(); } };
   }
   const pskOf = () => derivePsk(readFileSync(pskPath));
   const target = (ip: string, port: number) => ({ nodeName: 'b', protocol: 'tcp' as const, ip, port });
@@ -765,6 +766,11 @@ modules:
         expect(st.tunnel.peers.some((p) => p.peerId === w.tunnel.peerId)).toBe(false);
         // A wrong proof is a definite refusal: b counts it (pnet cannot tell a wrong key from garbage).
         if (c.counted) await waitFor(async () => (await pskFailures()) > before, `${c.why}: b counts a PSK failure`, 15_000);
+        // The dialing side says what happened to it, not that it refused someone.
+        if (c.counted) {
+          await waitFor(() => w.log.some((l) => l.includes('our tunnel connection was refused by the peer: the PSK check failed')) || null, () => `${c.why}: the dialer's own log line\n${w.log.join('\n')}`, 5000);
+          expect(w.log.some((l) => l.includes('refused a tunnel connection that failed the PSK check'))).toBe(false);
+        }
       } finally {
         await w.stop();
       }

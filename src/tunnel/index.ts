@@ -104,7 +104,7 @@ export class TunnelModule implements RemoteDialer {
     const transport: BunTcpInit = { fixedPort: this.fixedPort, connectTimeoutMs: c.handshakeTimeoutMs, admission: this.admission };
     const built = await buildNode({
       config: c, privateKey: this.d.privateKey, psk: this.d.psk, relays: this.relays, transport, logger: log,
-      onPskFailure: (why, remote) => this.pskFailed(why, remote),
+      onPskFailure: (f) => this.pskFailed(f),
       isBound: (peer) => this.peers.nodeOf(peer) !== null,
       onRelayRefused: (what, peer) => this.relayRefused(what, peer),
     });
@@ -295,18 +295,39 @@ export class TunnelModule implements RemoteDialer {
     check();
   }
 
+  private pskLog = { windowStart: 0, lines: 0, suppressed: 0 };
+
   /**
-   * A peer failed the PSK: counted always; a failed admission proof (TLS) is also logged, at most every 10 s
-   * (scanners are noisy).
+   * A connection failed the PSK check: one count and one log line per connection (at most 20 lines a minute, then
+   * a count of the rest: scanners are noisy), worded for this side: a peer refused by us, or our own dial
+   * refused by the peer. A connection to ourselves (one of our own addresses came back to us) is no PSK failure.
    */
-  private pskFailed(why?: string, remote?: string): void {
+  private pskFailed(f?: { why: string; remote: string; direction: 'inbound' | 'outbound'; remotePeer: string }): void {
+    if (f && f.remotePeer === this.node?.peerId.toString()) {
+      this.d.logger.debug('a tunnel connection reached this node itself (one of its own addresses); closed', { remote: f.remote });
+      return;
+    }
     this.stats.pskFailures++;
-    if (why === undefined) return;
+    if (!f) return; // pnet cannot tell a wrong key from a broken connection: counted only
     const now = Date.now();
-    if (now - this.lastPskWarning < 10_000) return;
-    this.lastPskWarning = now;
-    this.d.logger.warn('refused a tunnel connection that failed the PSK check: check that both nodes use the same psk file', { remote, why, totalFailures: this.stats.pskFailures });
+    const w = this.pskLog;
+    if (now - w.windowStart >= 60_000) {
+      if (w.suppressed) this.d.logger.warn(`${w.suppressed} more tunnel connections failed the PSK check in the last minute (not logged one by one)`);
+      Object.assign(w, { windowStart: now, lines: 0, suppressed: 0 });
+    }
+    if (w.lines >= 20) {
+      w.suppressed++;
+      return;
+    }
+    w.lines++;
+    const node = this.peers.nodeOfId(f.remotePeer);
+    if (f.direction === 'inbound') {
+      this.d.logger.warn('refused a tunnel connection that failed the PSK check', { remote: f.remote, peer: f.remotePeer, node: node ?? 'not in the catalog', why: f.why, fix: 'if that is one of our nodes, give it the same psk file as this node' });
+    } else {
+      this.d.logger.warn('our tunnel connection was refused by the peer: the PSK check failed', { remote: f.remote, peer: f.remotePeer, node: node ?? 'not in the catalog', why: f.why, fix: 'this node and that one hold different psk files: copy the same file to both' });
+    }
   }
+
 
   private lastRelayWarning = 0;
 

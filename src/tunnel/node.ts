@@ -1,5 +1,5 @@
 /**
- * tunnel/ — building the libp2p node: transports (TCP on Bun sockets, circuit relay v2), encryption (TLS 1.3 with
+ * tunnel/ — building the libp2p node (never dialing loopback unless it listens on loopback only itself): transports (TCP on Bun sockets, circuit relay v2), encryption (TLS 1.3 with
  * the PSK proven inside it, or pnet's XSalsa20 under TLS or Noise), yamux, mDNS, identify, ping, and the relay
  * server on relay nodes. Nothing is started here.
  *
@@ -13,6 +13,7 @@ import { mdns } from '@libp2p/mdns';
 import { yamux } from '@libp2p/yamux';
 import { createLibp2p } from 'libp2p';
 import { networkInterfaces } from 'node:os';
+import type { Multiaddr } from '@multiformats/multiaddr';
 import { EdgeMeshError } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { TunnelConfig } from './config.ts';
@@ -35,8 +36,8 @@ export interface NodeDeps {
   relays: Relays;
   transport: BunTcpInit;
   logger: Logger;
-  /** A connection failed the PSK: `why` and the remote address (TLS admission), or nothing (pnet). */
-  onPskFailure(why?: string, remote?: string): void;
+  /** A connection failed the PSK: the TLS admission's details, or nothing (pnet, which cannot tell). */
+  onPskFailure(f?: { why: string; remote: string; direction: 'inbound' | 'outbound'; remotePeer: string }): void;
   /** Whether the catalog binds this peer to a node: only those may hold relay reservations or use circuits. */
   isBound(peer: PeerId): boolean;
   /** A relay request from or to an unbound peer was refused. */
@@ -51,7 +52,7 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
   if (nc.fallbackReason) log.warn('Noise AEAD: using the pure-JS engine (slower)', { reason: nc.fallbackReason });
   // Both handshakes are offered, the configured one first; the peer's choice shows per connection in status.
   // With a PSK, TLS demands the admission proof on connections without pnet, and Noise refuses them.
-  const psk = d.psk ? { key: d.psk, timeoutMs: c.handshakeTimeoutMs, onFailure: (why: string, remote: string) => d.onPskFailure(why, remote) } : null;
+  const psk = d.psk ? { key: d.psk, timeoutMs: c.handshakeTimeoutMs, onFailure: (why: string, remote: string, direction: 'inbound' | 'outbound', remotePeer: string) => d.onPskFailure({ why, remote, direction, remotePeer }) } : null;
   const tls = bunTls(psk);
   const nz = noiseEncrypter(nc, psk !== null);
   const encrypters = c.encryption === 'noise' ? [nz, tls] : [tls, nz];
@@ -90,9 +91,13 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
       },
     }) as never;
   }
+  // A loopback address of a peer is never dialed (it is our own machine), unless this node listens on loopback
+  // alone (tests, a single-host mesh): peers that listened on "*" used to announce 127.0.0.1.
+  const loopbackOnly = listen.every((a) => isLoopbackAddr(a));
   // Relays serve bound peers only: a stranger with the PSK (or anyone, with psk.enable false) gets no reservation,
   // and no circuit is made from or to an unbound peer. Checked again on the receiving end of a circuit.
   const connectionGater = {
+    denyDialMultiaddr: (ma: Multiaddr): boolean => !loopbackOnly && isLoopbackAddr(ma.toString()),
     denyInboundRelayReservation: (source: PeerId): boolean => {
       if (d.isBound(source)) return false;
       d.onRelayRefused('reservation', source);
@@ -151,8 +156,15 @@ export function listenAddresses(c: TunnelConfig, ifaces = networkInterfaces()): 
   const out: string[] = [];
   for (const [name, addrs] of Object.entries(ifaces)) {
     if (names ? !names.includes(name) : [...FILTERED_PREFIXES, ...extra].some((p) => name.startsWith(p))) continue;
-    for (const a of addrs ?? []) if (a.family === 'IPv4') out.push(`/ip4/${a.address}/tcp/${c.listenPort}`);
+    // Loopback only when named: with "*" the original listens on and advertises 127.0.0.1 too, and peers that
+    // learn it dial their own loopback (seen as false PSK failures on every survivor when a relay died).
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && (names || !a.internal)) out.push(`/ip4/${a.address}/tcp/${c.listenPort}`);
   }
-  if (out.length === 0) throw new EdgeMeshError('CONFIG_INVALID', `modules.edgeTunnel.listenInterfaces: ${JSON.stringify(c.listenInterfaces)} selects no IPv4 address to listen on`);
+  if (out.length === 0) throw new EdgeMeshError('CONFIG_INVALID', `modules.edgeTunnel.listenInterfaces: ${JSON.stringify(c.listenInterfaces)} selects no IPv4 address to listen on${names ? '' : ' ("*" leaves out loopback: name it, e.g. "lo", to listen there)'}`);
   return out;
+}
+
+/** Whether a multiaddr's host is a loopback address (127.0.0.0/8, ::1). */
+export function isLoopbackAddr(ma: string): boolean {
+  return /^\/ip4\/127\./.test(ma) || /^\/ip6\/::1\//.test(ma);
 }

@@ -84,6 +84,15 @@ export class PeerBook {
     return this.addressIndex.ips.has(ip.replace(/^::ffff:/, ''));
   }
 
+  /** The node name bound to a peer ID given as a string, or null. */
+  nodeOfId(id: string): string | null {
+    try {
+      return this.nodeOf(peerIdFromString(id));
+    } catch {
+      return null;
+    }
+  }
+
   /** Whether `peer` is the one the catalog binds to `nodeName`. */
   claimMatches(nodeName: string, peer: PeerId): boolean {
     const bound = this.peerOf(nodeName);

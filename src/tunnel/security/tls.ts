@@ -34,8 +34,11 @@ export interface TlsPsk {
    * start of a frame and waits for the rest).
    */
   timeoutMs: number;
-  /** A peer failed the proof ('mismatch'), or left, stalled or errored before finishing it ('incomplete'). */
-  onFailure(why: 'mismatch' | 'incomplete', remote: string): void;
+  /**
+   * A peer failed the proof ('mismatch'), or left, stalled or errored before finishing it ('incomplete'), on a
+   * connection it dialed to us ('inbound') or we dialed to it ('outbound'); `remotePeer` as its certificate says.
+   */
+  onFailure(why: 'mismatch' | 'incomplete', remote: string, direction: 'inbound' | 'outbound', remotePeer: string): void;
 }
 
 class BunTls implements ConnectionEncrypter {
@@ -137,7 +140,7 @@ class BunTls implements ConnectionEncrypter {
               }, (err: Error) => {
                 // Every failed proof counts: a peer without the key may send less than a tag and then reset or
                 // stall, which ends here as a socket error or the handshake timeout, not as a mismatch.
-                psk.onFailure(err instanceof PskAdmissionError ? 'mismatch' : 'incomplete', String((connection as { remoteAddr?: unknown }).remoteAddr ?? 'unknown'));
+                psk.onFailure(err instanceof PskAdmissionError ? 'mismatch' : 'incomplete', String((connection as { remoteAddr?: unknown }).remoteAddr ?? 'unknown'), isServer ? 'inbound' : 'outbound', remotePeer.toString());
                 socket.emit('error', err);
               });
             },
