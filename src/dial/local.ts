@@ -40,7 +40,8 @@ export interface LocalDial {
   n: number;
   /** The attempt in flight; null once the dial is over (opened, failed or cancelled). */
   current: LocalAttempt | null;
-  readonly dialer: LocalDialer;
+  /** Null only for the detached placeholder (a socket its owner let go of). */
+  readonly dialer: LocalDialer | null;
 }
 
 /** One connect attempt: a socket's `data` while it connects and after. */
@@ -64,7 +65,7 @@ export interface LocalDialerOptions {
 }
 
 /** The sink of sockets whose owner let go of them (handed over elsewhere, or late): every event is ignored. */
-export const NO_SINK: LocalSink = {
+const NO_SINK: LocalSink = {
   localOpened: () => false, localFailed: () => {}, localData: () => {}, localDrain: () => {}, localEnd: () => {}, localClose: () => {},
 };
 
@@ -171,12 +172,12 @@ export class LocalDialer {
   }
 }
 
-const DETACHED: LocalAttempt = { dial: { sink: NO_SINK, ip: '', port: 0, n: 0, current: null, dialer: null as unknown as LocalDialer }, since: 0, done: true };
+const DETACHED: LocalAttempt = { dial: { sink: NO_SINK, ip: '', port: 0, n: 0, current: null, dialer: null }, since: 0, done: true };
 
 /** One handler object for every local socket (state lives in socket.data). */
 const HANDLERS: Bun.SocketHandler<LocalAttempt, 'uint8array'> = {
   binaryType: 'uint8array',
-  open: (s) => s.data.dial.dialer.opened(s),
+  open: (s) => s.data.dial.dialer?.opened(s),
   connectError: (s, err) => s.data.dial.dialer?.failed(s.data, err.message),
   data: (s, chunk) => s.data.dial.sink.localData(chunk),
   drain: (s) => s.data.dial.sink.localDrain(),
