@@ -31,6 +31,7 @@ import type { TunnelConfig } from './config.ts';
 import { Discovery } from './discovery.ts';
 import { buildNode, startError } from './node.ts';
 import { Admission } from './admission.ts';
+import { StreamLimits } from './limits.ts';
 import { BindingWatch, PEER_ID_ANNOTATION, PeerBook, bestConnection } from './peers.ts';
 import { StreamPipe } from './pipe.ts';
 import { SessionPool, SessionsUnsupported } from './pool.ts';
@@ -73,6 +74,9 @@ export class TunnelModule implements RemoteDialer {
   private lastPskWarning = 0;
   private bindings: BindingWatch | null = null;
   private admission: Admission | null = null;
+  private inLimits = new StreamLimits({ perPeer: 1 << 20, total: 1 << 30 });
+  private outLimits = new StreamLimits({ perPeer: 1 << 20, total: 1 << 30 });
+  private lastLimitWarning = 0;
   private unwatchBindings: (() => void) | null = null;
 
   constructor(private readonly d: TunnelDeps) {
@@ -115,8 +119,19 @@ export class TunnelModule implements RemoteDialer {
     const limits = c.tunnelLimitConfig;
     const maxIn = limits.enable ? limits.tunnelPeerBaseStreamIn : 1 << 20;
     const maxOut = limits.enable ? limits.tunnelPeerBaseStreamOut : 1 << 20;
-    await node.handle(PROXY_PROTOCOL, (s, conn) => this.receiver.onProxy(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
-    await node.handle([SESSION_PROTOCOL_EARLY, SESSION_PROTOCOL], (s, conn) => this.receiver.onSession(s, conn), { runOnLimitedConnection: true, maxInboundStreams: maxIn, maxOutboundStreams: maxOut });
+    // Per peer across its connections, and in all (limits.ts); libp2p's per-connection limits, checked before
+    // our handler, stay as a backstop above ours so that ours decides (and counts).
+    this.inLimits = new StreamLimits({ perPeer: maxIn, total: limits.enable ? limits.tunnelBaseStreamIn : 1 << 30 });
+    this.outLimits = new StreamLimits({ perPeer: maxOut, total: limits.enable ? limits.tunnelBaseStreamOut : 1 << 30 });
+    const admit = (s: Stream, conn: Connection): boolean => {
+      const why = this.inLimits.take(conn.remotePeer.toString(), s);
+      if (why === 'ok') return true;
+      this.streamLimited('inbound', why, conn.remotePeer.toString());
+      s.abort(new Error(`stream limit: ${why === 'peer' ? 'tunnelPeerBaseStreamIn' : 'tunnelBaseStreamIn'} reached`));
+      return false;
+    };
+    await node.handle(PROXY_PROTOCOL, (s, conn) => (admit(s, conn) ? this.receiver.onProxy(s, conn) : undefined), { runOnLimitedConnection: true, maxInboundStreams: 2 * maxIn, maxOutboundStreams: 2 * maxOut });
+    await node.handle([SESSION_PROTOCOL_EARLY, SESSION_PROTOCOL], (s, conn) => (admit(s, conn) ? this.receiver.onSession(s, conn) : undefined), { runOnLimitedConnection: true, maxInboundStreams: 2 * maxIn, maxOutboundStreams: 2 * maxOut });
     await this.discovery.attach(node);
     if (this.fixedPort) {
       this.puncher = new HolePuncher({
@@ -138,6 +153,8 @@ export class TunnelModule implements RemoteDialer {
     this.reporter.registerMetrics(() => this.facts());
     const refusedByAdmission = this.d.metrics?.counterFrom('edgemesh_tunnel_admission_refused_total', 'Inbound connections closed before their handshake, by reason: per-address or total limit of connections waiting for a handshake, or silent past the first-bytes deadline');
     for (const reason of ['per-address', 'total', 'silent'] as const) refusedByAdmission?.set(() => this.admission?.refused[reason] ?? 0, { reason });
+    const limited = this.d.metrics?.counterFrom('edgemesh_tunnel_streams_limited_total', 'Tunnel streams refused by tunnelLimitConfig, by direction and limit (per peer or in all)');
+    for (const dir of ['inbound', 'outbound'] as const) for (const limit of ['peer', 'total'] as const) limited?.set(() => (dir === 'inbound' ? this.inLimits : this.outLimits).refused[limit], { direction: dir, limit });
     this.d.metrics?.counterFrom('edgemesh_tunnel_binding_changes_total', 'Nodes whose tunnel peer ID binding changed while this agent ran').set(() => this.bindings?.changes ?? 0);
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.relays.isRelay });
     this.relays.start();
@@ -258,14 +275,24 @@ export class TunnelModule implements RemoteDialer {
       this.stats.dialFailures++;
       throw new EdgeMeshError('TUNNEL_NO_PEER', `node ${t.nodeName} has no ${PEER_ID_ANNOTATION} annotation in the catalog; it cannot be reached through the tunnel`);
     }
+    const key = peer.toString();
+    const room = this.outLimits.fits(key);
+    if (room !== 'ok') {
+      this.outLimits.refused[room]++;
+      this.streamLimited('outbound', room, key);
+      this.stats.dialFailures++;
+      throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel stream to node ${t.nodeName}: ${room === 'peer' ? 'tunnelPeerBaseStreamOut' : 'tunnelBaseStreamOut'} reached`);
+    }
     if (node.getConnections(peer).length === 0) await node.peerStore.merge(peer, { multiaddrs: this.addressesOf(t.nodeName, peer) });
     try {
       // An open connection is used directly: dialProtocol() goes through the connection manager and the peer
       // store (locks whose queues wake on setTimeout(0), ~1 ms each on Bun) for every stream.
       const conn = bestConnection(node, peer);
-      return conn
+      const s = conn
         ? await conn.newStream(protocol, { signal, runOnLimitedConnection: true })
         : await node.dialProtocol(peer, protocol, { signal, runOnLimitedConnection: true });
+      this.outLimits.take(key, s); // checked above; a race past the limit costs one stream
+      return s;
     } catch (e) {
       if (Array.isArray(protocol) && protocol.includes(SESSION_PROTOCOL) && (e as Error).name === 'UnsupportedProtocolError') throw new SessionsUnsupported();
       this.stats.dialFailures++;
@@ -328,6 +355,14 @@ export class TunnelModule implements RemoteDialer {
     }
   }
 
+
+  /** A stream over a tunnelLimitConfig limit: counted always (limits.ts), logged at most every 10 s. */
+  private streamLimited(direction: 'inbound' | 'outbound', why: 'peer' | 'total', peer: string): void {
+    const now = Date.now();
+    if (now - this.lastLimitWarning < 10_000) return;
+    this.lastLimitWarning = now;
+    this.d.logger.warn(`${direction === 'inbound' ? 'refused an inbound' : 'did not open an outbound'} tunnel stream: ${why === 'peer' ? `the peer has modules.edgeTunnel.tunnelLimitConfig.tunnelPeerBaseStream${direction === 'inbound' ? 'In' : 'Out'} open` : `tunnelBaseStream${direction === 'inbound' ? 'In' : 'Out'} streams are open in all`}`, { peer, node: this.peers.nodeOfId(peer) ?? '?' });
+  }
 
   private lastRelayWarning = 0;
 
