@@ -643,6 +643,8 @@ modules:
       // b either answers FAILED (unbound peer) or has already dropped the connection over the false claim.
       await expect(x.tunnel.openStream(target('127.0.0.1', sink.port), AbortSignal.timeout(5000))).rejects.toThrow();
       await nodes[1]!.agent!.waitForLog(/refused a peer claiming a node name it is not bound to.*claimed=a/);
+      // And the refused side is told why, in its own words.
+      await waitFor(() => x.log.some((l) => l.includes("its catalog does not bind this node's name to this node's key")) || null, () => `x's log line\n${x.log.join('\n')}`, 5000);
       expect(sinkConnections).toBe(before);
     } finally {
       await x.stop();

@@ -39,7 +39,11 @@ export class Discovery {
       s.send(lengthPrefixed(encodeDiscovery({ type: MsgType.CONNECT, protocol: how, nodeName: this.d.nodeName })));
       const reply = decodeDiscovery(await readOne(s, signal));
       if (reply.type !== MsgType.SUCCESS) {
-        this.d.logger.warn('peer refused our discovery handshake', { peer: peer.toString() });
+        // A peer answers FAILED for one reason only: its catalog binds our node name to another key (or to none).
+        this.d.logger.warn('peer refused our discovery handshake: its catalog does not bind this node\'s name to this node\'s key', {
+          peer: peer.toString(), node: this.d.nodeName,
+          fix: `check the ${'edgemesh.io/peer-id'} annotation of Node ${this.d.nodeName} there against \`edgemesh identity\` on this node`,
+        });
       } else if (!this.d.peers.claimMatches(reply.nodeName, peer)) {
         this.d.stats.discoveryRefused++;
         this.d.logger.warn('peer claims a node name that the catalog binds to another peer; ignored', { peer: peer.toString(), claimed: reply.nodeName });
