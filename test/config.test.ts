@@ -130,6 +130,16 @@ describe('config', () => {
     expect(lines).toEqual(['modules.edgeTunnel.psk.mode: "xsalsa" is not one of handshake, stream']);
   });
 
+  test('the tunnel\'s hardening keys: garbage names the key, the value and what is allowed', () => {
+    const ok = mergeConfig('agent', 'edge', { modules: { edgeTunnel: { nodePorts: [22, 2222], takeOverBinding: true, relayServer: { maxReservations: 16, circuitDurationSec: 3600, circuitDataMiB: 512 } } } });
+    expect(ok.issues).toEqual([]);
+    expect(ok.config.modules.edgeTunnel.nodePorts).toEqual([22, 2222]);
+    const bad = mergeConfig('agent', 'edge', { modules: { edgeTunnel: { nodePorts: [0, 'ssh'], takeOverBinding: 'yes', relayServer: { maxReservations: -1, circuitDataMiB: 1.5 } } } });
+    const paths = bad.issues.map((i) => i.path);
+    expect(paths).toEqual(expect.arrayContaining(['modules.edgeTunnel.nodePorts[0]', 'modules.edgeTunnel.nodePorts[1]', 'modules.edgeTunnel.takeOverBinding', 'modules.edgeTunnel.relayServer.maxReservations', 'modules.edgeTunnel.relayServer.circuitDataMiB']));
+    for (const i of bad.issues) expect(i.message.length).toBeGreaterThan(5);
+  });
+
   test('did-you-mean finds near keys and stays quiet for far ones', () => {
     expect(didYouMean('relayNode', ['relayNodes', 'rendezvous'])).toBe('relayNodes');
     expect(didYouMean('zzzzzz', ['relayNodes', 'rendezvous'])).toBeUndefined();
