@@ -65,3 +65,18 @@ export function createMemoryLogger(level: LogLevel = 'debug'): Logger & { lines:
   const logger = createLogger('test', { level, write: (l) => lines.push(l) });
   return Object.assign(logger, { lines });
 }
+
+/**
+ * A gate for log lines that others can provoke (refusals of strangers' connections): true at most once every
+ * `ms` milliseconds; the caller counts every event in a metric and logs only when the gate is open.
+ *   const warn = everyMs(10_000); if (warn()) log.warn(...)
+ */
+export function everyMs(ms: number, now: () => number = Date.now): () => boolean {
+  let last = -Infinity;
+  return () => {
+    const t = now();
+    if (t - last < ms) return false;
+    last = t;
+    return true;
+  };
+}

@@ -199,7 +199,8 @@ export class TcpServicePort {
    * Connections waiting for a request head (hash policies), and one sweep that ends those waits after
    * sniffTimeoutMs while any are waiting, instead of a timer per connection (armed, then cleared within a
    * millisecond, as the head nearly always comes in the first read: ~2% of a new connection's CPU). The sweep
-   * runs every tenth of the shorter timeout (10-100 ms), so a wait ends up to that much later than its timeout.
+   * runs every tenth of sniffTimeoutMs (10-100 ms), so a wait ends up to that much later than its timeout.
+   * (Connect deadlines are dial/local.ts's sweep.)
    */
   private readonly sniffers = new Set<Conn>();
   private sweep: ReturnType<typeof setInterval> | null = null;
@@ -316,7 +317,7 @@ export class TcpServicePort {
         clearInterval(this.sweep);
         this.sweep = null;
       }
-    }, Math.max(10, Math.min(100, Math.min(sniffMs, this.o.connectTimeoutMs) / 10)));
+    }, Math.max(10, Math.min(100, sniffMs / 10)));
   }
 
   /**

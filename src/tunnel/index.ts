@@ -32,6 +32,7 @@ import { Discovery } from './discovery.ts';
 import { buildNode, startError } from './node.ts';
 import { Admission } from './admission.ts';
 import { StreamLimits } from './limits.ts';
+import { everyMs } from '../obs/logger.ts';
 import { BindingWatch, PEER_ID_ANNOTATION, PeerBook, bestConnection } from './peers.ts';
 import { StreamPipe } from './pipe.ts';
 import { SessionPool, SessionsUnsupported } from './pool.ts';
@@ -71,12 +72,13 @@ export class TunnelModule implements RemoteDialer {
   private readonly reporter: TunnelReporter;
   private fixedPort: FixedPort | null = null;
   private puncher: HolePuncher | null = null;
-  private lastPskWarning = 0;
   private bindings: BindingWatch | null = null;
   private admission: Admission | null = null;
   private inLimits = new StreamLimits({ perPeer: 1 << 20, total: 1 << 30 });
   private outLimits = new StreamLimits({ perPeer: 1 << 20, total: 1 << 30 });
-  private lastLimitWarning = 0;
+  /** Warnings about refusals strangers can provoke: at most one every 10 s each (the counters keep the rest). */
+  private readonly limitWarning = everyMs(10_000);
+  private readonly relayWarning = everyMs(10_000);
   private unwatchBindings: (() => void) | null = null;
 
   constructor(private readonly d: TunnelDeps) {
@@ -109,7 +111,7 @@ export class TunnelModule implements RemoteDialer {
     const built = await buildNode({
       config: c, privateKey: this.d.privateKey, psk: this.d.psk, relays: this.relays, transport, logger: log,
       onPskFailure: (f) => this.pskFailed(f),
-      isBound: (peer) => this.peers.nodeOf(peer) !== null,
+      isBound: (peer) => this.peers.isBound(peer),
       onRelayRefused: (what, peer) => this.relayRefused(what, peer),
     });
     const node = built.node;
@@ -135,7 +137,7 @@ export class TunnelModule implements RemoteDialer {
     await this.discovery.attach(node);
     if (this.fixedPort) {
       this.puncher = new HolePuncher({
-        node, transport, log: log.child('punch'), timeoutMs: c.handshakeTimeoutMs, isBound: (peer) => this.peers.nodeOf(peer) !== null,
+        node, transport, log: log.child('punch'), timeoutMs: c.handshakeTimeoutMs, isBound: (peer) => this.peers.isBound(peer),
         onPunched: (peer, relayed, ms) => {
           log.info('hole punched: direct connection', { node: this.peers.nodeOf(peer) ?? '?', peer: peer.toString(), ms: Math.round(ms) });
           this.retire(relayed);
@@ -151,11 +153,6 @@ export class TunnelModule implements RemoteDialer {
     this.bindings = new BindingWatch({ catalog: this.d.catalog, nodeName: this.d.nodeName, ownPeerId: node.peerId.toString(), logger: log });
     this.unwatchBindings = this.bindings.start();
     this.reporter.registerMetrics(() => this.facts());
-    const refusedByAdmission = this.d.metrics?.counterFrom('edgemesh_tunnel_admission_refused_total', 'Inbound connections closed before their handshake, by reason: per-address or total limit of connections waiting for a handshake, or silent past the first-bytes deadline');
-    for (const reason of ['per-address', 'total', 'silent'] as const) refusedByAdmission?.set(() => this.admission?.refused[reason] ?? 0, { reason });
-    const limited = this.d.metrics?.counterFrom('edgemesh_tunnel_streams_limited_total', 'Tunnel streams refused by tunnelLimitConfig, by direction and limit (per peer or in all)');
-    for (const dir of ['inbound', 'outbound'] as const) for (const limit of ['peer', 'total'] as const) limited?.set(() => (dir === 'inbound' ? this.inLimits : this.outLimits).refused[limit], { direction: dir, limit });
-    this.d.metrics?.counterFrom('edgemesh_tunnel_binding_changes_total', 'Nodes whose tunnel peer ID binding changed while this agent ran').set(() => this.bindings?.changes ?? 0);
     log.info('tunnel started', { peerId: node.peerId.toString(), encryption: this.encryption, listen: node.getMultiaddrs().map(String), relay: this.relays.isRelay });
     this.relays.start();
     this.reporter.start(node);
@@ -276,9 +273,8 @@ export class TunnelModule implements RemoteDialer {
       throw new EdgeMeshError('TUNNEL_NO_PEER', `node ${t.nodeName} has no ${PEER_ID_ANNOTATION} annotation in the catalog; it cannot be reached through the tunnel`);
     }
     const key = peer.toString();
-    const room = this.outLimits.fits(key);
+    const room = this.outLimits.check(key);
     if (room !== 'ok') {
-      this.outLimits.refused[room]++;
       this.streamLimited('outbound', room, key);
       this.stats.dialFailures++;
       throw new EdgeMeshError('TUNNEL_DIAL', `no tunnel stream to node ${t.nodeName}: ${room === 'peer' ? 'tunnelPeerBaseStreamOut' : 'tunnelBaseStreamOut'} reached`);
@@ -291,7 +287,7 @@ export class TunnelModule implements RemoteDialer {
       const s = conn
         ? await conn.newStream(protocol, { signal, runOnLimitedConnection: true })
         : await node.dialProtocol(peer, protocol, { signal, runOnLimitedConnection: true });
-      this.outLimits.take(key, s); // checked above; a race past the limit costs one stream
+      this.outLimits.take(key, s); // checked above; a stream that raced past the limit is left uncounted
       return s;
     } catch (e) {
       if (Array.isArray(protocol) && protocol.includes(SESSION_PROTOCOL) && (e as Error).name === 'UnsupportedProtocolError') throw new SessionsUnsupported();
@@ -355,30 +351,26 @@ export class TunnelModule implements RemoteDialer {
     }
   }
 
-
   /** A stream over a tunnelLimitConfig limit: counted always (limits.ts), logged at most every 10 s. */
   private streamLimited(direction: 'inbound' | 'outbound', why: 'peer' | 'total', peer: string): void {
-    const now = Date.now();
-    if (now - this.lastLimitWarning < 10_000) return;
-    this.lastLimitWarning = now;
+    if (!this.limitWarning()) return;
     this.d.logger.warn(`${direction === 'inbound' ? 'refused an inbound' : 'did not open an outbound'} tunnel stream: ${why === 'peer' ? `the peer has modules.edgeTunnel.tunnelLimitConfig.tunnelPeerBaseStream${direction === 'inbound' ? 'In' : 'Out'} open` : `tunnelBaseStream${direction === 'inbound' ? 'In' : 'Out'} streams are open in all`}`, { peer, node: this.peers.nodeOfId(peer) ?? '?' });
   }
-
-  private lastRelayWarning = 0;
 
   /** A relay request involving an unbound peer: counted always, logged at most every 10 s (strangers are noisy). */
   private relayRefused(what: 'reservation' | 'circuit', peer: PeerId): void {
     this.stats.relayRefused++;
-    const now = Date.now();
-    if (now - this.lastRelayWarning < 10_000) return;
-    this.lastRelayWarning = now;
+    if (!this.relayWarning()) return;
     this.d.logger.warn(`refused a relay ${what} for a peer bound to no node in the catalog`, { peer: peer.toString(), totalRefused: this.stats.relayRefused });
   }
 
   // ---- status ----
 
   private facts(): NodeFacts {
-    return { node: this.node, encryption: this.encryption, isRelay: this.relays.isRelay, sourcePort: this.fixedPort?.port ?? null, puncher: this.puncher };
+    return {
+      node: this.node, encryption: this.encryption, isRelay: this.relays.isRelay, sourcePort: this.fixedPort?.port ?? null, puncher: this.puncher,
+      admission: this.admission, inLimits: this.inLimits, outLimits: this.outLimits, bindingChanges: this.bindings?.changes ?? 0,
+    };
   }
 
   /** For the agent's module list. */

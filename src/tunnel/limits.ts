@@ -20,20 +20,17 @@ export class StreamLimits {
 
   constructor(private readonly o: StreamLimitOptions) {}
 
-  /** Whether one more stream of `peer` fits (without taking it). */
-  fits(peer: string): 'ok' | 'peer' | 'total' {
-    if (this.all >= this.o.total) return 'total';
-    if ((this.byPeer.get(peer) ?? 0) >= this.o.perPeer) return 'peer';
-    return 'ok';
+  /** Whether one more stream of `peer` fits (without taking it); a refusal is counted. */
+  check(peer: string): 'ok' | 'peer' | 'total' {
+    const why = this.all >= this.o.total ? 'total' : (this.byPeer.get(peer) ?? 0) >= this.o.perPeer ? 'peer' : 'ok';
+    if (why !== 'ok') this.refused[why]++;
+    return why;
   }
 
-  /** Count `stream` against `peer` until it closes; over a limit it is not counted and the limit is returned. */
+  /** Count `stream` against `peer` until it closes; over a limit it is not counted (the refusal is) and the limit is returned. */
   take(peer: string, stream: { addEventListener(type: 'close', fn: () => void, o?: { once: boolean }): void }): 'ok' | 'peer' | 'total' {
-    const why = this.fits(peer);
-    if (why !== 'ok') {
-      this.refused[why]++;
-      return why;
-    }
+    const why = this.check(peer);
+    if (why !== 'ok') return why;
     this.all++;
     this.byPeer.set(peer, (this.byPeer.get(peer) ?? 0) + 1);
     stream.addEventListener('close', () => {

@@ -93,6 +93,11 @@ export class PeerBook {
     }
   }
 
+  /** Whether the catalog binds `peer` to some node (only such peers may use the tunnel, relays or punching). */
+  isBound(peer: PeerId): boolean {
+    return this.nodeOf(peer) !== null;
+  }
+
   /** Whether `peer` is the one the catalog binds to `nodeName`. */
   claimMatches(nodeName: string, peer: PeerId): boolean {
     const bound = this.peerOf(nodeName);

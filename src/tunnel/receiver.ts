@@ -58,7 +58,7 @@ export class Receiver {
     if (protocol !== 'tcp' && protocol !== 'udp') return `unknown protocol ${JSON.stringify(protocol)}`;
     if (!(port > 0 && port < 65536)) return `bad port ${port}`;
     if (isIP(ip) === 0) return `${JSON.stringify(ip)} is not an IP address (names are never resolved for a peer)`;
-    if (this.d.peers.nodeOf(from) === null) return 'the requesting peer is not bound to any node in the catalog';
+    if (!this.d.peers.isBound(from)) return 'the requesting peer is not bound to any node in the catalog';
     const snap = this.d.catalog.snapshot();
     if (this.localEndpoints(snap).has(`${ip}|${port}|${protocol === 'tcp' ? 'TCP' : 'UDP'}`)) return null;
     // SOCKS5 reaches a node itself (e.g. ssh): the node's own addresses, at the ports the operator allows.

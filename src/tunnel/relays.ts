@@ -57,9 +57,7 @@ export class Relays {
       if (r.nodeName === this.d.nodeName) continue;
       const peer = this.d.peers.peerOf(r.nodeName);
       if (!peer) continue;
-      const addrs: Multiaddr[] = [];
-      for (const a of r.advertiseAddress) tryPush(addrs, toMultiaddr(a, this.d.config.listenPort));
-      out.push({ name: r.nodeName, peer, addrs });
+      out.push({ name: r.nodeName, peer, addrs: this.addrsOf(r) });
     }
     return out;
   }
@@ -80,9 +78,14 @@ export class Relays {
 
   /** The configured addresses of `nodeName` when it is a relay (it is reached there directly too). */
   advertisedBy(nodeName: string): Multiaddr[] {
-    const out: Multiaddr[] = [];
     const r = this.list.find((x) => x.nodeName === nodeName);
-    if (r) for (const a of r.advertiseAddress) tryPush(out, toMultiaddr(a, this.d.config.listenPort));
+    return r ? this.addrsOf(r) : [];
+  }
+
+  /** A relay entry's advertiseAddress as multiaddrs at our tunnel port (a bad entry costs that entry only). */
+  private addrsOf(r: TunnelConfig['relayNodes'][number]): Multiaddr[] {
+    const out: Multiaddr[] = [];
+    for (const a of r.advertiseAddress) tryPush(out, toMultiaddr(a, this.d.config.listenPort));
     return out;
   }
 

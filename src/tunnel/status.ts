@@ -6,6 +6,8 @@ import type { Libp2p, PeerId } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import { type PeerBook, bestConnection } from './peers.ts';
+import type { Admission } from './admission.ts';
+import type { StreamLimits } from './limits.ts';
 import type { HolePuncher } from './punch.ts';
 import { isRelayed } from './transport.ts';
 
@@ -67,6 +69,11 @@ export interface NodeFacts {
   isRelay: boolean;
   sourcePort: number | null;
   puncher: HolePuncher | null;
+  admission: Admission | null;
+  inLimits: StreamLimits;
+  outLimits: StreamLimits;
+  /** Nodes whose binding changed while this agent ran (peers.ts BindingWatch). */
+  bindingChanges: number;
 }
 
 export class TunnelReporter {
@@ -156,5 +163,12 @@ export class TunnelReporter {
     m.counterFrom('edgemesh_tunnel_punch_refused_total', 'Hole-punch requests refused: unbound peer, direct connection, or no address that may be dialed').set(() => facts().puncher?.stats.refused ?? 0);
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => facts().node?.getConnections().filter((c) => !isRelayed(c)).length ?? 0, { path: 'direct' });
     m.gauge('edgemesh_tunnel_connections', 'Open peer connections, by path').set(() => facts().node?.getConnections().filter(isRelayed).length ?? 0, { path: 'relayed' });
+    const admission = m.counterFrom('edgemesh_tunnel_admission_refused_total', 'Inbound connections closed before their handshake, by reason: per-address or total limit of connections waiting for a handshake, or silent past the first-bytes deadline');
+    for (const reason of ['per-address', 'total', 'silent'] as const) admission.set(() => facts().admission?.refused[reason] ?? 0, { reason });
+    const limited = m.counterFrom('edgemesh_tunnel_streams_limited_total', 'Tunnel streams refused by tunnelLimitConfig, by direction and limit (per peer or in all)');
+    for (const dir of ['inbound', 'outbound'] as const) {
+      for (const limit of ['peer', 'total'] as const) limited.set(() => (dir === 'inbound' ? facts().inLimits : facts().outLimits).refused[limit], { direction: dir, limit });
+    }
+    m.counterFrom('edgemesh_tunnel_binding_changes_total', 'Nodes whose tunnel peer ID binding changed while this agent ran').set(() => facts().bindingChanges);
   }
 }
