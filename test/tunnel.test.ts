@@ -312,6 +312,8 @@ describe('tunnel between two agents on loopback (PSK on)', () => {
     { name: 'sink', node: 'b', ip: '127.0.0.1', port: sink.port, protocol: 'TCP' as const, clusterIP: '10.96.1.1' },
     { name: 'echo', node: 'b', ip: '127.0.0.1', port: echo.port, protocol: 'TCP' as const, clusterIP: '10.96.1.2' },
     { name: 'uecho', node: 'b', ip: '127.0.0.1', port: udpEcho.port, protocol: 'UDP' as const, clusterIP: '10.96.1.3' },
+    // A UDP endpoint nobody listens on: b's datagrams to it come back as ICMP port unreachable.
+    { name: 'udead', node: 'b', ip: '127.0.0.1', port: deadPort, protocol: 'UDP' as const, clusterIP: '10.96.1.10' },
     { name: 'closer', node: 'b', ip: '127.0.0.1', port: closer.port, protocol: 'TCP' as const, clusterIP: '10.96.1.5' },
     { name: 'slow', node: 'b', ip: '127.0.0.1', port: slow.port, protocol: 'TCP' as const, clusterIP: '10.96.1.6' },
     { name: 'reset', node: 'b', ip: '127.0.0.1', port: reset.port, protocol: 'TCP' as const, clusterIP: '10.96.1.7' },
@@ -352,7 +354,8 @@ modules:
   beforeAll(async () => {
     slow = await slowReader(1500);
     closer = await slowReader(300);
-    udpEcho = await Bun.udpSocket({ hostname: '127.0.0.1', port: 0, socket: { data: (s, d, port, addr) => void s.send(d, port, addr) } });
+    // The error handler: a client that went away answers with ICMP, which Bun raises as an uncaught error without it.
+    udpEcho = await Bun.udpSocket({ hostname: '127.0.0.1', port: 0, socket: { data: (s, d, port, addr) => void s.send(d, port, addr), error() {} } });
     writeFileSync(pskPath, randomBytes(32).toString('base64') + '\n');
     for (const name of ['a', 'b']) {
       const dir = join(t.path, name);
@@ -679,6 +682,30 @@ modules:
       await c.stop();
     }
   }, 40_000);
+
+  test('UDP to an endpoint port nobody listens on: the ICMP refusal is counted, the receiving node keeps running', async () => {
+    const c = await inProcessNode('c', thirdKey, pskOf());
+    try {
+      const s = await c.tunnel.openStream({ nodeName: 'b', protocol: 'udp', ip: '127.0.0.1', port: deadPort }, AbortSignal.timeout(5000));
+      // Each datagram b sends to the dead port comes back as ECONNREFUSED on b's socket; a Bun UDP socket without
+      // an error handler turns that into an uncaught error, which ended the agent process.
+      for (let i = 0; i < 5; i++) {
+        s.send(Uint8Array.from([0, 3, 1, 2, 3]));
+        await Bun.sleep(50);
+      }
+      await Bun.sleep(200);
+      s.abort(new Error('done'));
+      expect(nodes[1]!.agent!.proc.exitCode).toBeNull();
+      const other = await c.tunnel.openStream({ nodeName: 'b', protocol: 'udp', ip: '127.0.0.1', port: udpEcho.port }, AbortSignal.timeout(5000));
+      const back = new Promise<number>((res) => other.addEventListener('message', (e) => res((e.data as Uint8Array).byteLength)));
+      other.send(Uint8Array.from([0, 3, 1, 2, 3]));
+      expect(await back).toBe(5);
+      other.abort(new Error('done'));
+      expect((await getText(`${nodes[1]!.admin}/metrics`)).body).toMatch(/edgemesh_tunnel_udp_refused_total [1-9]/);
+    } finally {
+      await c.stop();
+    }
+  }, 30_000);
 
   test('hole punching cannot be used as a port scanner: an unbound peer, or any peer on a direct connection, gets no dial', async () => {
     const trap = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { open: () => void trapped++, data: () => {} } });

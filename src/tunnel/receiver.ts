@@ -242,6 +242,10 @@ export class Receiver {
             if (stream.writeBufferLength >= UDP_STREAM_LIMIT) this.d.stats.udpDropped++;
             else stream.send(frameDatagram(buf));
           },
+          // ICMP port unreachable from an endpoint with no listener arrives here as ECONNREFUSED. Without this
+          // handler Bun raises it as an uncaught error and the agent exits: any peer could end a node by sending
+          // to one of its endpoints that is down. The flow stays open: the endpoint may come back, as with UDP.
+          error: () => void this.d.stats.udpRefused++,
         },
       });
     } catch (e) {
@@ -254,11 +258,19 @@ export class Receiver {
     stream.addEventListener('message', (evt) => {
       touch();
       const d = evt.data;
-      for (const c of d instanceof Uint8Array ? [d] : d) deframer.push(c, (dg) => sock!.send(dg));
+      for (const c of d instanceof Uint8Array ? [d] : d) deframer.push(c, (dg) => this.sendTo(sock!, dg));
     });
     stream.addEventListener('remoteCloseWrite', finish);
     stream.addEventListener('close', finish);
     touch();
   }
-}
 
+  /** A datagram to the endpoint; a send the kernel refuses (ICMP from an earlier one, a full buffer) is counted and dropped. */
+  private sendTo(sock: Bun.udp.ConnectedSocket<'buffer'>, dg: Uint8Array): void {
+    try {
+      sock.send(dg);
+    } catch {
+      this.d.stats.udpRefused++;
+    }
+  }
+}

@@ -24,12 +24,14 @@ export interface TunnelStats {
   pskFailures: number;
   /** UDP datagrams dropped because their flow's stream held UDP_STREAM_LIMIT unsent (a slow or stopped reader). */
   udpDropped: number;
+  /** Datagrams to an endpoint the kernel refused (ICMP port unreachable: nothing listens there). */
+  udpRefused: number;
   /** Relay reservations and circuits refused because a peer is bound to no node. */
   relayRefused: number;
 }
 
 export function newStats(): TunnelStats {
-  return { streamsOut: 0, streamsIn: 0, sessionReuses: 0, refused: 0, dialFailures: 0, discoveryRefused: 0, pskFailures: 0, udpDropped: 0, relayRefused: 0 };
+  return { streamsOut: 0, streamsIn: 0, sessionReuses: 0, refused: 0, dialFailures: 0, discoveryRefused: 0, pskFailures: 0, udpDropped: 0, udpRefused: 0, relayRefused: 0 };
 }
 
 export interface PeerStatus {
@@ -156,6 +158,7 @@ export class TunnelReporter {
     m.counterFrom('edgemesh_tunnel_dial_failures_total', 'Tunnel streams that could not be opened to another node').set(() => st.dialFailures);
     m.counterFrom('edgemesh_tunnel_discovery_refused_total', 'Peers refused for claiming a node name bound to another peer').set(() => st.discoveryRefused);
     m.counterFrom('edgemesh_tunnel_udp_dropped_total', 'UDP datagrams dropped because the tunnel stream of their flow was full (a slow or stopped reader)').set(() => st.udpDropped);
+    m.counterFrom('edgemesh_tunnel_udp_refused_total', 'UDP datagrams from peers that the endpoint refused (ICMP port unreachable: nothing listens there)').set(() => st.udpRefused);
     m.counterFrom('edgemesh_tunnel_relay_refused_total', 'Relay reservations and circuits refused because a peer is bound to no node').set(() => st.relayRefused);
     m.counterFrom('edgemesh_tunnel_psk_failures_total', 'Connections that failed the private-network (PSK) handshake').set(() => st.pskFailures);
     m.counterFrom('edgemesh_tunnel_punch_attempts_total', 'Hole-punching attempts (DCUtR)').set(() => facts().puncher?.stats.attempts ?? 0);
