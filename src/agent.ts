@@ -17,7 +17,9 @@ import { FileSource } from './catalog/sources/file.ts';
 import { KubeSource, buildKubeConfig } from './catalog/sources/kube.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
+import { dnsListenAddress, proxyListenAddress } from './config/load.ts';
 import { DnsModule } from './dns/index.ts';
+import { BridgeGuard, chooseGuardBackend } from './net/guard.ts';
 import { ProxyModule } from './proxy/index.ts';
 import { Dialer } from './dial/route.ts';
 import { loadOrCreateIdentity } from './tunnel/identity.ts';
@@ -55,6 +57,8 @@ export interface AgentStatus {
   /** The proxy's service ports, when the proxy runs. */
   proxy?: ReturnType<ProxyModule['ports']>;
   tunnel?: TunnelStatus;
+  /** The bridge guard, when it runs (net/guard.ts). */
+  bridgeGuard?: ReturnType<BridgeGuard['status']>;
 }
 
 export interface AgentDeps {
@@ -98,6 +102,7 @@ export class Agent {
   private dns: DnsModule | null = null;
   private proxy: ProxyModule | null = null;
   private tunnel: TunnelModule | null = null;
+  private guard: BridgeGuard | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
   private readonly ac = new AbortController();
@@ -179,6 +184,7 @@ export class Agent {
         if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId, tc.takeOverBinding);
         this.watchConfig();
       }
+      await this.startGuard(cfg);
       if (cfg.modules.edgeProxy.enable) {
         // The one decision of how endpoints are reached: the tunnel is handed in, so dial/ never imports it.
         const dialer = new Dialer({ nodeName: loaded.nodeName, directCIDRs: tc.directCIDRs, remote: this.tunnel ?? undefined });
@@ -196,12 +202,44 @@ export class Agent {
     this.log.info('started', { admin: this.admin?.url ?? 'disabled' });
   }
 
+  /**
+   * The bridge guard (net/guard.ts) when DNS or the proxy listens on the bridge IP: only the node and its pods
+   * reach those listeners. Without root, or with neither nft nor iptables, it is skipped with a warning: the
+   * listeners still work, as the original's do, reachable by LAN neighbours.
+   */
+  private async startGuard(cfg: AgentConfig): Promise<void> {
+    const c = cfg.commonConfig;
+    const onBridge = (cfg.modules.edgeDNS.enable && dnsListenAddress(cfg) === c.bridgeDeviceIP) || (cfg.modules.edgeProxy.enable && proxyListenAddress(cfg) === c.bridgeDeviceIP);
+    if (!onBridge || c.bridgeGuard === 'off') return;
+    if (process.getuid?.() !== 0) {
+      this.log.warn('not root: no bridge guard; LAN neighbours that route the bridge IP here reach its listeners', { ip: c.bridgeDeviceIP });
+      return;
+    }
+    const backend = await chooseGuardBackend();
+    if (!backend) {
+      this.log.warn('neither nft nor iptables is installed: no bridge guard (apt-get install nftables)', { ip: c.bridgeDeviceIP });
+      return;
+    }
+    const node = this.loaded.nodeName;
+    this.guard = new BridgeGuard({
+      ip: c.bridgeDeviceIP,
+      bridgeDevice: c.bridgeDeviceName,
+      extra: c.bridgeGuardInterfaces,
+      nodeAddresses: () => (this.catalog.snapshot().nodes.get(node)?.addresses ?? []).filter((a) => a.type === 'InternalIP' || a.type === 'ExternalIP').map((a) => a.address),
+      logger: this.log.child('guard'),
+      metrics: this.metrics,
+      backend,
+    });
+    await this.guard.start();
+  }
+
   /** Stop everything; safe to call twice and after a failed start. */
   async stop(): Promise<void> {
     this.ac.abort();
     const steps: [string, () => Promise<void> | void][] = [
       ['dns', async () => { await this.dns?.stop(); }],
       ['proxy', async () => { await this.proxy?.stop(); }],
+      ['bridge guard', async () => { await this.guard?.stop(); }],
       ['tunnel', async () => { await this.tunnel?.stop(); }],
       ['catalog source', async () => { await this.fileSource?.stop(); await this.kubeSource?.stop(); }],
       ['snapshot', async () => { await this.snapshotWriter?.stop(); }],
@@ -214,7 +252,7 @@ export class Agent {
         this.log.error(`stopping ${name} failed`, { error: describeError(err) });
       }
     }
-    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = this.tunnel = null;
+    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = this.guard = this.tunnel = null;
     if (this.started) this.log.info('stopped');
     this.started = false;
   }
@@ -248,6 +286,7 @@ export class Agent {
       modules: this.modules(),
       ...(this.proxy ? { proxy: this.proxy.ports() } : {}),
       ...(this.tunnel ? { tunnel: this.tunnel.describe() } : {}),
+      ...(this.guard ? { bridgeGuard: this.guard.status() } : {}),
     };
   }
 

@@ -41,6 +41,10 @@ export function formatStatus(st: AgentStatus): string {
     }
     if (st.proxy.length > shown.length) lines.push(`  … ${st.proxy.length - shown.length} more: /debug/proxy`);
   }
+  if (st.bridgeGuard) {
+    const g = st.bridgeGuard;
+    lines.push(`guard:     ${g.ip} only for the node and its pods; dropping from ${g.interfaces.join(', ') || '(no uplink found)'} (${g.backend}), ${g.dropped} dropped${g.error ? ` — FAILING: ${g.error}` : ''}`);
+  }
   if (st.tunnel) {
     const t = st.tunnel;
     lines.push(`tunnel:    peer ${t.peerId}${t.relay ? ' (relay)' : ''}`);

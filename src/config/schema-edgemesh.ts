@@ -50,6 +50,14 @@ const commonConfig = (admin: string) =>
     adminAddress: str(admin, { check: (v) => (v === '' ? null : checkHostPort(v)), allowed: 'IP:PORT, or "" to disable' }),
     logLevel: oneOf('info', ['debug', 'info', 'warn', 'error']),
     logFormat: oneOf('text', ['text', 'json']),
+    /**
+     * Drop traffic addressed to bridgeDeviceIP that arrives on an uplink (an interface with a gateway route or
+     * this node's InternalIP/ExternalIP): DNS, SOCKS5 and service listeners there answer only the node and its pods.
+     * Needs root and nft or iptables; "off" leaves them reachable by any LAN neighbour that routes the address here.
+     */
+    bridgeGuard: oneOf('auto', ['auto', 'off']),
+    /** Interfaces the bridge guard treats as uplinks besides the detected ones (a LAN-only NIC without a gateway route). */
+    bridgeGuardInterfaces: list(str('', { check: (v) => (/^[\w.@-]{1,15}$/.test(v) ? null : 'is not a valid interface name (1-15 characters)'), allowed: 'an interface name' })),
   });
 
 const consistentHash = obj({

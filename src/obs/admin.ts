@@ -85,7 +85,7 @@ export class AdminServer {
     return this.hosts.has(name) || name === this.deps.host.toLowerCase() || name === `[${this.deps.host.toLowerCase()}]`;
   }
 
-  private handle(req: Request): Response {
+  private handle(req: Request): Response | Promise<Response> {
     if (!this.hostAllowed(req.headers.get('host'))) {
       this.refusedHosts++;
       return new Response('misdirected request: this admin server answers only to its own address (Host: 127.0.0.1, localhost or the configured adminAddress)\n', { status: 421 });
@@ -102,7 +102,7 @@ export class AdminServer {
       case '/status':
         return json(this.deps.status());
       case '/metrics':
-        return new Response(this.deps.metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } });
+        return this.deps.metrics.collect().then(() => new Response(this.deps.metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }));
       default: {
         const view = this.deps.debug?.[path];
         if (view) return json(view());

@@ -69,6 +69,17 @@ export class Histogram implements Series {
 
 export class MetricsRegistry {
   private series = new Map<string, Series>();
+  private collectors: (() => Promise<void>)[] = [];
+  /**
+   * Work to do before a scrape renders: reading values that live outside the process (the kernel's rule
+   * counters). Each is given at most 2 s; one that fails or is late leaves its last values.
+   */
+  beforeRender(fn: () => Promise<void>): void {
+    this.collectors.push(fn);
+  }
+  async collect(): Promise<void> {
+    await Promise.all(this.collectors.map((fn) => Promise.race([fn().catch(() => {}), Bun.sleep(2000)])));
+  }
   private add<T extends Series>(s: T): T {
     const existing = this.series.get(s.name);
     if (existing) return existing as T;

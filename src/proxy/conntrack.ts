@@ -21,7 +21,8 @@
  */
 import type { Logger } from '../obs/logger.ts';
 import type { PortMapping } from './mapping.ts';
-import { destinations, run } from './rules.ts';
+import { run } from '../net/firewall.ts';
+import { destinations } from './rules.ts';
 
 /** The conntrack command, injectable for tests. */
 export type ConntrackRun = (args: string[]) => Promise<{ code: number; out: string; err: string }>;

@@ -25,6 +25,7 @@
  * back to its endpoint, then picks round robin.
  */
 import { EdgeMeshError } from '../errors.ts';
+import { detectIptablesMode, iptablesBin, run } from '../net/firewall.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { PortMapping } from './mapping.ts';
 
@@ -34,13 +35,6 @@ export interface RulesBackend {
   readonly hashesSourceAddress: boolean;
   apply(ports: readonly PortMapping[]): Promise<void>;
   cleanup(): Promise<void>;
-}
-
-/** Runs a rules tool (nft, iptables-restore, conntrack) and collects its exit code and output. */
-export async function run(cmd: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
-  const p = Bun.spawn(cmd, { stdin: stdin === undefined ? 'ignore' : new TextEncoder().encode(stdin), stdout: 'pipe', stderr: 'pipe' });
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, out, err: err.trim() };
 }
 
 const v4 = (ip: string) => !ip.includes(':');
@@ -210,7 +204,7 @@ export class IptablesRules implements RulesBackend {
   }
 
   private bin(tool: 'iptables' | 'iptables-restore' | 'iptables-save'): string {
-    return this.mode ? `${tool.replace('iptables', `iptables-${this.mode}`)}` : tool;
+    return iptablesBin(tool, this.mode);
   }
 
   /** The restore input; `stale` are service chains of an earlier set, deleted in the same transaction. */
@@ -291,15 +285,6 @@ export class IptablesRules implements RulesBackend {
     for (const [table, chain] of chains) await run([this.bin('iptables'), '-w', '5', '-t', table, '-F', chain]);
     for (const [table, chain] of chains) await run([this.bin('iptables'), '-w', '5', '-t', table, '-X', chain]);
   }
-}
-
-/** Which iptables flavour the node uses: the one holding more rules (iptables-wrapper's rule), nft if none. */
-export async function detectIptablesMode(): Promise<'' | 'nft' | 'legacy'> {
-  const has = (b: string) => !!Bun.which(b);
-  if (!has('iptables-nft-save') || !has('iptables-legacy-save')) return '';
-  const count = async (b: string) => (await run([b])).out.split('\n').filter((l) => l.startsWith('-A')).length;
-  const [nft, legacy] = await Promise.all([count('iptables-nft-save'), count('iptables-legacy-save')]);
-  return legacy > nft ? 'legacy' : 'nft';
 }
 
 /** The backend for `edgeProxy.interception`, or null for none (or auto without root). */
