@@ -19,6 +19,7 @@ import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { dnsListenAddress, proxyListenAddress } from './config/load.ts';
 import { DnsModule } from './dns/index.ts';
+import { GatewayModule, type GatewayStatus } from './gateway/index.ts';
 import { BridgeGuard, chooseGuardBackend } from './net/guard.ts';
 import { ProxyModule } from './proxy/index.ts';
 import { Dialer } from './dial/route.ts';
@@ -59,6 +60,8 @@ export interface AgentStatus {
   tunnel?: TunnelStatus;
   /** The bridge guard, when it runs (net/guard.ts). */
   bridgeGuard?: ReturnType<BridgeGuard['status']>;
+  /** The gateway's addresses, listeners and routes, when it runs. */
+  gateway?: GatewayStatus;
 }
 
 export interface AgentDeps {
@@ -103,6 +106,7 @@ export class Agent {
   private proxy: ProxyModule | null = null;
   private tunnel: TunnelModule | null = null;
   private guard: BridgeGuard | null = null;
+  private gateway: GatewayModule | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
   private readonly ac = new AbortController();
@@ -145,6 +149,7 @@ export class Agent {
           '/debug/catalog': () => catalogDebugView(this.catalog.snapshot()),
           '/debug/proxy': () => this.proxy?.ports() ?? [],
           '/debug/tunnel': () => this.tunnel?.describe() ?? null,
+          '/debug/gateway': () => this.gateway?.status() ?? null,
         },
       });
       this.admin.start();
@@ -171,23 +176,24 @@ export class Agent {
       this.kubeSource.start();
     }
 
+    // The tunnel (both roles), then the agent's modules, then the gateway (both roles) on the same Dialer.
+    const tc = loaded.config.modules.edgeTunnel;
+    if (tc.enable) {
+      const id = await loadOrCreateIdentity(loaded.stateDir, this.log.child('identity'));
+      const psk = tc.psk.enable ? await loadPsk(tc.psk.path, this.log.child('tunnel')) : null;
+      if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
+      applyLibraryPatches(this.log.child('tunnel'));
+      this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
+      await this.tunnel.start();
+      if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId, tc.takeOverBinding);
+      this.watchConfig();
+    }
+    // The one decision of how endpoints are reached: the tunnel is handed in, so dial/ never imports it.
+    const dialer = new Dialer({ nodeName: loaded.nodeName, directCIDRs: tc.directCIDRs, remote: this.tunnel ?? undefined });
     if (loaded.role === 'agent') {
       const cfg = loaded.config as AgentConfig;
-      const tc = cfg.modules.edgeTunnel;
-      if (tc.enable) {
-        const id = await loadOrCreateIdentity(loaded.stateDir, this.log.child('identity'));
-        const psk = tc.psk.enable ? await loadPsk(tc.psk.path, this.log.child('tunnel')) : null;
-        if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
-        applyLibraryPatches(this.log.child('tunnel'));
-        this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
-        await this.tunnel.start();
-        if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId, tc.takeOverBinding);
-        this.watchConfig();
-      }
       await this.startGuard(cfg);
       if (cfg.modules.edgeProxy.enable) {
-        // The one decision of how endpoints are reached: the tunnel is handed in, so dial/ never imports it.
-        const dialer = new Dialer({ nodeName: loaded.nodeName, directCIDRs: tc.directCIDRs, remote: this.tunnel ?? undefined });
         this.proxy = new ProxyModule({ config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics, dialer });
         await this.proxy.start();
       }
@@ -195,6 +201,12 @@ export class Agent {
         this.dns = new DnsModule({ config: cfg, catalog: this.catalog, logger: this.log.child('dns'), metrics: this.metrics });
         await this.dns.start();
       }
+    }
+    const gc = loaded.config.modules.edgeGateway;
+    if (gc.enable) {
+      const domain = loaded.role === 'agent' ? (loaded.config as AgentConfig).modules.edgeDNS.clusterDomain : 'cluster.local';
+      this.gateway = new GatewayModule({ config: gc, catalog: this.catalog, dialer, logger: this.log.child('gateway'), metrics: this.metrics, clusterDomain: domain });
+      await this.gateway.start();
     }
 
     this.warnUnbuiltModules();
@@ -237,6 +249,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.ac.abort();
     const steps: [string, () => Promise<void> | void][] = [
+      ['gateway', async () => { await this.gateway?.stop(); }],
       ['dns', async () => { await this.dns?.stop(); }],
       ['proxy', async () => { await this.proxy?.stop(); }],
       ['bridge guard', async () => { await this.guard?.stop(); }],
@@ -252,7 +265,7 @@ export class Agent {
         this.log.error(`stopping ${name} failed`, { error: describeError(err) });
       }
     }
-    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = this.guard = this.tunnel = null;
+    this.fileSource = this.kubeSource = this.snapshotWriter = this.admin = this.dns = this.proxy = this.guard = this.tunnel = this.gateway = null;
     if (this.started) this.log.info('stopped');
     this.started = false;
   }
@@ -287,6 +300,7 @@ export class Agent {
       ...(this.proxy ? { proxy: this.proxy.ports() } : {}),
       ...(this.tunnel ? { tunnel: this.tunnel.describe() } : {}),
       ...(this.guard ? { bridgeGuard: this.guard.status() } : {}),
+      ...(this.gateway ? { gateway: this.gateway.status() } : {}),
     };
   }
 
@@ -308,14 +322,17 @@ export class Agent {
 
   /** Modules this build has, with their state. */
   private builtModules(): ModuleStatus[] {
-    if (this.loaded.role !== 'agent') return [];
-    const m = (this.loaded.config as AgentConfig).modules;
     const one = (name: string, enabled: boolean, mod: { status(): Pick<ModuleStatus, 'state' | 'detail'> } | null): ModuleStatus => ({
       name,
       enabled,
       ...(mod?.status() ?? { state: 'stopped' as const, detail: enabled ? 'not started' : 'disabled' }),
     });
-    return [one('edgeDNS', m.edgeDNS.enable, this.dns), one('edgeProxy', m.edgeProxy.enable, this.proxy), one('edgeTunnel', m.edgeTunnel.enable, this.tunnel)];
+    const c = this.loaded.config;
+    const gateway = this.gateway ? { status: () => this.gateway!.moduleState() } : null;
+    const both = [one('edgeTunnel', c.modules.edgeTunnel.enable, this.tunnel), one('edgeGateway', c.modules.edgeGateway.enable, gateway)];
+    if (this.loaded.role !== 'agent') return both;
+    const m = (c as AgentConfig).modules;
+    return [one('edgeDNS', m.edgeDNS.enable, this.dns), one('edgeProxy', m.edgeProxy.enable, this.proxy), ...both];
   }
 
   private warnUnbuiltModules(): void {

@@ -23,6 +23,8 @@ export type ErrorCode =
   | 'TUNNEL_NO_PEER'
   | 'TUNNEL_DIAL'
   | 'TUNNEL_REFUSED'
+  | 'DIAL_FAILED'
+  | 'GATEWAY_LISTEN'
   | 'INTERNAL';
 
 export class EdgeMeshError extends Error {

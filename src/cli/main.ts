@@ -33,7 +33,7 @@ export function buildProgram(): Command {
 
   program
     .command('gateway')
-    .description('run the edge gateway (its listeners arrive in a later release; catalog and admin run now)')
+    .description('run the edge gateway: istio Gateway/VirtualService routing for HTTP (docs/gateway.md)')
     .option('-c, --config <file>', 'gateway config file (default /etc/edgemesh/config/edgemesh-gateway.yaml if it exists)')
     .option('--catalog <file>', 'run standalone from this catalog file')
     .option('--node-name <name>', 'this node\'s name (default: $NODE_NAME, else the hostname)')

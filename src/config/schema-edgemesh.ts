@@ -6,7 +6,7 @@
 import { multiaddr } from '@multiformats/multiaddr';
 import { isIP } from 'node:net';
 import {
-  bool, checkAbsPathOrEmpty, checkCIDR, checkHostPort, checkIP, checkIPv4, int, parseHostPort, list, num, obj, oneOf, port, str,
+  bool, checkAbsPathOrEmpty, checkCIDR, checkHostPort, checkIP, checkIPv4, int, parseHostPort, list, num, obj, oneOf, port, str, strMap,
   type Infer,
 } from './schema.ts';
 
@@ -154,6 +154,29 @@ const edgeTunnel = (listenPort: number) =>
     }),
   });
 
+/** The edge gateway (gateway/): `edgemesh gateway`, or inside the agent with enable: true. */
+const edgeGateway = (enable: boolean) =>
+  obj({
+    enable: bool(enable),
+    nic: str('*'),
+    includeIP: str('*'),
+    excludeIP: str('*'),
+    loadBalancer: obj({ consistentHash }),
+    // Our additions.
+    /** This gateway's labels: a Gateway serves here when its spec.selector matches them (the original ignores selectors). */
+    labels: strMap(() => ({ kubeedge: 'edgemesh-gateway' })),
+    /** Largest request body accepted (413 beyond). */
+    maxRequestBodyMiB: int(64, 0, 4096),
+    /** Deadline for connecting to a backend endpoint (each attempt). */
+    connectTimeoutMs: int(5000, 100, 600000),
+    /** A request head must be complete this long after its first byte (slowloris); then 408 and close. */
+    requestHeadTimeoutMs: int(10000, 100, 600000),
+    /** A client connection with no request in flight closes after this; a request body that stalls this long is cut off. */
+    idleTimeoutSec: int(60, 1, 86400),
+    /** One line per request to the log (client, request line, status, route, endpoint). */
+    accessLog: bool(false),
+  });
+
 /** Our addition: where the service catalog comes from besides Kubernetes, and where it is persisted. */
 const catalog = obj({
   /** A file of Kubernetes objects; when set (or --catalog is given) the agent runs standalone, without Kubernetes. */
@@ -209,6 +232,7 @@ export const agentSchema = obj({
       socks5Proxy: obj({ enable: bool(false), listenPort: port(10800), nodeName: str(''), namespace: str('') }),
       loadBalancer: obj({ caller: str(''), nodeName: str(''), consistentHash }),
     }),
+    edgeGateway: edgeGateway(false),
     edgeTunnel: edgeTunnel(20006),
     edgeCNI: obj({
       enable: bool(false),
@@ -230,13 +254,7 @@ export const gatewaySchema = obj({
   commonConfig: commonConfig('127.0.0.1:10552'),
   catalog,
   modules: obj({
-    edgeGateway: obj({
-      enable: bool(false),
-      nic: str('*'),
-      includeIP: str('*'),
-      excludeIP: str('*'),
-      loadBalancer: obj({ consistentHash }),
-    }),
+    edgeGateway: edgeGateway(true),
     edgeTunnel: edgeTunnel(20007),
   }),
 });

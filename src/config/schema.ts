@@ -121,6 +121,31 @@ export function list<T>(item: Field<T>, def: () => T[] = () => []): Field<T[]> {
   };
 }
 
+/** A map of strings to strings (labels); replaces the default as a whole, as lists do. */
+export function strMap(def: () => Record<string, string>): Field<Record<string, string>> {
+  return {
+    kind: 'map',
+    allowed: 'a map of strings',
+    defaults: def,
+    merge(base, input, path, issues) {
+      if (input === null || input === undefined) return base;
+      if (typeof input !== 'object' || Array.isArray(input)) {
+        issues.push({ path, message: `${show(input)} is not a map of strings` });
+        return base;
+      }
+      const out: Record<string, string> = {};
+      for (const [k, v] of Object.entries(input as Record<string, unknown>)) {
+        if (typeof v !== 'string') {
+          issues.push({ path: `${path}.${k}`, message: `${show(v)} is not a string` });
+          return base;
+        }
+        out[k] = v;
+      }
+      return out;
+    },
+  };
+}
+
 export function levenshtein(a: string, b: string): number {
   const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {

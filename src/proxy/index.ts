@@ -20,6 +20,7 @@ import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import type { KernelTarget, PortMapping } from './mapping.ts';
 import { type RulesBackend, chooseRules } from './rules.ts';
+import { readyEndpoints } from '../lb/endpoints.ts';
 import { TcpServicePort } from './tcp.ts';
 import { UdpServicePort } from './udp.ts';
 import { Dialer } from '../dial/route.ts';
@@ -273,7 +274,7 @@ export class ProxyModule {
         }
         e.svc = svc;
         e.sp = sp;
-        e.balancer.setEndpoints(this.endpointsFor(snap, svc, sp));
+        e.balancer.setEndpoints(readyEndpoints(snap, svc, sp));
         const rule = ruleFor(svc, rules, domain);
         const parsed = rule ? parsePolicy(rule.spec) : { policy: { kind: 'round-robin' as const } };
         const warning = rule && 'warning' in parsed && parsed.warning ? `DestinationRule ${rule.namespace}/${rule.name}: ${parsed.warning}` : null;
@@ -339,19 +340,6 @@ export class ProxyModule {
       }
       this.rulesRunning = null;
     })();
-  }
-
-  /** Ready endpoints of a service port, matched by port name (as Kubernetes does). */
-  private endpointsFor(snap: CatalogSnapshot, svc: Service, sp: ServicePort): LbEndpoint[] {
-    const se = snap.endpoints.get(`${svc.namespace}/${svc.name}`);
-    const out: LbEndpoint[] = [];
-    for (const ep of se?.endpoints ?? []) {
-      if (!ep.ready) continue;
-      const p = ep.ports.find((x) => x.name === sp.name && x.protocol === sp.protocol) ?? (ep.ports.length === 1 && !sp.name ? ep.ports[0] : undefined);
-      if (!p) continue;
-      out.push({ key: `${ep.ip}:${p.port}`, ip: ep.ip, port: p.port, nodeName: ep.nodeName, podName: ep.podName });
-    }
-    return out;
   }
 
   private registerMetrics(): void {

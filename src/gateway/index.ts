@@ -1,0 +1,289 @@
+/**
+ * gateway/ — the edge gateway: external clients reach services through istio Gateway and VirtualService objects.
+ *
+ *   const gw = new GatewayModule({ config, catalog, dialer, logger, metrics })
+ *   await gw.start()   // listeners on the selected addresses for every HTTP server port of the matching Gateways
+ *   await gw.stop()
+ *
+ * Listeners follow the machine (addresses.ts: re-read every second) and the catalog (a Gateway change opens and
+ * closes only the listeners whose address:port changed; connections on the others are untouched). Each request
+ * is routed on its own (routes.ts), so one keep-alive connection may reach several services; the backend is
+ * picked by the service's balancer (DestinationRules apply) and reached through the one Dialer: a local socket,
+ * or the tunnel to the endpoint's node. The HTTP/1.1 listener is server.ts (why not Bun.serve: there); backend
+ * connections are upstream.ts.
+ *
+ * Status codes: no route 404; unknown service or no ready endpoint 503; every endpoint refused or reset 502;
+ * the route's timeout 504; a body over maxRequestBodyMiB 413; a malformed request 400.
+ */
+import type { Catalog, CatalogSnapshot } from '../catalog/catalog.ts';
+import type { Service, ServicePort } from '../catalog/model.ts';
+import type { GatewayConfig } from '../config/schema-edgemesh.ts';
+import { LocalDialer } from '../dial/local.ts';
+import { openPipe } from '../dial/open.ts';
+import type { Dialer } from '../dial/route.ts';
+import { describeError } from '../errors.ts';
+import { Balancer, type LbEndpoint } from '../lb/balancer.ts';
+import { readyEndpoints } from '../lb/endpoints.ts';
+import { parsePolicy, ruleFor } from '../lb/policy.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { MetricsRegistry } from '../obs/metrics.ts';
+import { AddressWatch } from './addresses.ts';
+import type { RequestHead } from './http1.ts';
+import { type Destination, type GatewayTable, compile, decide, pickDestination } from './routes.ts';
+import { type GatewayRouter, HttpListener, type ListenerSettings, type Plan } from './server.ts';
+import { UpstreamPool, type UpstreamConn } from './upstream.ts';
+
+export type GatewaySettings = GatewayConfig['modules']['edgeGateway'];
+
+export interface GatewayDeps {
+  config: GatewaySettings;
+  catalog: Catalog;
+  dialer: Dialer;
+  logger: Logger;
+  metrics?: MetricsRegistry;
+  clusterDomain?: string;
+  /** Tests: the interface list to select addresses from. */
+  interfaces?: () => ReturnType<typeof import('node:os').networkInterfaces>;
+}
+
+interface Listener {
+  address: string;
+  port: number;
+  protocol: string;
+  server: HttpListener | null;
+  error: string | null;
+}
+
+interface Backend {
+  key: string;
+  svc: Service;
+  sp: ServicePort;
+  balancer: Balancer;
+}
+
+export interface GatewayStatus {
+  addresses: readonly string[];
+  listeners: { address: string; port: number; protocol: string; tls: boolean; state: 'listening' | 'failed'; error: string | null }[];
+  routes: { id: string; requests: number; lastError: string | null }[];
+  problems: string[];
+}
+
+export class GatewayModule implements GatewayRouter {
+  readonly name = 'edgeGateway';
+  private table: GatewayTable = { ports: new Map(), problems: [] };
+  private snap: CatalogSnapshot;
+  private readonly listeners = new Map<string, Listener>();
+  private readonly backends = new Map<string, Backend>();
+  private readonly pool = new UpstreamPool();
+  private readonly local: LocalDialer;
+  private watch: AddressWatch | null = null;
+  private unsubscribe: (() => void) | null = null;
+  private retry: ReturnType<typeof setInterval> | null = null;
+  private state: 'stopped' | 'running' = 'stopped';
+  private readonly routeStats = new Map<string, { requests: number; lastError: string | null }>();
+  private loggedProblems = new Set<string>();
+  private readonly requests;
+  private readonly latency;
+
+  constructor(private readonly d: GatewayDeps) {
+    this.snap = d.catalog.snapshot();
+    this.local = new LocalDialer({ timeoutMs: d.config.connectTimeoutMs });
+    const m = d.metrics;
+    this.requests = m?.counter('edgemesh_gateway_requests_total', 'Requests through the gateway, by route and status class');
+    this.latency = m?.histogram('edgemesh_gateway_request_seconds', 'Time from a request to its response head', [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
+    m?.gauge('edgemesh_gateway_listeners', 'Gateway listeners open now').set(() => [...this.listeners.values()].filter((l) => l.server).length);
+    m?.gauge('edgemesh_gateway_upstream_idle_connections', 'Keep-alive backend connections waiting for a request').set(() => this.pool.idleCount);
+  }
+
+  async start(): Promise<void> {
+    this.unsubscribe = this.d.catalog.subscribe((snap, change) => {
+      this.snap = snap;
+      const k = change.keys;
+      if (k.gateways.size || k.virtualServices.size) this.recompile();
+      if (k.services.size || k.endpoints.size || k.destinationRules.size) this.refreshBackends();
+    });
+    this.recompile();
+    this.watch = new AddressWatch(this.d.config, () => this.reconcile(), { read: this.d.interfaces });
+    this.watch.start();
+    // Listeners that could not bind (an address not yet usable, a port taken) are retried.
+    this.retry = setInterval(() => {
+      if ([...this.listeners.values()].some((l) => !l.server)) this.reconcile();
+    }, 2000);
+    this.retry.unref?.();
+    this.state = 'running';
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe?.();
+    this.watch?.stop();
+    if (this.retry) clearInterval(this.retry);
+    for (const l of this.listeners.values()) l.server?.stop(true);
+    this.listeners.clear();
+    this.pool.close();
+    this.local.stop();
+    this.state = 'stopped';
+  }
+
+  moduleState(): { state: 'running' | 'stopped'; detail: string } {
+    const open = [...this.listeners.values()].filter((l) => l.server).length;
+    return { state: this.state, detail: `${open} listeners, ${this.table.ports.size} server ports, ${this.watch?.addresses.length ?? 0} addresses` };
+  }
+
+  status(): GatewayStatus {
+    return {
+      addresses: this.watch?.addresses ?? [],
+      listeners: [...this.listeners.values()].map((l) => ({ address: l.address, port: l.port, protocol: l.protocol, tls: false, state: l.server ? 'listening' : 'failed', error: l.error })),
+      routes: [...this.routeStats].map(([id, s]) => ({ id, ...s })),
+      problems: this.table.problems,
+    };
+  }
+
+  private recompile(): void {
+    this.table = compile(this.snap, this.d.config.labels, this.d.clusterDomain);
+    for (const p of this.table.problems) {
+      if (this.loggedProblems.has(p)) continue;
+      this.loggedProblems.add(p);
+      this.d.logger.warn(p);
+    }
+    this.reconcile();
+  }
+
+  /** Listeners for every address × HTTP server port; others are closed (established connections finish). */
+  private reconcile(): void {
+    if (!this.watch) return;
+    const want = new Map<string, { address: string; port: number; protocol: string }>();
+    for (const pt of this.table.ports.values()) {
+      if (pt.protocol !== 'HTTP') {
+        const p = `port ${pt.port}: protocol ${pt.protocol} is not served by this build yet (HTTP only)`;
+        if (!this.loggedProblems.has(p)) {
+          this.loggedProblems.add(p);
+          this.d.logger.warn(p);
+        }
+        continue;
+      }
+      for (const address of this.watch.addresses) want.set(`${address}:${pt.port}`, { address, port: pt.port, protocol: pt.protocol });
+    }
+    for (const [key, l] of this.listeners) {
+      if (want.has(key)) continue;
+      l.server?.stop(false);
+      this.listeners.delete(key);
+      this.d.logger.info('gateway listener closed', { address: `${l.address}:${l.port}` });
+    }
+    for (const [key, w] of want) {
+      const have = this.listeners.get(key);
+      if (have?.server) continue;
+      const l: Listener = have ?? { ...w, server: null, error: null };
+      this.listeners.set(key, l);
+      try {
+        const server = new HttpListener(w.address, w.port, this, this.settings);
+        server.start();
+        l.server = server;
+        l.error = null;
+        this.d.logger.info('gateway listening', { address: `${w.address}:${w.port}`, protocol: w.protocol });
+      } catch (e) {
+        const why = describeError(e);
+        if (l.error !== why) this.d.logger.warn('gateway cannot listen; retrying every 2 s', { address: `${w.address}:${w.port}`, error: why });
+        l.error = why;
+      }
+    }
+  }
+
+  /** Balancers keep their state (round robin position, affinity) across catalog changes; endpoints and policy follow. */
+  private refreshBackends(): void {
+    for (const [key, b] of this.backends) {
+      const fresh = this.lookup(b.svc.namespace, b.svc.name, b.sp.port);
+      if (!fresh) {
+        this.backends.delete(key);
+        continue;
+      }
+      b.svc = fresh.svc;
+      b.sp = fresh.sp;
+      this.configure(b);
+    }
+  }
+
+  private lookup(namespace: string, name: string, port: number): { svc: Service; sp: ServicePort } | null {
+    const svc = this.snap.services.get(`${namespace}/${name}`);
+    if (!svc) return null;
+    const tcp = svc.ports.filter((p) => p.protocol === 'TCP');
+    const sp = port ? tcp.find((p) => p.port === port) : tcp.length === 1 ? tcp[0] : undefined;
+    return sp ? { svc, sp } : null;
+  }
+
+  private configure(b: Backend): void {
+    b.balancer.setEndpoints(readyEndpoints(this.snap, b.svc, b.sp));
+    const rule = ruleFor(b.svc, this.snap.destinationRules.values(), this.d.clusterDomain);
+    const parsed = rule ? parsePolicy(rule.spec) : { policy: { kind: 'round-robin' as const } };
+    b.balancer.setPolicy(parsed.policy, { enabled: b.svc.sessionAffinity === 'ClientIP', timeoutSec: b.svc.sessionAffinityTimeout });
+  }
+
+  private backend(dest: Destination): Backend | string {
+    const key = `${dest.namespace}/${dest.name}:${dest.port}`;
+    const have = this.backends.get(key);
+    if (have) return have;
+    const found = this.lookup(dest.namespace, dest.name, dest.port);
+    if (!found) {
+      const svc = this.snap.services.get(`${dest.namespace}/${dest.name}`);
+      return svc ? `service ${dest.namespace}/${dest.name} has no TCP port ${dest.port || '(several: the route must name one)'}` : `no service ${dest.namespace}/${dest.name}`;
+    }
+    const b: Backend = { key, ...found, balancer: new Balancer({ ring: this.d.config.loadBalancer.consistentHash }) };
+    this.configure(b);
+    this.backends.set(key, b);
+    return b;
+  }
+
+  private get settings(): ListenerSettings {
+    const c = this.d.config;
+    return { headTimeoutMs: c.requestHeadTimeoutMs, idleTimeoutMs: c.idleTimeoutSec * 1000, bodyTimeoutMs: c.idleTimeoutSec * 1000, maxBodyBytes: c.maxRequestBodyMiB * 1024 * 1024 };
+  }
+
+  // ---- GatewayRouter (server.ts asks these per request) ----
+  decide(head: RequestHead, host: string, port: number): Plan | { status: number; reason: string } {
+    const d = decide(this.table, port, { host, method: head.method, target: head.target, header: (n) => head.headers.find(([k]) => k === n)?.[1] ?? null });
+    if ('status' in d) return d;
+    if (head.upgrade && head.upgrade !== 'websocket') return { status: 501, reason: `upgrade to ${head.upgrade} is not supported (websocket is)` };
+    const b = this.backend(pickDestination(d.route));
+    if (typeof b === 'string') return { status: 503, reason: `no healthy upstream: ${b}` };
+    return { route: d.route, match: d.match, backendKey: b.key };
+  }
+
+  pick(plan: Plan, clientIP: string, tried: ReadonlySet<string>): LbEndpoint | null {
+    const b = this.backends.get(plan.backendKey);
+    if (!b) return null;
+    return b.balancer.pick({ clientIP: b.balancer.usesClientIP() ? clientIP : '', exclude: tried });
+  }
+
+  acquire(plan: Plan, ep: LbEndpoint): void {
+    this.backends.get(plan.backendKey)?.balancer.acquire(ep.key);
+  }
+
+  release(plan: Plan, ep: LbEndpoint): void {
+    this.backends.get(plan.backendKey)?.balancer.release(ep.key);
+  }
+
+  pooled(ep: LbEndpoint): UpstreamConn | null {
+    return this.pool.take(`${ep.nodeName}/${ep.key}`);
+  }
+
+  async open(ep: LbEndpoint): Promise<UpstreamConn> {
+    const conn = this.pool.create(`${ep.nodeName}/${ep.key}`);
+    conn.pipe = await openPipe(this.d.dialer, this.local, ep, conn, AbortSignal.timeout(this.d.config.connectTimeoutMs));
+    return conn;
+  }
+
+  done(c: UpstreamConn, reusable: boolean): void {
+    this.pool.release(c, reusable);
+  }
+
+  record(routeId: string, status: number, seconds: number, error?: string, line?: () => string): void {
+    this.requests?.inc({ route: routeId, code: `${Math.floor(status / 100)}xx` });
+    this.latency?.observe(seconds);
+    if (routeId !== '(none)') {
+      let s = this.routeStats.get(routeId);
+      if (!s) this.routeStats.set(routeId, (s = { requests: 0, lastError: null }));
+      s.requests++;
+      if (error) s.lastError = error;
+    }
+    if (this.d.config.accessLog && line) this.d.logger.info(line());
+  }
+}
