@@ -27,6 +27,7 @@ import { rewriteTarget } from './routes.ts';
 import type { UpstreamConn, UpstreamOwner } from './upstream.ts';
 
 const EMPTY = new Uint8Array(0);
+const HOST = /^(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 const enc = new TextEncoder();
 /** Request headers that belong to one hop (RFC 9110 §7.6.1): never forwarded. Host is rewritten separately. */
 const HOP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'host', 'x-forwarded-proto', 'x-forwarded-for', 'x-request-id']);
@@ -232,6 +233,9 @@ class Client implements UpstreamOwner {
     this.head = head;
     const hostHeader = head.headers.find(([k]) => k === 'host')?.[1] ?? '';
     if (!hostHeader && head.minor === 1) return this.reply(400, 'bad request: a Host header is required', true);
+    // A name, an IPv4 or a bracketed IPv6 address, and a port: anything else (user info, spaces, a second
+    // Host) would let a crafted value match a wildcard host and reach a backend as something else.
+    if (hostHeader && (!HOST.test(hostHeader) || head.headers.filter(([k]) => k === 'host').length > 1)) return this.reply(400, 'bad request: a malformed Host header', true);
     const host = hostHeader.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
     const hasBody = head.framing.kind !== 'none' && !(head.framing.kind === 'length' && head.framing.length === 0);
     if (head.framing.kind === 'length' && head.framing.length > this.l.settings.maxBodyBytes) return this.reply(413, `request body over ${this.l.settings.maxBodyBytes} bytes`, true);
