@@ -31,6 +31,7 @@ import { AddressWatch } from './addresses.ts';
 import type { RequestHead } from './http1.ts';
 import { type Destination, type GatewayTable, compile, decide, pickDestination } from './routes.ts';
 import { type GatewayRouter, HttpListener, type ListenerSettings, type Plan } from './server.ts';
+import { PortCertificates } from './tls.ts';
 import { UpstreamPool, type UpstreamConn } from './upstream.ts';
 
 export type GatewaySettings = GatewayConfig['modules']['edgeGateway'];
@@ -51,6 +52,7 @@ interface Listener {
   port: number;
   protocol: string;
   server: HttpListener | null;
+  starting: boolean;
   error: string | null;
 }
 
@@ -100,8 +102,13 @@ export class GatewayModule implements GatewayRouter {
       this.snap = snap;
       const k = change.keys;
       if (k.gateways.size || k.virtualServices.size) this.recompile();
+      else if (k.secrets.size) {
+        this.rebuildCertificates();
+        this.reconcile();
+      }
       if (k.services.size || k.endpoints.size || k.destinationRules.size) this.refreshBackends();
     });
+    this.state = 'running';
     this.recompile();
     this.watch = new AddressWatch(this.d.config, () => this.reconcile(), { read: this.d.interfaces });
     this.watch.start();
@@ -110,7 +117,6 @@ export class GatewayModule implements GatewayRouter {
       if ([...this.listeners.values()].some((l) => !l.server)) this.reconcile();
     }, 2000);
     this.retry.unref?.();
-    this.state = 'running';
   }
 
   async stop(): Promise<void> {
@@ -132,7 +138,7 @@ export class GatewayModule implements GatewayRouter {
   status(): GatewayStatus {
     return {
       addresses: this.watch?.addresses ?? [],
-      listeners: [...this.listeners.values()].map((l) => ({ address: l.address, port: l.port, protocol: l.protocol, tls: false, state: l.server ? 'listening' : 'failed', error: l.error })),
+      listeners: [...this.listeners.values()].map((l) => ({ address: l.address, port: l.port, protocol: l.protocol, tls: l.protocol === 'HTTPS', state: l.server ? 'listening' : 'failed', error: l.error })),
       routes: [...this.routeStats].map(([id, s]) => ({ id, ...s })),
       problems: this.table.problems,
     };
@@ -140,6 +146,7 @@ export class GatewayModule implements GatewayRouter {
 
   private recompile(): void {
     this.table = compile(this.snap, this.d.config.labels, this.d.clusterDomain);
+    this.rebuildCertificates();
     for (const p of this.table.problems) {
       if (this.loggedProblems.has(p)) continue;
       this.loggedProblems.add(p);
@@ -148,43 +155,72 @@ export class GatewayModule implements GatewayRouter {
     this.reconcile();
   }
 
-  /** Listeners for every address × HTTP server port; others are closed (established connections finish). */
+  /** Certificates of each HTTPS port, rebuilt when Gateways or Secrets change (tls.ts). */
+  private certs = new Map<number, PortCertificates>();
+
+  private rebuildCertificates(): void {
+    const next = new Map<number, PortCertificates>();
+    for (const pt of this.table.ports.values()) {
+      if (pt.protocol !== 'HTTPS') continue;
+      const c = new PortCertificates(pt, this.snap);
+      const old = this.certs.get(pt.port);
+      next.set(pt.port, old && old.key === c.key ? old : c);
+      if (old && old.key !== c.key) this.d.logger.info('gateway certificates changed: new connections use them', { port: pt.port });
+      for (const p of c.problems) this.warnOnce(p);
+    }
+    this.certs = next;
+  }
+
+  private warnOnce(p: string): void {
+    if (this.loggedProblems.has(p)) return;
+    this.loggedProblems.add(p);
+    this.d.logger.warn(p);
+  }
+
+  /** Listeners for every address × HTTP and HTTPS server port; others are closed (established connections finish). */
   private reconcile(): void {
     if (!this.watch) return;
     const want = new Map<string, { address: string; port: number; protocol: string }>();
     for (const pt of this.table.ports.values()) {
-      if (pt.protocol !== 'HTTP') {
-        const p = `port ${pt.port}: protocol ${pt.protocol} is not served by this build yet (HTTP only)`;
-        if (!this.loggedProblems.has(p)) {
-          this.loggedProblems.add(p);
-          this.d.logger.warn(p);
-        }
+      if (pt.protocol !== 'HTTP' && pt.protocol !== 'HTTPS') {
+        this.warnOnce(`port ${pt.port}: protocol ${pt.protocol} is not served by this build yet (HTTP and HTTPS only)`);
         continue;
       }
-      for (const address of this.watch.addresses) want.set(`${address}:${pt.port}`, { address, port: pt.port, protocol: pt.protocol });
+      if (pt.protocol === 'HTTPS' && !this.certs.get(pt.port)?.entries.length) continue; // no usable certificate: said in the problems
+      // The TLS version range is fixed when a listener starts: a change of it starts a new one (tls.ts).
+      const b = pt.protocol === 'HTTPS' ? this.certs.get(pt.port)!.bounds : null;
+      const range = b ? ` ${b.minVersion}-${b.maxVersion}` : '';
+      for (const address of this.watch.addresses) want.set(`${pt.protocol} ${address}:${pt.port}${range}`, { address, port: pt.port, protocol: pt.protocol });
     }
     for (const [key, l] of this.listeners) {
       if (want.has(key)) continue;
       l.server?.stop(false);
       this.listeners.delete(key);
-      this.d.logger.info('gateway listener closed', { address: `${l.address}:${l.port}` });
+      this.d.logger.info('gateway listener closed', { address: `${l.address}:${l.port}`, protocol: l.protocol });
     }
     for (const [key, w] of want) {
       const have = this.listeners.get(key);
-      if (have?.server) continue;
-      const l: Listener = have ?? { ...w, server: null, error: null };
+      if (have?.server || have?.starting) continue;
+      const l: Listener = have ?? { ...w, server: null, error: null, starting: false };
       this.listeners.set(key, l);
-      try {
-        const server = new HttpListener(w.address, w.port, this, this.settings);
-        server.start();
-        l.server = server;
-        l.error = null;
-        this.d.logger.info('gateway listening', { address: `${w.address}:${w.port}`, protocol: w.protocol });
-      } catch (e) {
-        const why = describeError(e);
-        if (l.error !== why) this.d.logger.warn('gateway cannot listen; retrying every 2 s', { address: `${w.address}:${w.port}`, error: why });
-        l.error = why;
-      }
+      const port = w.port;
+      const server = new HttpListener(w.address, w.port, this, this.settings, w.protocol === 'HTTPS' ? () => this.certs.get(port)! : undefined);
+      l.starting = true;
+      server.start().then(
+        () => {
+          l.starting = false;
+          if (this.listeners.get(key) !== l || this.state !== 'running') return server.stop(true);
+          l.server = server;
+          l.error = null;
+          this.d.logger.info('gateway listening', { address: `${w.address}:${w.port}`, protocol: w.protocol });
+        },
+        (e: unknown) => {
+          l.starting = false;
+          const why = describeError(e);
+          if (l.error !== why) this.d.logger.warn('gateway cannot listen; retrying every 2 s', { address: `${w.address}:${w.port}`, error: why });
+          l.error = why;
+        },
+      );
     }
   }
 

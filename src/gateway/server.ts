@@ -25,6 +25,8 @@ import { ChunkScanner, type Framing, HttpError, MAX_HEAD_BYTES, type RequestHead
 import type { HttpMatch, HttpRoute } from './routes.ts';
 import { rewriteTarget } from './routes.ts';
 import type { UpstreamConn, UpstreamOwner } from './upstream.ts';
+import type { ClientSock } from './sock.ts';
+import { type PortCertificates, listenTls } from './tls.ts';
 
 const EMPTY = new Uint8Array(0);
 const HOST = /^(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
@@ -71,8 +73,8 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
-class Client implements UpstreamOwner {
-  sock: Socket<Client> | null = null;
+export class Client implements UpstreamOwner {
+  sock: ClientSock | null = null;
   in: Uint8Array = EMPTY;
   reqPhase: 'head' | 'connect' | 'body' | 'done' = 'head';
   resPhase: 'none' | 'head' | 'body' = 'none';
@@ -106,6 +108,12 @@ class Client implements UpstreamOwner {
   clientIP = '';
 
   constructor(readonly l: HttpListener) {}
+
+  attachSocket(s: ClientSock, remoteAddress: string): void {
+    this.sock = s;
+    this.clientIP = remoteAddress;
+    this.l.clients.add(this);
+  }
 
   // ---- client side ----
   onData(chunk: Uint8Array): void {
@@ -573,12 +581,7 @@ class Client implements UpstreamOwner {
 
 const HANDLERS: Bun.SocketHandler<Client, 'uint8array'> = {
   binaryType: 'uint8array',
-  open: (s) => {
-    const c = s.data;
-    c.sock = s;
-    c.clientIP = s.remoteAddress;
-    c.l.clients.add(c);
-  },
+  open: (s) => s.data.attachSocket(s, s.remoteAddress),
   data: (s, d) => s.data.onData(d),
   drain: (s) => s.data.onDrain(),
   end: (s) => s.data.onEnd(),
@@ -586,29 +589,44 @@ const HANDLERS: Bun.SocketHandler<Client, 'uint8array'> = {
   error: (s) => s.data.onClose(),
 };
 
-/** One address:port of the gateway. */
+/** One address:port of the gateway: plain HTTP on Bun.listen, or HTTPS on node:tls (tls.ts) when `certs` is given. */
 export class HttpListener {
   readonly clients = new Set<Client>();
   private server: TCPSocketListener<Client> | null = null;
+  private tlsServer: import('node:tls').Server | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
+  readonly tls: boolean;
 
-  constructor(readonly address: string, readonly port: number, readonly router: GatewayRouter, readonly settings: ListenerSettings, readonly tls = false) {}
+  constructor(readonly address: string, readonly port: number, readonly router: GatewayRouter, readonly settings: ListenerSettings, private readonly certs?: () => PortCertificates) {
+    this.tls = !!certs;
+  }
 
-  /** Throws when the address cannot be bound. */
-  start(): void {
-    this.server = Bun.listen<Client>({
-      hostname: this.address,
-      port: this.port,
-      allowHalfOpen: true,
-      data: undefined as unknown as Client,
-      socket: {
-        ...HANDLERS,
-        open: (s: Socket<Client>) => {
-          s.data = new Client(this);
-          HANDLERS.open!(s as unknown as Socket<Client>);
-        },
-      } as unknown as Bun.SocketHandler<Client>,
-    });
+  /** Rejects when the address cannot be bound. */
+  async start(): Promise<void> {
+    if (this.certs) {
+      this.tlsServer = await listenTls(this.address, this.port, this.certs, (sock, remote, ev) => {
+        const c = new Client(this);
+        c.attachSocket(sock, remote);
+        ev.on('data', (b) => c.onData(b));
+        ev.on('drain', () => c.onDrain());
+        ev.on('end', () => c.onEnd());
+        ev.on('close', () => c.onClose());
+      });
+    } else {
+      this.server = Bun.listen<Client>({
+        hostname: this.address,
+        port: this.port,
+        allowHalfOpen: true,
+        data: undefined as unknown as Client,
+        socket: {
+          ...HANDLERS,
+          open: (s: Socket<Client>) => {
+            s.data = new Client(this);
+            HANDLERS.open!(s as unknown as Socket<Client>);
+          },
+        } as unknown as Bun.SocketHandler<Client>,
+      });
+    }
     this.timer = setInterval(() => {
       const now = Date.now();
       for (const c of this.clients) c.sweep(now);
@@ -620,6 +638,8 @@ export class HttpListener {
   stop(drop: boolean): void {
     this.server?.stop(drop);
     this.server = null;
+    this.tlsServer?.close();
+    this.tlsServer = null;
     if (drop) for (const c of this.clients) c.sock?.terminate();
     if (!drop && this.clients.size) {
       // Established connections keep their deadlines until the last one ends.
