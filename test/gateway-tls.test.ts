@@ -20,8 +20,11 @@ describe.skipIf(!tools)('edge gateway (HTTPS)', () => {
   const t = tempDir('edgemesh-gwtls-');
   const d = t.path;
   const backend = Bun.serve({ hostname: '127.0.0.1', port: 0, fetch: (req) => new Response(`hello ${req.headers.get('x-forwarded-proto')} ${new URL(req.url).pathname}`) });
-  let port = 0;
+  let port = 0, passPort = 0, tcpPort = 0;
   let gw: AgentProcess;
+  // Backends that terminate TLS themselves (passthrough), and a TCP echo.
+  const tlsBackends: ReturnType<typeof Bun.serve>[] = [];
+  const echo = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data: (sock, b) => void sock.write(b), end: (sock) => void sock.end() }, allowHalfOpen: true });
   const catalog = join(d, 'catalog.yaml');
 
   /** A CA, and server/client certificates it signs (and one from another CA). */
@@ -42,6 +45,8 @@ describe.skipIf(!tools)('edge gateway (HTTPS)', () => {
     await leaf('m', 'ca', 'DNS:m.example.com');
     await leaf('client', 'ca', 'DNS:client');
     await leaf('badclient', 'evil', 'DNS:client');
+    await leaf('p', 'ca', 'DNS:p.example.com');
+    await leaf('q', 'ca', 'DNS:q.example.com');
   }
   const b64 = (f: string) => readFileSync(join(d, f)).toString('base64');
   const secret = (name: string, crt: string, key: string, ca?: string) => `apiVersion: v1
@@ -74,20 +79,60 @@ spec:
 kind: VirtualService
 metadata: { name: web, namespace: shop }
 spec: { hosts: ["*.example.com"], gateways: [edge], http: [{ route: [{ destination: { host: web } }] }] }`,
+    ...(['p', 'q'] as const).flatMap((n, i) => [`apiVersion: v1
+kind: Service
+metadata: { name: tls-${n}, namespace: shop }
+spec: { clusterIP: 10.96.1.${i + 1}, ports: [{ name: https, port: 443 }] }`, `apiVersion: v1
+kind: Endpoints
+metadata: { name: tls-${n}, namespace: shop }
+subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: https, port: ${tlsBackends[i]!.port} }] }]`]),
+    `apiVersion: v1
+kind: Service
+metadata: { name: echo, namespace: shop }
+spec: { clusterIP: 10.96.1.9, ports: [{ name: tcp, port: 7 }] }`,
+    `apiVersion: v1
+kind: Endpoints
+metadata: { name: echo, namespace: shop }
+subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: tcp, port: ${echo.port} }] }]`,
+    `apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: { name: streams, namespace: shop }
+spec:
+  selector: { kubeedge: edgemesh-gateway }
+  servers:
+    - { port: { number: ${passPort}, name: tls, protocol: TLS }, hosts: ["*.example.com"], tls: { mode: PASSTHROUGH } }
+    - { port: { number: ${tcpPort}, name: tcp, protocol: TCP }, hosts: ["*"] }`,
+    `apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: { name: streams, namespace: shop }
+spec:
+  hosts: ["*.example.com"]
+  gateways: [streams]
+  tls:
+    - { match: [{ sniHosts: [p.example.com] }], route: [{ destination: { host: tls-p } }] }
+    - { match: [{ sniHosts: [q.example.com] }], route: [{ destination: { host: tls-q, port: { number: 443 } } }] }
+  tcp:
+    - { match: [{ port: ${tcpPort} }], route: [{ destination: { host: echo } }] }`,
   ].join('\n---\n') + '\n';
 
   beforeAll(async () => {
     await makeCerts();
-    port = await freePort();
+    for (const n of ['p', 'q']) {
+      tlsBackends.push(Bun.serve({ hostname: '127.0.0.1', port: 0, tls: { cert: readFileSync(join(d, `${n}.crt`), 'utf8'), key: readFileSync(join(d, `${n}.key`), 'utf8') }, fetch: () => new Response(`${n}-backend`) }));
+    }
+    [port, passPort, tcpPort] = [await freePort(), await freePort(), await freePort()];
     writeFileSync(catalog, catalogText('a'));
     const cfg = await writeAgentConfig(d, 'modules:\n  edgeGateway: { includeIP: 127.0.0.1 }\n', 'gateway');
     gw = new AgentProcess(['gateway', '--config', cfg.path, '--catalog', catalog, '--node-name', 'gw']);
     await gw.waitForLog(new RegExp(`gateway listening address=127\\.0\\.0\\.1:${port} protocol=HTTPS`), 20_000);
+    await gw.waitForLog(new RegExp(`gateway listening address=127\\.0\\.0\\.1:${tcpPort} protocol=TCP`), 20_000);
   }, 60_000);
 
   afterAll(async () => {
     await gw?.stop();
     backend.stop(true);
+    for (const b of tlsBackends) b.stop(true);
+    echo.stop(true);
     t.cleanup();
   });
 
@@ -145,5 +190,27 @@ spec: { hosts: ["*.example.com"], gateways: [edge], http: [{ route: [{ destinati
     await waitFor(() => got.includes('hello https /two') || null, 'an answer on the old connection after the rotation');
     keep.kill();
     expect((await curl('a.example.com')).out).toBe('hello https /x');
+  });
+
+  test("TLS passthrough: the ClientHello's server name picks the backend, which terminates TLS itself; others are closed", async () => {
+    const via = (host: string) => sh(`curl -s --max-time 3 --cacert ${d}/ca.crt --resolve ${host}:${passPort}:127.0.0.1 https://${host}:${passPort}/`);
+    expect((await via('p.example.com')).out).toBe('p-backend'); // verified against p's own certificate: not terminated here
+    expect((await via('q.example.com')).out).toBe('q-backend');
+    const other = await via('z.example.com');
+    expect([other.out, other.code === 0]).toEqual(['', false]);
+    const plain = await sh(`printf 'GET / HTTP/1.1\\r\\nHost: p\\r\\n\\r\\n' | curl -s --max-time 2 telnet://127.0.0.1:${passPort}`);
+    expect(plain.out).toBe('');
+  });
+
+  test('TCP servers: bytes to the one destination and back, half-close passed on', async () => {
+    const got = await new Promise<string>((resolve) => {
+      let out = '';
+      void Bun.connect({ hostname: '127.0.0.1', port: tcpPort, allowHalfOpen: true, socket: {
+        open(sock) { sock.write('ping over tcp'); sock.shutdown(); },
+        data(_sock, b) { out += b.toString(); },
+        close() { resolve(out); },
+      } });
+    });
+    expect(got).toBe('ping over tcp');
   });
 });

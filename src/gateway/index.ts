@@ -29,9 +29,11 @@ import type { Logger } from '../obs/logger.ts';
 import type { MetricsRegistry } from '../obs/metrics.ts';
 import { AddressWatch } from './addresses.ts';
 import type { RequestHead } from './http1.ts';
-import { type Destination, type GatewayTable, compile, decide, pickDestination } from './routes.ts';
+import { type Destination, type GatewayTable, type PortTable, compile, decide, decideTcp, decideTls, pickDestination } from './routes.ts';
 import { type GatewayRouter, HttpListener, type ListenerSettings, type Plan } from './server.ts';
 import { PortCertificates } from './tls.ts';
+import { type StreamPlan, type StreamRouter, StreamListener } from './stream.ts';
+import type { Pipe, PipeHandlers } from '../dial/contract.ts';
 import { UpstreamPool, type UpstreamConn } from './upstream.ts';
 
 export type GatewaySettings = GatewayConfig['modules']['edgeGateway'];
@@ -51,7 +53,7 @@ interface Listener {
   address: string;
   port: number;
   protocol: string;
-  server: HttpListener | null;
+  server: HttpListener | StreamListener | null;
   starting: boolean;
   error: string | null;
 }
@@ -70,7 +72,7 @@ export interface GatewayStatus {
   problems: string[];
 }
 
-export class GatewayModule implements GatewayRouter {
+export class GatewayModule implements GatewayRouter, StreamRouter {
   readonly name = 'edgeGateway';
   private table: GatewayTable = { ports: new Map(), problems: [] };
   private snap: CatalogSnapshot;
@@ -86,12 +88,14 @@ export class GatewayModule implements GatewayRouter {
   private loggedProblems = new Set<string>();
   private readonly requests;
   private readonly latency;
+  private readonly connections;
 
   constructor(private readonly d: GatewayDeps) {
     this.snap = d.catalog.snapshot();
     this.local = new LocalDialer({ timeoutMs: d.config.connectTimeoutMs });
     const m = d.metrics;
     this.requests = m?.counter('edgemesh_gateway_requests_total', 'Requests through the gateway, by route and status class');
+    this.connections = m?.counter('edgemesh_gateway_connections_total', 'TCP and TLS passthrough connections, by route and outcome (ok, refused, failed)');
     this.latency = m?.histogram('edgemesh_gateway_request_seconds', 'Time from a request to its response head', [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
     m?.gauge('edgemesh_gateway_listeners', 'Gateway listeners open now').set(() => [...this.listeners.values()].filter((l) => l.server).length);
     m?.gauge('edgemesh_gateway_upstream_idle_connections', 'Keep-alive backend connections waiting for a request').set(() => this.pool.idleCount);
@@ -161,7 +165,7 @@ export class GatewayModule implements GatewayRouter {
   private rebuildCertificates(): void {
     const next = new Map<number, PortCertificates>();
     for (const pt of this.table.ports.values()) {
-      if (pt.protocol !== 'HTTPS') continue;
+      if (portKind(pt) !== 'HTTPS') continue;
       const c = new PortCertificates(pt, this.snap);
       const old = this.certs.get(pt.port);
       next.set(pt.port, old && old.key === c.key ? old : c);
@@ -182,11 +186,16 @@ export class GatewayModule implements GatewayRouter {
     if (!this.watch) return;
     const want = new Map<string, { address: string; port: number; protocol: string }>();
     for (const pt of this.table.ports.values()) {
-      if (pt.protocol !== 'HTTP' && pt.protocol !== 'HTTPS') {
-        this.warnOnce(`port ${pt.port}: protocol ${pt.protocol} is not served by this build yet (HTTP and HTTPS only)`);
+      const kind = portKind(pt);
+      if (!kind) {
+        this.warnOnce(`port ${pt.port}: protocol ${pt.protocol} is not served (HTTP, HTTPS, TLS passthrough and TCP are)`);
         continue;
       }
-      if (pt.protocol === 'HTTPS' && !this.certs.get(pt.port)?.entries.length) continue; // no usable certificate: said in the problems
+      if (kind !== 'HTTPS') {
+        for (const address of this.watch.addresses) want.set(`${kind} ${address}:${pt.port}`, { address, port: pt.port, protocol: kind });
+        continue;
+      }
+      if (!this.certs.get(pt.port)?.entries.length) continue; // no usable certificate: said in the problems
       // The TLS version range is fixed when a listener starts: a change of it starts a new one (tls.ts).
       const b = pt.protocol === 'HTTPS' ? this.certs.get(pt.port)!.bounds : null;
       const range = b ? ` ${b.minVersion}-${b.maxVersion}` : '';
@@ -204,7 +213,9 @@ export class GatewayModule implements GatewayRouter {
       const l: Listener = have ?? { ...w, server: null, error: null, starting: false };
       this.listeners.set(key, l);
       const port = w.port;
-      const server = new HttpListener(w.address, w.port, this, this.settings, w.protocol === 'HTTPS' ? () => this.certs.get(port)! : undefined);
+      const server = w.protocol === 'TCP' || w.protocol === 'TLS'
+        ? new StreamListener(w.address, w.port, w.protocol === 'TCP' ? 'tcp' : 'tls', this, this.d.config.requestHeadTimeoutMs)
+        : new HttpListener(w.address, w.port, this, this.settings, w.protocol === 'HTTPS' ? () => this.certs.get(port)! : undefined);
       l.starting = true;
       server.start().then(
         () => {
@@ -321,5 +332,55 @@ export class GatewayModule implements GatewayRouter {
       if (error) s.lastError = error;
     }
     if (this.d.config.accessLog && line) this.d.logger.info(line());
+  }
+
+  // ---- StreamRouter (stream.ts asks these per connection) ----
+  tcpPlan(port: number): StreamPlan | string {
+    const r = decideTcp(this.table, port);
+    if (!r) return `no tcp route for port ${port}`;
+    const b = this.backend(r.destination);
+    return typeof b === 'string' ? b : { routeId: r.id, backendKey: b.key };
+  }
+
+  tlsPlan(port: number, sni: string): StreamPlan | string {
+    const r = decideTls(this.table, port, sni);
+    if (!r) return `no tls route for server name ${JSON.stringify(sni)} on port ${port}`;
+    const b = this.backend(r.destination);
+    return typeof b === 'string' ? b : { routeId: r.id, backendKey: b.key };
+  }
+
+  pickFor(backendKey: string, clientIP: string, tried: ReadonlySet<string>): LbEndpoint | null {
+    const b = this.backends.get(backendKey);
+    return b ? b.balancer.pick({ clientIP: b.balancer.usesClientIP() ? clientIP : '', exclude: tried }) : null;
+  }
+
+  openPipe(ep: LbEndpoint, h: PipeHandlers): Promise<Pipe> {
+    return openPipe(this.d.dialer, this.local, ep, h, AbortSignal.timeout(this.d.config.connectTimeoutMs));
+  }
+
+  recordConnection(routeId: string, outcome: 'ok' | 'refused' | 'failed', error?: string): void {
+    this.connections?.inc({ route: routeId, outcome });
+    if (routeId === '(none)') return;
+    let s = this.routeStats.get(routeId);
+    if (!s) this.routeStats.set(routeId, (s = { requests: 0, lastError: null }));
+    s.requests++;
+    if (error) s.lastError = error;
+  }
+}
+
+/** How a server port is served: its protocol, with HTTPS in PASSTHROUGH mode served as TLS passthrough. */
+function portKind(pt: PortTable): 'HTTP' | 'HTTPS' | 'TLS' | 'TCP' | null {
+  const passthrough = pt.servers.every((s) => s.tls?.mode === 'PASSTHROUGH' || s.tls?.mode === 'AUTO_PASSTHROUGH');
+  switch (pt.protocol) {
+    case 'HTTP':
+      return 'HTTP';
+    case 'HTTPS':
+      return passthrough ? 'TLS' : 'HTTPS';
+    case 'TLS':
+      return passthrough ? 'TLS' : null;
+    case 'TCP':
+      return 'TCP';
+    default:
+      return null;
   }
 }

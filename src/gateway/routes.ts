@@ -58,6 +58,16 @@ export interface HttpRoute {
 export interface TcpRoute {
   id: string;
   destination: Destination;
+  /** `match[].port`: the Gateway ports it applies to; empty = every port. */
+  ports: number[];
+}
+
+export interface TlsRoute {
+  id: string;
+  destination: Destination;
+  /** `match[].sniHosts` (wildcards as hosts); empty = the VirtualService's hosts. */
+  sniHosts: string[];
+  ports: number[];
 }
 
 export interface ServerTls {
@@ -85,6 +95,7 @@ interface Bound {
   hosts: string[];
   http: HttpRoute[];
   tcp: TcpRoute[];
+  tls: TlsRoute[];
 }
 
 export interface PortTable {
@@ -243,6 +254,7 @@ export function compile(snap: CatalogSnapshot, labels: Readonly<Record<string, s
     const vsHosts = arr(vs.spec.hosts).map(str).filter(Boolean).map((h) => h.toLowerCase());
     let http: HttpRoute[] | null = null;
     let tcp: TcpRoute[] | null = null;
+    let tls: TlsRoute[] | null = null;
     for (const pt of ports.values()) {
       const servers = pt.servers.filter((s) => refs.has(s.gateway));
       if (!servers.length) continue;
@@ -250,11 +262,19 @@ export function compile(snap: CatalogSnapshot, labels: Readonly<Record<string, s
       const hosts = vsHosts.filter((h) => servers.some((s) => s.hosts.some((sh) => (sh.namespace === '*' || sh.namespace === vs.namespace) && (hostMatches(sh.host, h) || hostMatches(h, sh.host)))));
       if (!hosts.length) continue;
       http ??= arr(vs.spec.http).filter(isObj).map((r, i) => compileHttp(vs, r, i, domain, problems)).filter((r): r is HttpRoute => !!r);
+      const ports = (r: JsonObject) => arr(r.match).filter(isObj).map((m) => m.port).filter((x): x is number => typeof x === 'number');
       tcp ??= arr(vs.spec.tcp).filter(isObj).flatMap((r, i) => {
         const d = parseDestination(arr(r.route)[0], vs.namespace, domain);
-        return d ? [{ id: `${vs.namespace}/${vs.name}#tcp${i}`, destination: d }] : [];
+        if (!d) problems.push(`${vs.namespace}/${vs.name}#tcp${i}: no usable destination; the route is skipped`);
+        return d ? [{ id: `${vs.namespace}/${vs.name}#tcp${i}`, destination: d, ports: ports(r) }] : [];
       });
-      pt.bound.push({ vs: `${vs.namespace}/${vs.name}`, hosts, http, tcp });
+      tls ??= arr(vs.spec.tls).filter(isObj).flatMap((r, i) => {
+        const d = parseDestination(arr(r.route)[0], vs.namespace, domain);
+        if (!d) problems.push(`${vs.namespace}/${vs.name}#tls${i}: no usable destination; the route is skipped`);
+        const sni = arr(r.match).filter(isObj).flatMap((m) => arr(m.sniHosts).map(str)).filter(Boolean).map((h) => h.toLowerCase());
+        return d ? [{ id: `${vs.namespace}/${vs.name}#tls${i}`, destination: d, sniHosts: sni.length ? sni : vsHosts, ports: ports(r) }] : [];
+      });
+      pt.bound.push({ vs: `${vs.namespace}/${vs.name}`, hosts, http, tcp, tls });
     }
   }
   return { ports, problems };
@@ -331,4 +351,30 @@ export function rewriteTarget(target: string, route: HttpRoute, m: HttpMatch | n
   const rest = q < 0 ? '' : target.slice(q);
   if (m?.uri?.kind === 'prefix' && path.startsWith(m.uri.value)) return `${to}${path.slice(m.uri.value.length)}${rest}`.replace(/^\/\//, '/') || '/';
   return `${to}${rest}`;
+}
+
+/** The TCP route for a connection on `port`: the first of the bound VirtualServices' `tcp` routes that applies. */
+export function decideTcp(table: GatewayTable, port: number): TcpRoute | null {
+  for (const b of table.ports.get(port)?.bound ?? []) for (const r of b.tcp) if (!r.ports.length || r.ports.includes(port)) return r;
+  return null;
+}
+
+/** The TLS passthrough route for an SNI name on `port`: the most specific `sniHosts` match. */
+export function decideTls(table: GatewayTable, port: number, sni: string): TlsRoute | null {
+  const pt = table.ports.get(port);
+  if (!pt) return null;
+  const name = sni.toLowerCase();
+  if (!pt.servers.some((s) => s.hosts.some((h) => hostMatches(h.host, name)))) return null;
+  let best: TlsRoute | null = null;
+  let score = -1;
+  for (const b of pt.bound) {
+    for (const r of b.tls) {
+      if (r.ports.length && !r.ports.includes(port)) continue;
+      for (const h of r.sniHosts) {
+        const sc = specificity(h, name);
+        if (sc > score) [best, score] = [r, sc];
+      }
+    }
+  }
+  return best;
 }
