@@ -5,6 +5,7 @@
 import { describe, expect, test } from 'bun:test';
 import { ChunkScanner, HttpError, findHeadEnd, parseRequestHead, parseResponseHead, responseFraming } from '../src/gateway/http1.ts';
 import { selectAddresses } from '../src/gateway/addresses.ts';
+import { clientHelloSni } from '../src/gateway/stream.ts';
 
 const bytes = (s: string) => new TextEncoder().encode(s);
 const req = (s: string) => {
@@ -93,5 +94,25 @@ describe('gateway addresses', () => {
     expect(selectAddresses({ nic: 'eth0', includeIP: '*', excludeIP: '*' }, ifs)).toEqual(['192.168.1.5', '192.168.1.6']);
     expect(selectAddresses({ nic: '*', includeIP: '192.168.0.0/16, 10.1.2.3', excludeIP: '192.168.1.6' }, ifs)).toEqual(['10.1.2.3', '192.168.1.5']);
     expect(selectAddresses({ nic: 'nope', includeIP: '', excludeIP: '' }, ifs)).toEqual([]);
+  });
+});
+
+describe('TLS ClientHello server name', () => {
+  test('read from a real ClientHello; undefined until it is whole; garbage and mutations never throw', async () => {
+    const hello = await new Promise<Uint8Array>((resolve) => {
+      const srv = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data(s, d) { resolve(new Uint8Array(d)); s.end(); srv.stop(true); } } });
+      void Bun.connect({ hostname: '127.0.0.1', port: srv.port, tls: { serverName: 'Shop.Example.com', rejectUnauthorized: false }, socket: { data() {}, error() {}, connectError() {} } }).catch(() => {});
+    });
+    expect(clientHelloSni(hello)).toBe('shop.example.com');
+    for (let n = 0; n < hello.length; n++) expect(clientHelloSni(hello.subarray(0, n))).toBeUndefined();
+    expect(clientHelloSni(new TextEncoder().encode('GET / HTTP/1.1\r\n\r\n'))).toBeNull();
+    let seed = 3;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+    for (let i = 0; i < 5000; i++) {
+      const m = hello.slice();
+      for (let k = 0; k < 1 + rnd(6); k++) m[rnd(m.length)] = rnd(256);
+      const r = clientHelloSni(m);
+      expect(r === null || r === undefined || /^[a-z0-9._-]+$/.test(r)).toBe(true);
+    }
   });
 });
