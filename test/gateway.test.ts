@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AgentProcess, freePort, getJson, getText, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { AgentProcess, freePort, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
 
 /** A backend that answers with its name, the path it got, and the headers the tests look at. */
 function backend(name: string) {
@@ -387,6 +387,9 @@ spec:
     const st = await getJson<{ gateway: { listeners: { address: string; port: number; state: string }[]; routes: { id: string; requests: number; lastError: string | null }[] } }>(`${admin}/status`);
     expect(st.gateway.listeners).toContainEqual(expect.objectContaining({ address: '127.0.0.1', port, state: 'listening' }));
     expect(st.gateway.routes.find((r) => r.id === 'shop/api#6')?.lastError).toContain('127.0.0.1:1');
+    const text = await runCli(['status', '--admin', admin.replace('http://', '')]);
+    expect(text.stdout).toMatch(new RegExp(`127\\.0\\.0\\.1:${port}\\s+HTTP\\s+listening`));
+    expect(text.stdout).toMatch(/shop\/api#6\s+\d+ requests\s+last error: .*127\.0\.0\.1:1/);
     const m = (await getText(`${admin}/metrics`)).body;
     expect(m).toMatch(/edgemesh_gateway_requests_total\{code="2xx",route="shop\/web#0"\} [1-9]/);
     expect(m).toMatch(/edgemesh_gateway_requests_total\{code="5xx",route="shop\/api#5"\} [1-9]/); // the 504

@@ -41,6 +41,14 @@ export function formatStatus(st: AgentStatus): string {
     }
     if (st.proxy.length > shown.length) lines.push(`  … ${st.proxy.length - shown.length} more: /debug/proxy`);
   }
+  if (st.gateway) {
+    const g = st.gateway;
+    lines.push(`gateway:   addresses ${g.addresses.join(' ') || '(none selected)'}`);
+    for (const l of g.listeners) lines.push(`  ${`${l.address}:${l.port}`.padEnd(22)} ${l.protocol.padEnd(5)} ${l.state}${l.error ? ` (${l.error})` : ''}`);
+    if (g.routes.length) lines.push('routes:');
+    for (const r of g.routes) lines.push(`  ${r.id.padEnd(32)} ${String(r.requests).padStart(8)} requests${r.lastError ? `  last error: ${r.lastError}` : ''}`);
+    for (const p of g.problems) lines.push(`  ! ${p}`);
+  }
   if (st.bridgeGuard) {
     const g = st.bridgeGuard;
     lines.push(`guard:     ${g.ip} only for the node and its pods; dropping from ${g.interfaces.join(', ') || '(no uplink found)'} (${g.backend}), ${g.dropped} dropped${g.error ? ` — FAILING: ${g.error}` : ''}`);
