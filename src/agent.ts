@@ -205,7 +205,7 @@ export class Agent {
     const gc = loaded.config.modules.edgeGateway;
     if (gc.enable) {
       const domain = loaded.role === 'agent' ? (loaded.config as AgentConfig).modules.edgeDNS.clusterDomain : 'cluster.local';
-      this.gateway = new GatewayModule({ config: gc, catalog: this.catalog, dialer, logger: this.log.child('gateway'), metrics: this.metrics, clusterDomain: domain });
+      this.gateway = new GatewayModule({ config: { ...gc, labels: await this.gatewayLabels(gc.labels) }, catalog: this.catalog, dialer, logger: this.log.child('gateway'), metrics: this.metrics, clusterDomain: domain });
       await this.gateway.start();
     }
 
@@ -243,6 +243,22 @@ export class Agent {
       backend,
     });
     await this.guard.start();
+  }
+
+  /**
+   * The labels a Gateway's selector is matched against: this gateway's Pod labels when it runs in a pod of the
+   * cluster (POD_NAME and POD_NAMESPACE from the downward API), else modules.edgeGateway.labels.
+   */
+  private async gatewayLabels(fromConfig: Record<string, string>): Promise<Record<string, string>> {
+    const name = process.env.POD_NAME, ns = process.env.POD_NAMESPACE;
+    if (!this.kubeSource || !name || !ns) return fromConfig;
+    const r = await this.kubeSource.podLabels(ns, name);
+    if ('error' in r) {
+      this.log.warn('cannot read this gateway\'s Pod labels; using modules.edgeGateway.labels', { pod: `${ns}/${name}`, error: r.error, fix: 'grant "get" on pods in its namespace' });
+      return fromConfig;
+    }
+    this.log.info('gateway labels from its Pod', { pod: `${ns}/${name}`, labels: Object.entries(r.labels).map(([k, v]) => `${k}=${v}`).join(',') });
+    return r.labels;
   }
 
   /** Stop everything; safe to call twice and after a failed start. */

@@ -241,6 +241,34 @@ describe('ways to reach the API, and the gateway role', () => {
   });
 });
 
+describe('gateway labels from its Pod (Kubernetes mode)', () => {
+  test("a Gateway is served when its selector matches the gateway Pod's labels, not the config's", async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    try {
+      const [mine, theirs] = [await freePort(), await freePort()];
+      api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'gw-7f9', namespace: 'kubeedge', labels: { app: 'gw-east' } } });
+      for (const [name, port, selector] of [['east', mine, { app: 'gw-east' }], ['default-label', theirs, { kubeedge: 'edgemesh-gateway' }]] as const) {
+        api.apply({ apiVersion: 'networking.istio.io/v1alpha3', kind: 'Gateway', metadata: { name, namespace: 'default' }, spec: { selector, servers: [{ port: { number: port, name: 'http', protocol: 'HTTP' }, hosts: ['*'] }] } });
+      }
+      const cfg = await writeAgentConfig(t.path, `kubeAPIConfig:\n  master: ${api.url}\nmodules:\n  edgeGateway: { includeIP: 127.0.0.1 }\n`, 'gateway');
+      const gw = new AgentProcess(['gateway', '--config', cfg.path, '--node-name', 'edge-0'], { env: { POD_NAME: 'gw-7f9', POD_NAMESPACE: 'kubeedge' } });
+      try {
+        await gw.waitForLog(/gateway labels from its Pod pod=kubeedge\/gw-7f9 labels="app=gw-east"/);
+        await gw.waitForLog(new RegExp(`gateway listening address=127\\.0\\.0\\.1:${mine}`));
+        await Bun.sleep(500);
+        expect(gw.logs).not.toContain(`127.0.0.1:${theirs}`);
+      } finally {
+        await gw.stop();
+      }
+    } finally {
+      await api.stop();
+      t.cleanup();
+    }
+  });
+});
+
 describe('tunnel identity published on the Node (Kubernetes mode)', () => {
   const tunnelCfg = async (dir: string) => {
     writeFileSync(join(dir, 'psk'), 'kube-test-psk\n');

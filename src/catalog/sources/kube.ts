@@ -226,6 +226,16 @@ export class KubeSource {
     }
   }
 
+  /** A Pod's labels (the gateway's own, found through the downward API's POD_NAME / POD_NAMESPACE). */
+  async podLabels(namespace: string, name: string): Promise<{ labels: Record<string, string> } | { error: string }> {
+    try {
+      const pod = await this.core.readNamespacedPod({ name, namespace });
+      return { labels: pod.metadata?.labels ?? {} };
+    } catch (e) {
+      return { error: describeError(e) };
+    }
+  }
+
   get server(): string {
     return this.kc.getCurrentCluster()?.server ?? '(none)';
   }
