@@ -393,5 +393,8 @@ spec:
     const m = (await getText(`${admin}/metrics`)).body;
     expect(m).toMatch(/edgemesh_gateway_requests_total\{code="2xx",route="shop\/web#0"\} [1-9]/);
     expect(m).toMatch(/edgemesh_gateway_requests_total\{code="5xx",route="shop\/api#5"\} [1-9]/); // the 504
+    expect(m).toMatch(/edgemesh_gateway_backend_requests_total\{backend="shop\/web:0",code="2xx"\} [1-9]/);
+    // The 8 MiB body went down that route.
+    expect(Number(/edgemesh_gateway_bytes_total\{direction="down",route="shop\/web#0"\} (\d+)/.exec(m)?.[1])).toBeGreaterThan(8 * 1024 * 1024);
   });
 });

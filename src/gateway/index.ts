@@ -89,12 +89,16 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
   private readonly requests;
   private readonly latency;
   private readonly connections;
+  private readonly backendRequests;
+  private readonly bytes;
 
   constructor(private readonly d: GatewayDeps) {
     this.snap = d.catalog.snapshot();
     this.local = new LocalDialer({ timeoutMs: d.config.connectTimeoutMs });
     const m = d.metrics;
     this.requests = m?.counter('edgemesh_gateway_requests_total', 'Requests through the gateway, by route and status class');
+    this.backendRequests = m?.counter('edgemesh_gateway_backend_requests_total', 'Requests answered by a backend (namespace/service:port), by status class');
+    this.bytes = m?.counter('edgemesh_gateway_bytes_total', 'Bytes of answered requests by route: up (to the backend: head and body), down (to the client)');
     this.connections = m?.counter('edgemesh_gateway_connections_total', 'TCP and TLS passthrough connections, by route and outcome (ok, refused, failed)');
     this.latency = m?.histogram('edgemesh_gateway_request_seconds', 'Time from a request to its response head', [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
     m?.gauge('edgemesh_gateway_listeners', 'Gateway listeners open now').set(() => [...this.listeners.values()].filter((l) => l.server).length);
@@ -322,8 +326,14 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
     this.pool.release(c, reusable);
   }
 
-  record(routeId: string, status: number, seconds: number, error?: string, line?: () => string): void {
-    this.requests?.inc({ route: routeId, code: `${Math.floor(status / 100)}xx` });
+  record(routeId: string, status: number, seconds: number, error?: string, line?: () => string, traffic?: { backend: string; up: number; down: number }): void {
+    const code = `${Math.floor(status / 100)}xx`;
+    this.requests?.inc({ route: routeId, code });
+    if (traffic) {
+      this.backendRequests?.inc({ backend: traffic.backend, code });
+      this.bytes?.inc({ route: routeId, direction: 'up' }, traffic.up);
+      this.bytes?.inc({ route: routeId, direction: 'down' }, traffic.down);
+    }
     this.latency?.observe(seconds);
     if (routeId !== '(none)') {
       let s = this.routeStats.get(routeId);

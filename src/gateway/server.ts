@@ -55,7 +55,8 @@ export interface GatewayRouter {
   open(ep: LbEndpoint): Promise<UpstreamConn>;
   /** The exchange on `c` is over. */
   done(c: UpstreamConn, reusable: boolean): void;
-  record(routeId: string, status: number, seconds: number, error?: string, line?: () => string): void;
+  /** One exchange's outcome; `traffic`: the backend it went to and the bytes each way (head and body). */
+  record(routeId: string, status: number, seconds: number, error?: string, line?: () => string, traffic?: { backend: string; up: number; down: number }): void;
 }
 
 export interface ListenerSettings {
@@ -106,6 +107,9 @@ export class Client implements UpstreamOwner {
   t0 = 0;
   timer: ReturnType<typeof setTimeout> | null = null;
   clientIP = '';
+  /** Bytes of the current exchange to the backend and to the client. */
+  bytesUp = 0;
+  bytesDown = 0;
 
   constructor(readonly l: HttpListener) {}
 
@@ -173,6 +177,7 @@ export class Client implements UpstreamOwner {
 
   private clientWrite(b: Uint8Array): void {
     if (this.closed || !this.sock || !b.length) return;
+    this.bytesDown += b.length;
     if (this.outPending) {
       this.outPending = concat(this.outPending, b);
       return;
@@ -202,6 +207,7 @@ export class Client implements UpstreamOwner {
   }
 
   private resetExchange(): void {
+    this.bytesUp = this.bytesDown = 0;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.reqPhase = 'head';
@@ -324,6 +330,7 @@ export class Client implements UpstreamOwner {
   private upWrite(b: Uint8Array): void {
     const pipe = this.up?.pipe;
     if (!pipe || !b.length) return;
+    this.bytesUp += b.length;
     if (this.upPending) {
       this.upPending = concat(this.upPending, b);
       return;
@@ -477,7 +484,7 @@ export class Client implements UpstreamOwner {
     const head = this.head!;
     const ep = this.ep;
     const status = rh?.status ?? 0;
-    this.l.router.record(plan.route.id, status, (performance.now() - this.t0) / 1000, undefined, () => `${this.clientIP} "${head.method} ${head.target}" ${status} route=${plan.route.id} endpoint=${ep?.key ?? ''}`);
+    this.l.router.record(plan.route.id, status, (performance.now() - this.t0) / 1000, undefined, () => `${this.clientIP} "${head.method} ${head.target}" ${status} route=${plan.route.id} endpoint=${ep?.key ?? ''}`, { backend: plan.backendKey, up: this.bytesUp, down: this.bytesDown });
     const close = this.willClose || this.reqPhase !== 'done';
     this.resetExchange();
     if (close) return this.endAfterFlush();
