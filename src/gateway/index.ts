@@ -26,7 +26,7 @@ import { Balancer, type LbEndpoint } from '../lb/balancer.ts';
 import { readyEndpoints } from '../lb/endpoints.ts';
 import { parsePolicy, ruleFor } from '../lb/policy.ts';
 import type { Logger } from '../obs/logger.ts';
-import type { MetricsRegistry } from '../obs/metrics.ts';
+import type { CounterSlot, MetricsRegistry } from '../obs/metrics.ts';
 import { AddressWatch } from './addresses.ts';
 import type { RequestHead } from './http1.ts';
 import { type Destination, type GatewayTable, type PortTable, compile, decide, decideTcp, decideTls, pickDestination } from './routes.ts';
@@ -90,6 +90,7 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
   private readonly latency;
   private readonly connections;
   private readonly backendRequests;
+  private readonly slots = new Map<string, { requests: CounterSlot; backend: CounterSlot; up: CounterSlot; down: CounterSlot }>();
   private readonly bytes;
 
   constructor(private readonly d: GatewayDeps) {
@@ -328,11 +329,23 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
 
   record(routeId: string, status: number, seconds: number, error?: string, line?: () => string, traffic?: { backend: string; up: number; down: number }): void {
     const code = `${Math.floor(status / 100)}xx`;
-    this.requests?.inc({ route: routeId, code });
+    // Slots per route and status class, so a request costs a map lookup and additions, not label keys.
+    const key = `${routeId}\0${code}\0${traffic?.backend ?? ''}`;
+    let sl = this.slots.get(key);
+    if (!sl) {
+      sl = {
+        requests: this.requests?.slot({ route: routeId, code }) ?? { v: 0 },
+        backend: traffic && this.backendRequests ? this.backendRequests.slot({ backend: traffic.backend, code }) : { v: 0 },
+        up: this.bytes?.slot({ route: routeId, direction: 'up' }) ?? { v: 0 },
+        down: this.bytes?.slot({ route: routeId, direction: 'down' }) ?? { v: 0 },
+      };
+      this.slots.set(key, sl);
+    }
+    sl.requests.v++;
     if (traffic) {
-      this.backendRequests?.inc({ backend: traffic.backend, code });
-      this.bytes?.inc({ route: routeId, direction: 'up' }, traffic.up);
-      this.bytes?.inc({ route: routeId, direction: 'down' }, traffic.down);
+      sl.backend.v++;
+      sl.up.v += traffic.up;
+      sl.down.v += traffic.down;
     }
     this.latency?.observe(seconds);
     if (routeId !== '(none)') {

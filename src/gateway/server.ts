@@ -151,7 +151,7 @@ export class Client implements UpstreamOwner {
     }
     this.outPending = null;
     if (this.willClose && this.resPhase === 'none' && !this.tunnel) this.sock.end();
-    else this.up?.pipe?.resume();
+    else this.up?.resume();
   }
 
   onEnd(): void {
@@ -185,7 +185,7 @@ export class Client implements UpstreamOwner {
     const n = this.sock.write(b);
     if (n < b.length) {
       this.outPending = b.slice(n);
-      this.up?.pipe?.pause(); // the client reads slower than the backend sends
+      this.up?.pause(); // the client reads slower than the backend sends
     }
   }
 

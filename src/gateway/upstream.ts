@@ -24,8 +24,22 @@ export class UpstreamConn implements PipeHandlers {
   /** Exchanges completed on this connection (0: fresh). */
   uses = 0;
   idleSince = 0;
+  /** Reading paused for backpressure (pause/resume reach the socket only on a change: each is a syscall). */
+  private paused = false;
 
   constructor(readonly key: string, private readonly pool: UpstreamPool) {}
+
+  pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.pipe?.pause();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.pipe?.resume();
+  }
 
   data(chunk: Uint8Array): void {
     if (this.owner) this.owner.upData(chunk);
@@ -87,7 +101,7 @@ export class UpstreamPool {
       return;
     }
     c.idleSince = Date.now();
-    c.pipe?.resume();
+    c.resume();
     list.push(c);
     this.armSweep();
   }

@@ -13,20 +13,31 @@ interface Series {
   render(): string[];
 }
 
+/** One labelled value of a counter, for hot paths: `slot.v += n` without rebuilding the label key. */
+export interface CounterSlot {
+  v: number;
+}
+
 export class Counter implements Series {
   readonly type = 'counter';
-  private values = new Map<string, number>();
+  private values = new Map<string, CounterSlot>();
   constructor(readonly name: string, readonly help: string) {}
   inc(labels: Labels = {}, by = 1): void {
+    this.slot(labels).v += by;
+  }
+  /** The value for `labels`, to keep and increment directly. */
+  slot(labels: Labels = {}): CounterSlot {
     const k = labelKey(labels);
-    this.values.set(k, (this.values.get(k) ?? 0) + by);
+    let s = this.values.get(k);
+    if (!s) this.values.set(k, (s = { v: 0 }));
+    return s;
   }
   get(labels: Labels = {}): number {
-    return this.values.get(labelKey(labels)) ?? 0;
+    return this.values.get(labelKey(labels))?.v ?? 0;
   }
   render(): string[] {
     if (this.values.size === 0) return [`${this.name} 0`];
-    return [...this.values].map(([k, v]) => `${this.name}${k ? `{${k}}` : ''} ${v}`);
+    return [...this.values].map(([k, s]) => `${this.name}${k ? `{${k}}` : ''} ${s.v}`);
   }
 }
 
