@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, defaultConfig, loadConfig, mergeConfig } from '../src/config/load.ts';
 import { didYouMean } from '../src/config/schema.ts';
@@ -206,7 +206,47 @@ describe('config', () => {
       writeFileSync(syntax, 'modules:\n  edgeDNS: [1, 2\n');
       const s = await runCli(['config', 'check', syntax]);
       expect(s.code).toBe(2);
-      expect(s.stderr).toMatch(/line \d+:\d+/);
+      expect(s.stderr).toMatch(new RegExp(`${syntax}:\\d+:\\d+: YAML: `));
+      // Value errors carry file:line:column too.
+      expect(r.stderr).toContain(`${f}:3:17: modules.edgeTunnel.listenPort`);
+      expect(r.stderr).toContain(`${f}:4:16: modules.edgeTunnel.transport`);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test("`config check` takes the original's ConfigMap (alone or among other documents), with lines in the file; a missing kubeconfig warns unless --strict", async () => {
+    const t = tempDir();
+    try {
+      const body = ORIGINAL_AGENT.trimEnd().split('\n').map((l) => `    ${l}`).join('\n');
+      const cm = join(t.path, 'edgemesh-agent-cm.yaml');
+      writeFileSync(cm, `apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: edgemesh-agent, namespace: kubeedge }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edgemesh-agent-cfg\n  namespace: kubeedge\ndata:\n  edgemesh-agent.yaml: |\n${body}\n`);
+      const ok = await runCli(['config', 'check', cm]);
+      expect(ok.stdout).toContain('read from ConfigMap kubeedge/edgemesh-agent-cfg, data key edgemesh-agent.yaml');
+      expect(ok.stdout).toContain('ok (agent config)');
+      expect(ok.code).toBe(0);
+      // A planted error inside the ConfigMap is reported at its line in the file.
+      const text = readFileSync(cm, 'utf8');
+      const lines = text.split('\n');
+      const at = lines.findIndex((l) => /^\s+modules:/.test(l));
+      lines.splice(at + 1, 0, `${' '.repeat(lines[at]!.indexOf('m') + 2)}edgeDNSS: { enable: true }`);
+      writeFileSync(cm, lines.join('\n'));
+      const bad = await runCli(['config', 'check', cm]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain(`${cm}:${at + 2}:${lines[at]!.indexOf('m') + 3}: modules.edgeDNSS: unknown key (did you mean "edgeDNS"?)`);
+      // A kubeconfig that is not on this machine: a warning for check, an error with --strict.
+      const kc = join(t.path, 'kc.yaml');
+      writeFileSync(kc, 'kubeAPIConfig:\n  kubeConfig: /nonexistent/kubeconfig\n');
+      const warn = await runCli(['config', 'check', kc]);
+      expect(warn.code).toBe(0);
+      expect(warn.stderr).toContain(`warning: ${kc}:2:15: kubeAPIConfig.kubeConfig: "/nonexistent/kubeconfig" does not exist on this machine`);
+      expect((await runCli(['config', 'check', '--strict', kc])).code).toBe(2);
+      // Several documents and no config among them: said plainly.
+      const many = join(t.path, 'many.yaml');
+      writeFileSync(many, 'a: 1\n---\nb: 2\n');
+      const m = await runCli(['config', 'check', many]);
+      expect(m.code).toBe(2);
+      expect(m.stderr).toContain('2 YAML documents, and not one config among them');
     } finally {
       t.cleanup();
     }

@@ -48,10 +48,11 @@ export function buildProgram(): Command {
     .action((o: { gateway?: boolean; standalone?: boolean }) => configDefaults(o));
   config
     .command('check')
-    .description('validate a config file and list every problem (exit 2 if any)')
+    .description('validate a config file (or the original\'s ConfigMap holding one) and list every problem with its line (exit 2 if any)')
     .argument('<file>', 'config file to check')
     .option('--gateway', 'check as a gateway config (default: from the file\'s kind)')
-    .action((file: string, o: { gateway?: boolean }) => configCheck(file, o));
+    .option('--strict', 'files missing on this machine (a kubeconfig) are errors, not warnings')
+    .action((file: string, o: { gateway?: boolean; strict?: boolean }) => configCheck(file, o));
 
   program
     .command('status')

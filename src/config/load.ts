@@ -11,9 +11,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir, hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
-import { LineCounter, parseDocument } from 'yaml';
 import { EdgeMeshError } from '../errors.ts';
 import { type ConfigIssue, type ObjectField, parseHostPort } from './schema.ts';
+import { type ConfigSource, readConfigText } from './source.ts';
 import { type AgentConfig, type GatewayConfig, agentSchema, gatewaySchema } from './schema-edgemesh.ts';
 
 export type Role = 'agent' | 'gateway';
@@ -30,14 +30,16 @@ export class ConfigError extends EdgeMeshError {
   readonly issues: ConfigIssue[];
   readonly file: string;
   constructor(file: string, issues: ConfigIssue[]) {
-    super('CONFIG_INVALID', `${file}: ${issues.length} problem${issues.length === 1 ? '' : 's'}:\n` + issues.map((i) => `  ${formatIssue(i)}`).join('\n'));
+    super('CONFIG_INVALID', `${file}: ${issues.length} problem${issues.length === 1 ? '' : 's'}:\n` + issues.map((i) => `  ${formatIssue(i, file)}`).join('\n'));
     this.issues = issues;
     this.file = file;
   }
 }
 
-export function formatIssue(i: ConfigIssue): string {
-  return `${i.path}: ${i.message}`;
+/** `file:line:col: path: message` when the place is known (`line L:C:` without a file), else `path: message`. */
+export function formatIssue(i: ConfigIssue, file?: string): string {
+  if (i.line === undefined) return `${i.path}: ${i.message}`;
+  return `${file ? `${file}:` : 'line '}${i.line}:${i.col ?? 1}: ${i.path}: ${i.message}`;
 }
 
 /** The original's cloud/edge detection: kubelet injects KUBERNETES_PORT, KubeEdge's edged does not. */
@@ -84,25 +86,13 @@ export function embeddedOverlay(role: Role, env: Env): Record<string, unknown> {
   return overlay;
 }
 
-export interface ParsedFile {
-  data: unknown;
-  issues: ConfigIssue[];
-}
-
-/** Parse YAML (or JSON) text; syntax errors become issues carrying line and column. */
-export function parseYamlText(text: string): ParsedFile {
-  const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    return {
-      data: undefined,
-      issues: doc.errors.map((e) => {
-        const pos = lc.linePos(e.pos[0]);
-        return { path: `line ${pos.line}:${pos.col}`, message: e.message.split('\n')[0]! };
-      }),
-    };
-  }
-  return { data: doc.toJS({ maxAliasCount: 100 }), issues: [] };
+/** Places issues that carry only a key path at that key's line and column (readConfigText's locate). */
+export function placeIssues(issues: ConfigIssue[], src: ConfigSource): ConfigIssue[] {
+  return issues.map((i) => {
+    if (i.line !== undefined) return i;
+    const at = src.locate(i.path, i.message.startsWith('unknown key'));
+    return at ? { ...i, line: at.line, col: at.col } : i;
+  });
 }
 
 export interface LoadOptions {
@@ -156,7 +146,7 @@ export function mergeConfig(role: Role, baseMode: 'cloud' | 'edge', data: unknow
 function crossCheck(cfg: AnyConfig, issues: ConfigIssue[]): void {
   const kc = cfg.kubeAPIConfig.kubeConfig;
   if (kc && !issues.some((i) => i.path === 'kubeAPIConfig.kubeConfig') && !existsSync(kc)) {
-    issues.push({ path: 'kubeAPIConfig.kubeConfig', message: `${JSON.stringify(kc)} does not exist` });
+    issues.push({ path: 'kubeAPIConfig.kubeConfig', message: `${JSON.stringify(kc)} does not exist on this machine`, machine: true });
   }
   const sp = cfg.catalog.snapshotPath;
   if (sp !== '' && sp !== 'off' && !sp.startsWith('/')) {
@@ -191,6 +181,7 @@ export function loadConfig(opts: LoadOptions): LoadedConfig {
   if (path === undefined && existsSync(defaultPath)) path = defaultPath;
 
   let data: unknown;
+  let src: ConfigSource | null = null;
   const embedded = path === undefined;
   if (path !== undefined) {
     let text: string;
@@ -200,12 +191,14 @@ export function loadConfig(opts: LoadOptions): LoadedConfig {
       const code = (err as NodeJS.ErrnoException).code;
       throw new EdgeMeshError('CONFIG_NOT_FOUND', `cannot read config file ${path}: ${code === 'ENOENT' ? 'no such file' : String((err as Error).message)}`);
     }
-    const parsed = parseYamlText(text);
-    if (parsed.issues.length) throw new ConfigError(path, parsed.issues);
-    data = parsed.data;
+    src = readConfigText(text);
+    if (src.issues.length) throw new ConfigError(path, src.issues);
+    data = src.data;
   }
   const overlay = embedded ? embeddedOverlay(role, env) : undefined;
-  const { config, issues } = mergeConfig(role, baseMode, data, overlay);
+  const merged = mergeConfig(role, baseMode, data, overlay);
+  const config = merged.config;
+  const issues = src ? placeIssues(merged.issues, src) : merged.issues;
 
   const host = resolveNodeName(opts.nodeName, env, opts.hostname ?? osHostname);
   if (host.issue) issues.push(host.issue);

@@ -13,6 +13,11 @@ export interface ConfigIssue {
   /** Canonical key path, e.g. `modules.edgeTunnel.listenPort` or `modules.edgeTunnel.relayNodes[0].nodeName`. */
   path: string;
   message: string;
+  /** Where in the file (1-based), when known. */
+  line?: number;
+  col?: number;
+  /** A condition of this machine (a file that does not exist here), not of the file: `config check` warns. */
+  machine?: boolean;
 }
 
 export interface Field<T> {
