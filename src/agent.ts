@@ -14,7 +14,7 @@ import type { ConvertOptions } from './catalog/convert.ts';
 import { catalogDebugView } from './catalog/debug-view.ts';
 import { SnapshotWriter, loadSnapshot } from './catalog/snapshot.ts';
 import { FileSource } from './catalog/sources/file.ts';
-import { KubeSource, buildKubeConfig } from './catalog/sources/kube.ts';
+import { KubeSource, apiHint, buildKubeConfig } from './catalog/sources/kube.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { dnsListenAddress, proxyListenAddress } from './config/load.ts';
@@ -172,7 +172,7 @@ export class Agent {
       await this.fileSource.start();
     } else {
       const kc = buildKubeConfig(loaded.mode, loaded.config.kubeAPIConfig);
-      this.kubeSource = new KubeSource({ kc, role: loaded.role, catalog: this.catalog, logger: this.log.child('catalog.kube'), convert: this.convertOptions() });
+      this.kubeSource = new KubeSource({ kc, role: loaded.role, catalog: this.catalog, logger: this.log.child('catalog.kube'), convert: this.convertOptions(), hint: apiHint(loaded.mode, loaded.config.kubeAPIConfig) });
       this.kubeSource.start();
     }
 

@@ -241,6 +241,30 @@ describe('ways to reach the API, and the gateway role', () => {
   });
 });
 
+describe('an API that cannot be reached', () => {
+  test('status and the log name what was tried and the two ways out', async () => {
+    const t = tempDir();
+    try {
+      const cfg = await writeAgentConfig(t.path, 'kubeAPIConfig:\n  master: http://127.0.0.1:1\n');
+      const agent = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'edge-0']);
+      try {
+        const why = await waitFor(async () => {
+          const r = await getText(`${cfg.admin}/readyz`).catch(() => null);
+          return r && r.body.includes('cannot reach') ? r : null;
+        }, 'a readiness reason that says what to do', 15_000);
+        expect(why.status).toBe(503);
+        expect(why.body).toContain('cannot reach the Kubernetes API through kubeAPIConfig.master http://127.0.0.1:1: connection refused');
+        expect(why.body).toContain('edgemesh agent --catalog FILE');
+        await agent.waitForLog(/WARN .*cannot reach the Kubernetes API/);
+      } finally {
+        await agent.stop();
+      }
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
 describe('gateway labels from its Pod (Kubernetes mode)', () => {
   test("a Gateway is served when its selector matches the gateway Pod's labels, not the config's", async () => {
     const api = new FakeApiServer();

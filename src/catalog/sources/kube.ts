@@ -172,6 +172,30 @@ export interface KubeSourceDeps {
   convert: ConvertOptions;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** How the API is reached and what to do when it cannot be (apiHint), for status and the log. */
+  hint?: { via: string; next: string };
+}
+
+/** The way out when the API cannot be reached at all, by run mode. */
+export function apiHint(mode: RunMode, cfg: KubeAPIConfig): { via: string; next: string } {
+  const standalone = 'or run without Kubernetes from a catalog file: edgemesh agent --catalog FILE (docs/catalog.md)';
+  switch (mode) {
+    case 'edge':
+      return { via: `KubeEdge's metaServer at ${cfg.metaServer.server} (kubeAPIConfig.metaServer.server)`, next: `enable edgecore's metaServer (modules.metaManager.metaServer.enable: true) and check that it listens there, ${standalone}` };
+    case 'cloud':
+      return { via: 'the in-cluster service account (KUBERNETES_SERVICE_HOST)', next: `check the pod's network policy and RBAC, ${standalone}` };
+    default:
+      return { via: cfg.kubeConfig ? `the kubeconfig ${cfg.kubeConfig}${cfg.master ? ` with master ${cfg.master}` : ''}` : `kubeAPIConfig.master ${cfg.master}`, next: `check that address and credentials, ${standalone}` };
+  }
+}
+
+/** A connection error in our words (the HTTP client's "Is the computer able to access the url?" says nothing). */
+function shortError(err: string): string {
+  if (/ECONNREFUSED/.test(err)) return 'connection refused';
+  if (/ETIMEDOUT|timed? ?out/i.test(err)) return 'timed out';
+  if (/ENOTFOUND|EAI_AGAIN/.test(err)) return 'name not resolved';
+  if (/ECONNRESET/.test(err)) return 'connection reset';
+  return err.length > 200 ? `${err.slice(0, 200)}…` : err;
 }
 
 export interface KubeSourceStatus {
@@ -333,6 +357,8 @@ export class KubeSource {
     for (const o of current) this.deps.catalog.remove(kind, keyOf(o));
   }
 
+  private hintLogged = false;
+
   /** Recompute the human-readable detail shown by /readyz and `edgemesh status`. */
   onTrouble(): void {
     const failing = this.watchers.filter((w) => w.state === 'failing' || w.state === 'listing');
@@ -343,7 +369,18 @@ export class KubeSource {
     }
     const err = failing.find((w) => w.lastError)?.lastError;
     const serving = !this.initialDone ? (origin === 'snapshot' ? 'serving the snapshot' : 'no catalog yet') : 'keeping the last known state';
-    this.deps.catalog.setDetail(`API ${err ? `unreachable (${err})` : 'listing'} for ${failing.map((w) => w.spec.label).join(', ')}; ${serving}`);
+    const hint = this.deps.hint;
+    if (err && !this.initialDone && hint) {
+      // Never reached: say what was tried and the ways out (logged once, shown in status until it works).
+      const detail = `cannot reach the Kubernetes API through ${hint.via}: ${shortError(err)}; ${serving}. Next: ${hint.next}`;
+      if (!this.hintLogged) {
+        this.hintLogged = true;
+        this.deps.logger.warn(detail);
+      }
+      this.deps.catalog.setDetail(detail);
+      return;
+    }
+    this.deps.catalog.setDetail(`API ${err ? `unreachable (${shortError(err)})` : 'listing'} for ${failing.map((w) => w.spec.label).join(', ')}; ${serving}`);
   }
 
   private convertOne(w: KindWatcher, o: KubernetesObject): Converted | null {
