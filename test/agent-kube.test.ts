@@ -149,6 +149,37 @@ describe('agent against the Kubernetes API', () => {
   }, 60_000);
 });
 
+describe('agent against an API whose EndpointSlices miss some services', () => {
+  test('each service takes its slices when it has any, its v1 Endpoints otherwise; the cluster IP then works', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    const back = Bun.serve({ hostname: '127.0.0.1', port: 0, fetch: () => new Response('from endpoints') });
+    try {
+      // "web" has slices; "old" only v1 Endpoints (no mirroring controller), pointing at a local backend.
+      api.apply(svc('web', '10.96.0.10'));
+      api.apply(slice('web', ['10.244.0.5']));
+      api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'old', namespace: 'default' }, spec: { clusterIP: '10.96.0.11', ports: [{ name: 'http', port: 80, protocol: 'TCP' }] } });
+      api.apply({ apiVersion: 'v1', kind: 'Endpoints', metadata: { name: 'old', namespace: 'default' }, subsets: [{ addresses: [{ ip: '127.0.0.1' }], ports: [{ name: 'http', port: back.port, protocol: 'TCP' }] }] });
+      const a = await startAgent(api, t.path, 'modules:\n  edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }\n');
+      try {
+        await waitFor(async () => (await getText(`${a.cfg.admin}/readyz`)).status === 200, 'readyz', 15_000);
+        const c = await a.catalog();
+        expect(c.endpoints.find((e) => e.name === 'web')).toMatchObject({ from: 'EndpointSlice' });
+        expect(c.endpoints.find((e) => e.name === 'old')).toMatchObject({ from: 'Endpoints' });
+        const ports = await waitFor(async () => (await getJson<{ service: string; listenPort: number; endpoints: number }[]>(`${a.cfg.admin}/debug/proxy`)).find((p) => p.service.startsWith('default/old') && p.endpoints === 1), 'the proxy port of "old"');
+        expect(await (await fetch(`http://127.0.0.1:${ports.listenPort}/`)).text()).toBe('from endpoints');
+      } finally {
+        await a.agent.stop();
+      }
+    } finally {
+      back.stop(true);
+      await api.stop();
+      t.cleanup();
+    }
+  });
+});
+
 describe('agent against an API without EndpointSlices or istio', () => {
   test('falls back to v1 Endpoints and treats missing CRDs as empty', async () => {
     const api = new FakeApiServer();

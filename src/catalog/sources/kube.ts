@@ -7,7 +7,8 @@
  *   removes whatever was deleted meanwhile.
  * - client-node's ListWatch stops on any error; each informer is restarted here with capped exponential backoff.
  *   A 410 Gone makes ListWatch relist and emit deletes for vanished objects, so the catalog converges.
- * - EndpointSlices are preferred; a server that does not serve them (404) gets v1 Endpoints instead.
+ * - EndpointSlices and v1 Endpoints are both watched; the catalog takes a service's slices when it has any,
+ *   its Endpoints otherwise (a server that does not serve slices at all, 404, relies on Endpoints alone).
  * - Optional kinds (Nodes, istio CRDs, Secrets) that are not installed or not permitted (404/403) count as
  *   empty, are reported once, and are retried slowly, so a cluster without istio works (the original logs
  *   list errors forever there).
@@ -274,6 +275,7 @@ export class KubeSource {
     const specs: KindSpec[] = [
       { kind: 'services', label: 'services', required: true, path: '/api/v1/services', list: () => this.core.listServiceForAllNamespaces(), convert: (o) => ({ kind: 'services', value: convertService(o, opts) }) },
       { kind: 'endpointSlices', label: 'endpointslices', required: true, path: '/apis/discovery.k8s.io/v1/endpointslices', list: () => this.discovery.listEndpointSliceForAllNamespaces(), convert: (o) => ({ kind: 'endpointSlices', value: convertEndpointSlice(o) }) },
+      this.endpointsSpec(),
       { kind: 'nodes', label: 'nodes', required: false, path: '/api/v1/nodes', list: () => this.core.listNode(), convert: (o) => ({ kind: 'nodes', value: convertNode(o) }) },
       istio('destinationrules', 'destinationRules', 'destinationrules', 'DestinationRule'),
     ];
@@ -302,16 +304,27 @@ export class KubeSource {
     return { server: this.server, synced: this.initialDone, kinds: this.watchers.map((w) => ({ kind: w.spec.label, state: w.state, error: w.lastError })) };
   }
 
-  /** The API does not serve EndpointSlices: replace that watcher by one on v1 Endpoints. */
+  /**
+   * The API does not serve EndpointSlices: v1 Endpoints (watched anyway, as optional) become required: readiness
+   * waits for them. The slice watcher goes.
+   */
   fallBackToEndpoints(w: KindWatcher): void {
     this.log.info('EndpointSlices are not served; using v1 Endpoints');
     void w.stop();
-    const ep = new KindWatcher(
-      { kind: 'endpoints', label: 'endpoints', required: true, path: '/api/v1/endpoints', list: () => this.core.listEndpointsForAllNamespaces(), convert: (o) => ({ kind: 'endpoints', value: convertEndpoints(o) }) },
-      this,
-    );
-    this.watchers = this.watchers.map((x) => (x === w ? ep : x));
+    const old = this.watchers.find((x) => x.spec.kind === 'endpoints');
+    void old?.stop();
+    const ep = new KindWatcher({ ...this.endpointsSpec(), required: true }, this);
+    this.watchers = this.watchers.filter((x) => x !== w && x !== old).concat(ep);
     ep.start();
+  }
+
+  /**
+   * v1 Endpoints, watched beside EndpointSlices: the catalog takes a service's slices when it has any and its
+   * Endpoints otherwise, so a service whose slices are missing (no mirroring controller, an older edge meta
+   * server answering the slice list empty) still has endpoints. Optional: forbidden or absent counts as empty.
+   */
+  private endpointsSpec(): KindSpec {
+    return { kind: 'endpoints', label: 'endpoints', required: false, path: '/api/v1/endpoints', list: () => this.core.listEndpointsForAllNamespaces(), convert: (o) => ({ kind: 'endpoints', value: convertEndpoints(o) }) };
   }
 
   onUpsert(w: KindWatcher, o: KubernetesObject): void {
