@@ -446,7 +446,8 @@ export class Agent {
         return;
       }
       if (r.forbidden) {
-        log.warn('not allowed to annotate this Node: other nodes cannot verify this one until it is done by hand', {
+        // 401/403: RBAC; 405: a server (an edge meta server, say) that does not take PATCH at all. Retrying helps neither.
+        log.warn('cannot annotate this Node: other nodes cannot verify this one until it is done by hand', {
           error: r.error, fix: `${byHand} (or grant "patch" on this Node: docs/security.md)`,
         });
         return;

@@ -412,8 +412,28 @@ describe('tunnel identity published on the Node (Kubernetes mode)', () => {
     api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0' } });
     const a = await startAgent(api, t.path, await tunnelCfg(t.path));
     try {
-      await a.agent.waitForLog(/not allowed to annotate this Node.*kubectl annotate node edge-0 edgemesh\.io\/peer-id=12D3KooW/);
+      await a.agent.waitForLog(/cannot annotate this Node.*forbidden \(403\).*kubectl annotate node edge-0 edgemesh\.io\/peer-id=12D3KooW/);
       expect((await getText(`${a.cfg.admin}/readyz`)).status).toBe(200);
+    } finally {
+      await a.agent.stop();
+      await api.stop();
+      t.cleanup();
+    }
+  });
+
+  test('a server that answers PATCH with 405: one line in our words with the fix, no retries', async () => {
+    const api = new FakeApiServer();
+    const t = tempDir();
+    await api.start();
+    api.noPatch = true;
+    api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-0' } });
+    const a = await startAgent(api, t.path, await tunnelCfg(t.path));
+    try {
+      await a.agent.waitForLog(/cannot annotate this Node.*error="the server does not allow this method here \(405\): this server only reads".*kubectl annotate node edge-0/);
+      await Bun.sleep(3000);
+      expect(api.patches.length).toBe(1);
+      expect(a.agent.logs).not.toContain('Unknown API Status Code');
+      expect(a.agent.logs).not.toContain('retrying');
     } finally {
       await a.agent.stop();
       await api.stop();

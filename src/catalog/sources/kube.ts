@@ -190,6 +190,25 @@ export function apiHint(mode: RunMode, cfg: KubeAPIConfig): { via: string; next:
   }
 }
 
+/**
+ * An API error in one line: the status code and the server's own message (client-node's text for an unexpected
+ * status is "Unknown API Status Code!" followed by the whole body and every header).
+ */
+export function apiError(e: unknown): string {
+  const code = (e as { code?: unknown }).code;
+  if (typeof code !== 'number') return shortError(describeError(e));
+  let message = '';
+  try {
+    const body = (e as { body?: unknown }).body;
+    const parsed = typeof body === 'string' ? (JSON.parse(body) as { message?: string }) : (body as { message?: string } | undefined);
+    message = parsed?.message ?? '';
+  } catch {
+    // not JSON: the status alone
+  }
+  const what = code === 405 ? 'the server does not allow this method here' : code === 404 ? 'not found' : code === 403 ? 'forbidden' : code === 401 ? 'unauthorized' : `HTTP ${code}`;
+  return `${what} (${code})${message ? `: ${message.slice(0, 200)}` : ''}`;
+}
+
 /** A connection error in our words (the HTTP client's "Is the computer able to access the url?" says nothing). */
 function shortError(err: string): string {
   if (/ECONNREFUSED/.test(err)) return 'connection refused';
@@ -237,7 +256,7 @@ export class KubeSource {
       return { value: node.metadata?.annotations?.[key] ?? null };
     } catch (e) {
       const code = (e as { code?: number }).code;
-      return { forbidden: code === 403 || code === 401, error: describeError(e) };
+      return { forbidden: code === 403 || code === 401 || code === 405, error: apiError(e) };
     }
   }
 
@@ -247,7 +266,7 @@ export class KubeSource {
       return null;
     } catch (e) {
       const code = (e as { code?: number }).code;
-      return { forbidden: code === 403 || code === 401, error: describeError(e) };
+      return { forbidden: code === 403 || code === 401 || code === 405, error: apiError(e) };
     }
   }
 
@@ -257,7 +276,7 @@ export class KubeSource {
       const pod = await this.core.readNamespacedPod({ name, namespace });
       return { labels: pod.metadata?.labels ?? {} };
     } catch (e) {
-      return { error: describeError(e) };
+      return { error: apiError(e) };
     }
   }
 
