@@ -170,6 +170,9 @@ export class Agent {
       }
       this.fileSource = new FileSource({ path, catalog: this.catalog, logger: this.log.child('catalog.file'), convert: this.convertOptions() });
       await this.fileSource.start();
+      // The file's objects are resolved now, not on the next turn: the modules start from the whole catalog
+      // (and their start-up logs count what it holds).
+      this.catalog.flush();
     } else {
       const kc = buildKubeConfig(loaded.mode, loaded.config.kubeAPIConfig);
       this.kubeSource = new KubeSource({ kc, role: loaded.role, catalog: this.catalog, logger: this.log.child('catalog.kube'), convert: this.convertOptions(), hint: apiHint(loaded.mode, loaded.config.kubeAPIConfig) });

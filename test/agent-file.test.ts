@@ -1,6 +1,6 @@
 /** The agent as a real process in standalone mode: file catalog, admin server, snapshot, signals. */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { chmodSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { hasLocalAddress } from '../src/net/bridge.ts';
 import { join } from 'node:path';
 import { AgentProcess, MAIN, getJson, getText, listening, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
@@ -301,7 +301,13 @@ describe('the README quick start', () => {
       const hello = ports.find((p) => p.service === 'default/hello:http')!;
       expect(await (await fetch(`http://127.0.0.1:${hello.listenPort}/`)).text()).toBe('hello from the example endpoint');
       expect(agent.logs).toContain('wrote an example catalog');
-      expect(agent.logs).toContain('interception=none');
+      expect(agent.logs).toContain('servicePorts=1 interception=none'); // counted after the file is read
+      // An edit that adds a service leaves hello's listener where it was.
+      const file = join(t.path, '.local/state/edgemesh/catalog.yaml');
+      appendFileSync(file, '---\napiVersion: v1\nkind: Service\nmetadata: { name: other, namespace: default }\nspec: { clusterIP: 10.96.0.101, ports: [{ name: http, port: 80 }] }\n');
+      await waitFor(async () => (await getJson<{ service: string }[]>('http://127.0.0.1:10551/debug/proxy')).some((p) => p.service === 'default/other:http') || null, 'the added service');
+      const after = (await getJson<{ service: string; listenPort: number }[]>('http://127.0.0.1:10551/debug/proxy')).find((p) => p.service === 'default/hello:http')!;
+      expect(after.listenPort).toBe(hello.listenPort);
     } finally {
       expect(await agent.stop()).toBe(0);
       backend.stop(true);
