@@ -3,7 +3,7 @@
  * Builds go to a temp dir so a developer's dist/ is left alone.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FakeApiServer } from './fixtures/apiserver.ts';
 import { AgentProcess, ROOT, freePort, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
@@ -198,13 +198,13 @@ describe('systemd unit and install.sh', () => {
     try {
       const env = { DESTDIR: t.path };
       const sh = (args: string[]) => runCli(args, { env, bin: ['sh', join(ROOT, 'scripts/install.sh')] });
-      const first = await sh(['--binary', hostBin]);
+      const first = await sh(['--binary', hostBin, '--mode', 'edge']);
       expect(first.code).toBe(0);
       const conf = join(t.path, 'etc/edgemesh/config/edgemesh-agent.yaml');
       for (const f of ['usr/local/bin/edgemesh', 'etc/systemd/system/edgemesh.service', 'etc/edgemesh/config/edgemesh-agent.yaml']) expect(existsSync(join(t.path, f))).toBe(true);
       expect((await runCli(['config', 'check', conf])).code).toBe(0);
       writeFileSync(conf, readFileSync(conf, 'utf8').replace('listenPort: 53', 'listenPort: 5353'));
-      const second = await sh(['--binary', hostBin]);
+      const second = await sh(['--binary', hostBin, '--mode', 'edge']);
       expect(second.code).toBe(0);
       expect(readFileSync(conf, 'utf8')).toContain('listenPort: 5353');
       expect((await runCli(['version'], { bin: [join(t.path, 'usr/local/bin/edgemesh')] })).code).toBe(0);
@@ -218,6 +218,62 @@ describe('systemd unit and install.sh', () => {
       const bad = await sh(['--binary', join(t.path, 'nope')]);
       expect(bad.code).toBe(1);
       expect(bad.stderr).toContain('npm run build');
+      const novalue = await sh(['--binary']);
+      expect([novalue.code, novalue.stderr.trim()]).toEqual([2, 'install.sh: --binary needs a value (try --help)']);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  test('install.sh: --dry-run changes nothing; standalone (detected without KubeEdge) writes a config and a catalog that check; an arm64 image is staged on x64', async () => {
+    const t = tempDir();
+    try {
+      const sh = (args: string[], root = t.path) => runCli(args, { env: { DESTDIR: root }, bin: ['sh', join(ROOT, 'scripts/install.sh')] });
+      const dry = await sh(['--binary', hostBin, '--dry-run']);
+      expect(dry.code).toBe(0);
+      expect(dry.stdout).toContain('mode: standalone (no KubeEdge here');
+      expect(dry.stdout).toContain(`+ cp ${hostBin} ${t.path}/usr/local/bin/edgemesh.new`);
+      expect(dry.stdout).toContain(`--- would write ${t.path}/etc/edgemesh/config/edgemesh-agent.yaml (mode 0644):`);
+      expect(dry.stdout).toContain('dry run: nothing was changed');
+      expect(readdirSync(t.path)).toEqual([]);
+
+      const std = await sh(['--binary', hostBin]);
+      expect(std.code).toBe(0);
+      const conf = join(t.path, 'etc/edgemesh/config/edgemesh-agent.yaml');
+      expect(readFileSync(conf, 'utf8')).toContain('file: /etc/edgemesh/catalog.yaml');
+      expect((await runCli(['config', 'check', conf])).code).toBe(0);
+      const catalog = join(t.path, 'etc/edgemesh/catalog.yaml');
+      // The example catalog is one the agent serves: DNS answers its service.
+      const agent = new AgentProcess(['agent', '--catalog', catalog, '--node-name', 'n1'], { env: { HOME: t.path, XDG_STATE_HOME: '' } });
+      try {
+        await waitFor(async () => (await getText('http://127.0.0.1:10551/readyz').catch(() => null))?.status === 200, 'the agent on the staged catalog');
+        expect((await getText('http://127.0.0.1:10551/debug/catalog')).body).toContain('"hello"');
+      } finally {
+        await agent.stop();
+      }
+
+      const manual = await sh(['--binary', hostBin, '--mode', 'manual', '--kubeconfig', '/etc/edgemesh/kubeconfig'], join(t.path, 'm'));
+      expect(manual.code).toBe(0);
+      expect(readFileSync(join(t.path, 'm/etc/edgemesh/config/edgemesh-agent.yaml'), 'utf8')).toContain('kubeConfig: /etc/edgemesh/kubeconfig');
+      expect((await sh(['--mode', 'manual'], join(t.path, 'm'))).stderr).toContain('--mode manual needs --kubeconfig FILE');
+
+      // An arm64 binary (built above under qemu, or an arm64 ELF header when qemu is missing) staged on x64.
+      let arm = armBin;
+      if (!existsSync(arm)) {
+        arm = join(t.path, 'fake-arm64');
+        const elf = new Uint8Array(64);
+        elf.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+        elf[18] = 0xb7;
+        writeFileSync(arm, elf, { mode: 0o755 });
+      }
+      const staged = await sh(['--binary', arm, '--arch', 'arm64', '--mode', 'edge'], join(t.path, 'a'));
+      expect(staged.stderr).toBe('');
+      expect(staged.code).toBe(0);
+      expect(staged.stdout).toContain('installed (edge, arm64)');
+      expect(readFileSync(join(t.path, 'a/usr/local/bin/edgemesh'))).toEqual(readFileSync(arm));
+      expect(readFileSync(join(t.path, 'a/etc/edgemesh/config/edgemesh-agent.yaml'), 'utf8')).toContain('server: http://127.0.0.1:10550');
+      const wrong = await sh(['--binary', arm, '--arch', 'amd64'], join(t.path, 'b'));
+      expect([wrong.code, wrong.stderr.trim()]).toEqual([1, `install.sh: --arch amd64, but ${arm} is built for arm64`]);
     } finally {
       t.cleanup();
     }
