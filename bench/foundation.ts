@@ -17,6 +17,14 @@ const root = resolve(import.meta.dir, '..');
 const runs = Number(process.argv.find((a) => a.startsWith('--runs='))?.slice(7) ?? 15);
 const dir = mkdtempSync(join(tmpdir(), 'edgemesh-bench-'));
 const log = (s: string) => process.stderr.write(s + '\n');
+/** Every agent this script starts: killed however it ends, so none is left holding a port. */
+const procs: ReturnType<typeof Bun.spawn>[] = [];
+process.on('exit', () => { for (const p of procs) p.kill('SIGKILL'); });
+/**
+ * Modules on loopback: a config file without them would take the edge defaults, DNS on 169.254.96.16:53, which
+ * as root creates the bridge and binds the host's port 53 (a node's real DNS address).
+ */
+const loopback = async () => `modules:\n  edgeDNS: { enable: true, listenAddress: 127.0.0.1, listenPort: ${await freePort()} }\n  edgeProxy: { enable: true, listenAddress: 127.0.0.1, interception: none }\n`;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
 
@@ -34,9 +42,10 @@ async function startToReady(bin: string, args: string[]): Promise<{ ms: number; 
   const port = await freePort();
   const admin = `127.0.0.1:${port}`;
   const cfg = join(dir, `cfg-${port}.yaml`);
-  writeFileSync(cfg, `commonConfig: { stateDir: ${join(dir, `state-${port}`)}, adminAddress: ${admin} }\n`);
+  writeFileSync(cfg, `commonConfig: { stateDir: ${join(dir, `state-${port}`)}, adminAddress: ${admin} }\n${await loopback()}`);
   const t0 = performance.now();
   const proc = Bun.spawn([bin, 'agent', '--config', cfg, '--node-name', 'bench', ...args], { stdout: 'ignore', stderr: 'ignore' });
+  procs.push(proc);
   for (;;) {
     try {
       const r = await fetch(`http://${admin}/readyz`);
@@ -80,9 +89,10 @@ try {
   for (let i = 0; i < 1000; i++) api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: `s${i}`, namespace: `ns${i % 20}` }, spec: { clusterIP: `10.96.${i >> 8}.${i & 255}`, ports: [{ port: 80 }] } });
   const admin = `127.0.0.1:${await freePort()}`;
   const cfg = join(dir, 'kube.yaml');
-  writeFileSync(cfg, `commonConfig: { stateDir: ${join(dir, 'kube-state')}, adminAddress: ${admin} }\nkubeAPIConfig: { master: ${api.url} }\n`);
+  writeFileSync(cfg, `commonConfig: { stateDir: ${join(dir, 'kube-state')}, adminAddress: ${admin} }\nkubeAPIConfig: { master: ${api.url} }\n${await loopback()}`);
   const t0 = performance.now();
   const proc = Bun.spawn([fast, 'agent', '--config', cfg, '--node-name', 'bench'], { stdout: 'ignore', stderr: 'inherit' });
+  procs.push(proc);
   for (;;) {
     try { if ((await fetch(`http://${admin}/readyz`)).status === 200) break; } catch {}
     await Bun.sleep(1);
@@ -93,7 +103,6 @@ try {
   await Bun.sleep(5000);
   const idleFile = await startToReady(fast, ['--catalog', catalog]);
   await Bun.sleep(5000);
-  process.on('exit', () => { idleFile.proc.kill('SIGKILL'); proc.kill('SIGKILL'); });
   const rss = { file: rssMiB(idleFile.proc.pid), kube1000: rssMiB(proc.pid) };
   idleFile.proc.kill('SIGTERM');
   log(`idle RSS after 5 s: file catalog ${rss.file.toFixed(1)} MiB, Kubernetes source with 1,000 services ${rss.kube1000.toFixed(1)} MiB; start-up to /readyz with 1,000 services from the API: ${kubeReadyMs.toFixed(0)} ms`);
@@ -116,5 +125,6 @@ try {
   await api.stop();
   console.log(JSON.stringify({ sizes, startupMs: { plain: median(startup.plain!), bytecode: median(startup.bytecode!) }, rssMiB: rss, kubeReadyMs, e2eMs: { p50: median(e2e), p99: pct(e2e, 99) } }, null, 2));
 } finally {
+  for (const p of procs) p.kill('SIGKILL');
   rmSync(dir, { recursive: true, force: true });
 }
