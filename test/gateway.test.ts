@@ -26,12 +26,13 @@ function backend(name: string) {
       return Response.json({
         name, path: url.pathname + url.search, host: req.headers.get('host'), method: req.method, body,
         xff: req.headers.get('x-forwarded-for'), proto: req.headers.get('x-forwarded-proto'), rid: req.headers.get('x-request-id'),
+        env: req.headers.get('x-env'), added: req.headers.get('x-added'), secret: req.headers.get('x-secret'),
       });
     },
   });
 }
 
-type Reply = { name: string; path: string; host: string; method: string; body: string; xff: string; proto: string; rid: string };
+type Reply = { name: string; path: string; host: string; method: string; body: string; xff: string; proto: string; rid: string; env: string | null; added: string | null; secret: string | null };
 
 const svc = (ns: string, name: string, ip: string, port: number, ep: number) => `apiVersion: v1
 kind: Service
@@ -115,6 +116,17 @@ spec:
       route: [{ destination: { host: nope } }]
     - match: [{ uri: { prefix: /ws } }]
       route: [{ destination: { host: ws } }]
+    - match: [{ uri: { exact: /headers } }]
+      headers:
+        request: { set: { x-env: prod }, add: { x-added: "1" }, remove: [x-secret] }
+        response: { set: { x-served-by: edge }, remove: [content-type] }
+      route: [{ destination: { host: web } }]
+    - match: [{ uri: { prefix: /old } }]
+      redirect: { uri: /new, redirectCode: 308 }
+    - match: [{ uri: { exact: /elsewhere } }]
+      redirect: { authority: other.example.org, scheme: https }
+    - match: [{ uri: { exact: /teapot } }]
+      directResponse: { status: 418, body: { string: "short and stout" } }
 ---
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
@@ -215,6 +227,20 @@ spec:
     expect((await json('api.example.com', '/items/7')).name).toBe('other');
     expect((await json('api.example.com', '/items/x7')).name).toBe('web'); // the regex must match the whole path
     expect((await json('api.example.com', '/split?w=2')).name).toBe('web'); // query mismatch: the catch-all
+  });
+
+  test('header operations per route, redirects and direct responses', async () => {
+    const r = await fetch(`http://127.0.0.1:${port}/headers`, { headers: { host: 'api.example.com', 'x-env': 'dev', 'x-secret': 's3cret' } });
+    const body = (await r.json()) as Reply;
+    expect([body.env, body.added, body.secret]).toEqual(['prod', '1', null]);
+    expect(r.headers.get('x-served-by')).toBe('edge');
+    expect(r.headers.get('content-type')).toBeNull();
+    const moved = await fetch(`http://127.0.0.1:${port}/old/page?q=1`, { headers: { host: 'api.example.com' }, redirect: 'manual' });
+    expect([moved.status, moved.headers.get('location')]).toEqual([308, `http://api.example.com/new?q=1`]);
+    const away = await fetch(`http://127.0.0.1:${port}/elsewhere`, { headers: { host: 'api.example.com' }, redirect: 'manual' });
+    expect([away.status, away.headers.get('location')]).toEqual([301, 'https://other.example.org/elsewhere']);
+    const tea = await get('api.example.com', '/teapot');
+    expect([tea.status, tea.text]).toEqual([418, 'short and stout']);
   });
 
   test('weights: 80/20 over 1,000 requests, each within ±10% of its share', async () => {

@@ -294,6 +294,7 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
     const d = decide(this.table, port, { host, method: head.method, target: head.target, header: (n) => head.headers.find(([k]) => k === n)?.[1] ?? null });
     if ('status' in d) return d;
     if (head.upgrade && head.upgrade !== 'websocket') return { status: 501, reason: `upgrade to ${head.upgrade} is not supported (websocket is)` };
+    if (d.route.redirect || d.route.direct) return { route: d.route, match: d.match, backendKey: '' }; // answered by the listener
     const b = this.backend(pickDestination(d.route));
     if (typeof b === 'string') return { status: 503, reason: `no healthy upstream: ${b}` };
     return { route: d.route, match: d.match, backendKey: b.key };

@@ -48,11 +48,31 @@ export interface HttpRoute {
   destinations: Destination[];
   totalWeight: number;
   rewrite: { uri?: string; authority?: string } | null;
+  /** `headers.request` / `headers.response`: set (replace), add (append), remove; names lower case. */
+  requestHeaders: HeaderOps | null;
+  responseHeaders: HeaderOps | null;
+  /** `redirect`: answered here (301 by default), no destination. */
+  redirect: { uri?: string; authority?: string; port?: number; scheme?: string; code: number } | null;
+  /** `directResponse`: answered here with this status and body, no destination. */
+  direct: { status: number; body: string } | null;
   /** 0: none (istio's default). */
   timeoutMs: number;
   /** Attempts after the first on a connect failure (istio's default is 2). */
   retries: number;
   perTryTimeoutMs: number;
+}
+
+export interface HeaderOps {
+  set: [string, string][];
+  add: [string, string][];
+  remove: string[];
+}
+
+function headerOps(v: JsonValue | undefined): HeaderOps | null {
+  if (!isObj(v)) return null;
+  const pairs = (x: JsonValue | undefined): [string, string][] => (isObj(x) ? Object.entries(x).filter(([k, val]) => /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(k) && typeof val === 'string' && !/[\r\n\0]/.test(val)).map(([k, val]) => [k.toLowerCase(), val as string]) : []);
+  const ops = { set: pairs(v.set), add: pairs(v.add), remove: arr(v.remove).map(str).filter(Boolean).map((h) => h.toLowerCase()) };
+  return ops.set.length || ops.add.length || ops.remove.length ? ops : null;
 }
 
 export interface TcpRoute {
@@ -185,18 +205,33 @@ function compileHttp(vs: IstioObject, r: JsonObject, i: number, domain: string, 
     }) : [],
   }));
   const destinations = arr(r.route).map((d) => parseDestination(d, vs.namespace, domain)).filter((d): d is Destination => !!d);
-  if (!destinations.length) {
-    problems.push(`${id}: no usable destination (a Service name, name.namespace or name.namespace.svc.${domain}); the route is skipped`);
+  const redirect = isObj(r.redirect)
+    ? {
+        ...(typeof r.redirect.uri === 'string' ? { uri: r.redirect.uri } : {}),
+        ...(typeof r.redirect.authority === 'string' ? { authority: r.redirect.authority } : {}),
+        ...(typeof r.redirect.port === 'number' ? { port: r.redirect.port } : {}),
+        ...(typeof r.redirect.scheme === 'string' ? { scheme: r.redirect.scheme } : {}),
+        code: typeof r.redirect.redirectCode === 'number' && r.redirect.redirectCode >= 300 && r.redirect.redirectCode < 400 ? r.redirect.redirectCode : 301,
+      }
+    : null;
+  const dr = isObj(r.directResponse) && typeof r.directResponse.status === 'number' && r.directResponse.status >= 200 && r.directResponse.status < 600 ? r.directResponse : null;
+  const direct = dr ? { status: dr.status as number, body: isObj(dr.body) && typeof dr.body.string === 'string' ? dr.body.string : '' } : null;
+  if (!destinations.length && !redirect && !direct) {
+    problems.push(`${id}: no usable destination (a Service name, name.namespace or name.namespace.svc.${domain}), redirect or directResponse; the route is skipped`);
     return null;
   }
   if (destinations.length === 1 && destinations[0]!.weight === 0) destinations[0]!.weight = 100;
+  const hdr = isObj(r.headers) ? r.headers : {};
   const totalWeight = destinations.reduce((a, d) => a + d.weight, 0);
   const rw = isObj(r.rewrite) ? { uri: typeof r.rewrite.uri === 'string' ? r.rewrite.uri : undefined, authority: typeof r.rewrite.authority === 'string' ? r.rewrite.authority : undefined } : null;
   const timeout = parseDuration(r.timeout);
   if (timeout === null) problems.push(`${id}: timeout ${JSON.stringify(r.timeout)} is not a duration (e.g. "5s"); no timeout`);
   const retries = isObj(r.retries) && typeof r.retries.attempts === 'number' ? Math.max(0, Math.min(10, r.retries.attempts)) : 2;
   const perTry = isObj(r.retries) ? parseDuration(r.retries.perTryTimeout) ?? 0 : 0;
-  return { id, matches, destinations, totalWeight, rewrite: rw, timeoutMs: (timeout ?? 0) * 1000, retries, perTryTimeoutMs: perTry * 1000 };
+  return {
+    id, matches, destinations, totalWeight, rewrite: rw, requestHeaders: headerOps(hdr.request), responseHeaders: headerOps(hdr.response),
+    redirect, direct, timeoutMs: (timeout ?? 0) * 1000, retries, perTryTimeoutMs: perTry * 1000,
+  };
 }
 
 function parseTls(v: JsonValue | undefined): ServerTls | null {

@@ -33,6 +33,7 @@ const HOST = /^(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::
 const enc = new TextEncoder();
 /** Request headers that belong to one hop (RFC 9110 §7.6.1): never forwarded. Host is rewritten separately. */
 const HOP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'host', 'x-forwarded-proto', 'x-forwarded-for', 'x-request-id']);
+const FRAMING = new Set(['content-length', 'transfer-encoding', 'host']);
 const HOP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade']);
 const REASONS: Record<number, string> = { 400: 'Bad Request', 404: 'Not Found', 408: 'Request Timeout', 413: 'Content Too Large', 431: 'Request Header Fields Too Large', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout', 505: 'HTTP Version Not Supported' };
 
@@ -255,6 +256,7 @@ export class Client implements UpstreamOwner {
     if (head.framing.kind === 'length' && head.framing.length > this.l.settings.maxBodyBytes) return this.reply(413, `request body over ${this.l.settings.maxBodyBytes} bytes`, true);
     const d = this.l.router.decide(head, host, this.l.port);
     if ('status' in d) return this.reply(d.status, d.reason, hasBody);
+    if (d.route.redirect || d.route.direct) return this.answerHere(d, head, hostHeader, hasBody);
     this.plan = d;
     this.reqPhase = 'connect';
     this.upHead = this.buildUpstreamHead(head, hostHeader, d);
@@ -264,18 +266,54 @@ export class Client implements UpstreamOwner {
     this.connect();
   }
 
+  /** A route that answers itself: `redirect` (Location built from the request and the route) or `directResponse`. */
+  private answerHere(p: Plan, h: RequestHead, hostHeader: string, hasBody: boolean): void {
+    const r = p.route;
+    const closeIt = hasBody || !h.keepAlive || this.clientEnded;
+    let status: number, extra = '', body: string;
+    if (r.redirect) {
+      const rd = r.redirect;
+      const q = h.target.indexOf('?');
+      const path = rd.uri ?? (q < 0 ? h.target : h.target.slice(0, q));
+      const query = q < 0 ? '' : h.target.slice(q);
+      const hostOnly = (rd.authority ?? hostHeader).replace(/:\d+$/, '');
+      const port = rd.port ?? (rd.authority ? undefined : Number(/:(\d+)$/.exec(hostHeader)?.[1] ?? 0) || undefined);
+      const location = `${rd.scheme ?? (this.l.tls ? 'https' : 'http')}://${hostOnly}${port ? `:${port}` : ''}${path}${query}`;
+      status = rd.code;
+      extra = `location: ${location}\r\n`;
+      body = '';
+    } else {
+      status = r.direct!.status;
+      body = r.direct!.body;
+    }
+    const ops = r.responseHeaders;
+    const lines: string[] = [];
+    if (ops) {
+      for (const [k, v] of [...ops.set, ...ops.add]) if (!ops.remove.includes(k)) lines.push(`${k}: ${v}\r\n`);
+    }
+    this.clientWrite(enc.encode(`HTTP/1.1 ${status} ${REASONS[status] ?? ''}\r\n${extra}${lines.join('')}content-length: ${Buffer.byteLength(body)}\r\n${closeIt ? 'connection: close\r\n' : ''}\r\n${body}`));
+    this.l.router.record(r.id, status, (performance.now() - this.t0) / 1000);
+    this.resetExchange();
+    if (closeIt) this.endAfterFlush();
+    else this.nextRequest();
+  }
+
   private buildUpstreamHead(h: RequestHead, hostHeader: string, p: Plan): Uint8Array {
     const lines = [`${h.method} ${rewriteTarget(h.target, p.route, p.match)} HTTP/1.${h.minor}`, `host: ${p.route.rewrite?.authority ?? hostHeader}`];
     let xff = '';
     let rid = '';
+    const ops = p.route.requestHeaders;
     for (const [k, v] of h.headers) {
       if (HOP_REQUEST.has(k)) {
         if (k === 'x-forwarded-for') xff = xff ? `${xff}, ${v}` : v;
         else if (k === 'x-request-id') rid = v;
         continue;
       }
+      if (ops && !FRAMING.has(k) && (ops.remove.includes(k) || ops.set.some(([n]) => n === k))) continue;
       lines.push(`${k}: ${v}`);
     }
+    // The body's framing is the client's, passed through: a route cannot change it (nor Host: rewrite.authority does).
+    if (ops) for (const [k, v] of [...ops.set, ...ops.add]) if (!ops.remove.includes(k) && !HOP_REQUEST.has(k) && !FRAMING.has(k)) lines.push(`${k}: ${v}`);
     if (h.upgrade === 'websocket') lines.push('connection: upgrade', 'upgrade: websocket');
     else if (h.minor === 0) lines.push('connection: keep-alive');
     lines.push(`x-forwarded-for: ${xff ? `${xff}, ${this.clientIP}` : this.clientIP}`, `x-forwarded-proto: ${this.l.tls ? 'https' : 'http'}`, `x-request-id: ${rid || crypto.randomUUID()}`);
@@ -443,7 +481,14 @@ export class Client implements UpstreamOwner {
 
   private responseHead(rh: ResponseHead, close: boolean): Uint8Array {
     const lines = [`HTTP/1.1 ${rh.status} ${rh.reason}`];
-    for (const [k, v] of rh.headers) if (!HOP_RESPONSE.has(k)) lines.push(`${k}: ${v}`);
+    const ops = rh.status >= 200 ? this.plan?.route.responseHeaders : null;
+    for (const [k, v] of rh.headers) {
+      if (HOP_RESPONSE.has(k)) continue;
+      if (ops && !FRAMING.has(k) && (ops.remove.includes(k) || ops.set.some(([n]) => n === k))) continue;
+      lines.push(`${k}: ${v}`);
+    }
+    // Framing headers stay the backend's: a route cannot set or remove content-length or transfer-encoding.
+    if (ops) for (const [k, v] of [...ops.set, ...ops.add]) if (!ops.remove.includes(k) && !HOP_RESPONSE.has(k) && !FRAMING.has(k)) lines.push(`${k}: ${v}`);
     if (rh.status === 101) lines.push('connection: upgrade', `upgrade: ${this.head?.upgrade ?? ''}`);
     else if (close) lines.push('connection: close');
     else if (this.head?.minor === 0) lines.push('connection: keep-alive');
