@@ -158,21 +158,7 @@ else
   fi
 fi
 if [ "$mode" = standalone ] && [ ! -e "$catalog" ]; then
-  write "$catalog" 0644 <<'EOF'
-# edgemesh standalone catalog: Kubernetes objects exactly as `kubectl get -o yaml` prints them (Service,
-# Endpoints or EndpointSlice, Node, istio DestinationRule, Gateway, VirtualService). See docs/catalog.md.
-apiVersion: v1
-kind: Service
-metadata: { name: hello, namespace: default }
-spec:
-  clusterIP: 10.96.0.100
-  ports: [{ name: http, port: 80, targetPort: 8080, protocol: TCP }]
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: hello, namespace: default }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 8080, protocol: TCP }] }]
-EOF
+  $cli config example-catalog | write "$catalog" 0644
   echo "$did an example catalog to $catalog"
 fi
 if [ ! -e "$env_file" ]; then

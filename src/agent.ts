@@ -12,6 +12,7 @@ import { dirname } from 'node:path';
 import { Catalog } from './catalog/catalog.ts';
 import type { ConvertOptions } from './catalog/convert.ts';
 import { catalogDebugView } from './catalog/debug-view.ts';
+import { EXAMPLE_CATALOG } from './catalog/example.ts';
 import { SnapshotWriter, loadSnapshot } from './catalog/snapshot.ts';
 import { FileSource } from './catalog/sources/file.ts';
 import { KubeSource, apiHint, buildKubeConfig } from './catalog/sources/kube.ts';
@@ -71,28 +72,6 @@ export interface AgentDeps {
   reload?: () => LoadedConfig;
 }
 
-/** The example catalog the embedded default starts with, so `edgemesh agent` shows something on a fresh machine. */
-export const EXAMPLE_CATALOG = `# edgemesh standalone catalog: Kubernetes objects exactly as \`kubectl get -o yaml\` prints them.
-# Edit and save: the agent applies changes within a second. See docs/catalog.md.
-apiVersion: v1
-kind: Service
-metadata: { name: hello, namespace: default }
-spec:
-  clusterIP: 10.96.0.100
-  ports: [{ name: http, port: 80, targetPort: 8080, protocol: TCP }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: hello-1
-  namespace: default
-  labels: { kubernetes.io/service-name: hello }
-addressType: IPv4
-ports: [{ name: http, port: 8080, protocol: TCP }]
-endpoints:
-  - addresses: [127.0.0.1]
-    conditions: { ready: true }
-`;
 
 export class Agent {
   readonly catalog: Catalog;

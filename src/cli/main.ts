@@ -5,6 +5,7 @@
  *
  *   edgemesh agent --catalog ./catalog.yaml --node-name edge-1
  */
+import { EXAMPLE_CATALOG } from '../catalog/example.ts';
 import { Command, CommanderError } from 'commander';
 import { EdgeMeshError, describeError, exitCodeFor } from '../errors.ts';
 import { VERSION } from '../version.ts';
@@ -46,6 +47,10 @@ export function buildProgram(): Command {
     .option('--gateway', 'the gateway\'s config instead of the agent\'s')
     .option('--standalone', 'the embedded standalone default (what runs with no config file)')
     .action((o: { gateway?: boolean; standalone?: boolean }) => configDefaults(o));
+  config
+    .command('example-catalog')
+    .description('print the example catalog file (one service and its endpoint) to start a standalone node from')
+    .action(() => void process.stdout.write(EXAMPLE_CATALOG));
   config
     .command('check')
     .description('validate a config file (or the original\'s ConfigMap holding one) and list every problem with its line (exit 2 if any)')
