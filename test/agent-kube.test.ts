@@ -393,7 +393,9 @@ describe('tunnel identity published on the Node (Kubernetes mode)', () => {
       await a.agent.waitForLog(/published the tunnel peer ID on this node.*replaced=12D3KooWA9AvBp/);
       expect(api.patches.length).toBe(1);
       expect(ours).not.toBe(OTHER);
-      // Someone rebinds edge-9 while we run.
+      // Someone rebinds edge-9 while we run (once the agent's catalog holds the first binding: before its initial
+      // sync, the new binding would be the first one it sees, and nothing changed from its point of view).
+      await waitFor(async () => (await getText(`${a.cfg.admin}/readyz`)).status === 200 || null, 'the initial sync', 15_000);
       api.apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'edge-9', annotations: { 'edgemesh.io/peer-id': ours } } });
       await a.agent.waitForLog(/a node's tunnel binding changed.*node=edge-9/);
       await waitFor(async () => (await getText(`${a.cfg.admin}/metrics`)).body.includes('edgemesh_tunnel_binding_changes_total 1') || null, 'the binding change counted');
