@@ -117,7 +117,8 @@ class StreamConn extends Pump {
 
   clientData(chunk: Uint8Array): void {
     if (!this.routing) return void this.data(0, chunk);
-    if (this.l.mode === 'tcp') return void this.data(0, chunk); // held by the pump until the backend is attached
+    // Held by the pump until the backend is attached; the client waits meanwhile (attach resumes it).
+    if (this.l.mode === 'tcp') return this.hold(chunk);
     const buf = this.hello ? Buffer.concat([this.hello, chunk]) : new Uint8Array(chunk);
     this.hello = buf;
     const sni = clientHelloSni(buf);
@@ -127,8 +128,12 @@ class StreamConn extends Pump {
     }
     if (sni === null) return this.refuse('the first bytes are not a TLS ClientHello with a server name');
     this.hello = null;
-    this.data(0, buf);
+    this.hold(buf);
     this.route(sni);
+  }
+
+  private hold(b: Uint8Array): void {
+    if (!this.data(0, b)) this.sock?.pause();
   }
 
   private refuse(why: string, routeId = '(none)'): void {
