@@ -20,7 +20,7 @@ describe.skipIf(!tools)('edge gateway (HTTPS)', () => {
   const t = tempDir('edgemesh-gwtls-');
   const d = t.path;
   const backend = Bun.serve({ hostname: '127.0.0.1', port: 0, fetch: (req) => new Response(`hello ${req.headers.get('x-forwarded-proto')} ${new URL(req.url).pathname}`) });
-  let port = 0, passPort = 0, tcpPort = 0;
+  let port = 0, passPort = 0, tcpPort = 0, termPort = 0;
   let gw: AgentProcess;
   // Backends that terminate TLS themselves (passthrough), and a TCP echo.
   const tlsBackends: ReturnType<typeof Bun.serve>[] = [];
@@ -101,7 +101,8 @@ spec:
   selector: { kubeedge: edgemesh-gateway }
   servers:
     - { port: { number: ${passPort}, name: tls, protocol: TLS }, hosts: ["*.example.com"], tls: { mode: PASSTHROUGH } }
-    - { port: { number: ${tcpPort}, name: tcp, protocol: TCP }, hosts: ["*"] }`,
+    - { port: { number: ${tcpPort}, name: tcp, protocol: TCP }, hosts: ["*"] }
+    - { port: { number: ${termPort}, name: tls-term, protocol: TLS }, hosts: [b.example.com], tls: { mode: SIMPLE, credentialName: b-cert } }`,
     `apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata: { name: streams, namespace: shop }
@@ -112,7 +113,8 @@ spec:
     - { match: [{ sniHosts: [p.example.com] }], route: [{ destination: { host: tls-p } }] }
     - { match: [{ sniHosts: [q.example.com] }], route: [{ destination: { host: tls-q, port: { number: 443 } } }] }
   tcp:
-    - { match: [{ port: ${tcpPort} }], route: [{ destination: { host: echo } }] }`,
+    - { match: [{ port: ${tcpPort} }], route: [{ destination: { host: echo } }] }
+    - { match: [{ port: ${termPort} }], route: [{ destination: { host: echo } }] }`,
   ].join('\n---\n') + '\n';
 
   beforeAll(async () => {
@@ -120,7 +122,7 @@ spec:
     for (const n of ['p', 'q']) {
       tlsBackends.push(Bun.serve({ hostname: '127.0.0.1', port: 0, tls: { cert: readFileSync(join(d, `${n}.crt`), 'utf8'), key: readFileSync(join(d, `${n}.key`), 'utf8') }, fetch: () => new Response(`${n}-backend`) }));
     }
-    [port, passPort, tcpPort] = [await freePort(), await freePort(), await freePort()];
+    [port, passPort, tcpPort, termPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
     writeFileSync(catalog, catalogText('a'));
     const cfg = await writeAgentConfig(d, 'modules:\n  edgeGateway: { includeIP: 127.0.0.1 }\n', 'gateway');
     gw = new AgentProcess(['gateway', '--config', cfg.path, '--catalog', catalog, '--node-name', 'gw']);
@@ -212,5 +214,18 @@ spec:
       } });
     });
     expect(got).toBe('ping over tcp');
+  });
+
+  test('TLS servers in SIMPLE mode: TLS ends here (the Secret\'s certificate), the plain bytes go to the tcp route', async () => {
+    const got = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      void Bun.connect({ hostname: '127.0.0.1', port: termPort, tls: { serverName: 'b.example.com', ca: readFileSync(join(d, 'ca.crt'), 'utf8') }, socket: {
+        open(sock) { sock.write('hello through TLS'); },
+        data(sock, b) { out += b.toString(); if (out.length >= 17) sock.end(); },
+        close() { resolve(out); },
+        connectError(_s, e) { reject(e); },
+      } }).catch(reject);
+    });
+    expect(got).toBe('hello through TLS');
   });
 });

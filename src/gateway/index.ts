@@ -147,7 +147,7 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
   status(): GatewayStatus {
     return {
       addresses: this.watch?.addresses ?? [],
-      listeners: [...this.listeners.values()].map((l) => ({ address: l.address, port: l.port, protocol: l.protocol, tls: l.protocol === 'HTTPS', state: l.server ? 'listening' : 'failed', error: l.error })),
+      listeners: [...this.listeners.values()].map((l) => ({ address: l.address, port: l.port, protocol: l.protocol, tls: l.protocol === 'HTTPS' || l.protocol === 'TLS-TERMINATE', state: l.server ? 'listening' : 'failed', error: l.error })),
       routes: [...this.routeStats].map(([id, s]) => ({ id, ...s })),
       problems: this.table.problems,
     };
@@ -170,7 +170,8 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
   private rebuildCertificates(): void {
     const next = new Map<number, PortCertificates>();
     for (const pt of this.table.ports.values()) {
-      if (portKind(pt) !== 'HTTPS') continue;
+      const kind = portKind(pt);
+      if (kind !== 'HTTPS' && kind !== 'TLS-TERMINATE') continue;
       const c = new PortCertificates(pt, this.snap);
       const old = this.certs.get(pt.port);
       next.set(pt.port, old && old.key === c.key ? old : c);
@@ -196,15 +197,14 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
         this.warnOnce(`port ${pt.port}: protocol ${pt.protocol} is not served (HTTP, HTTPS, TLS passthrough and TCP are)`);
         continue;
       }
-      if (kind !== 'HTTPS') {
+      if (kind !== 'HTTPS' && kind !== 'TLS-TERMINATE') {
         for (const address of this.watch.addresses) want.set(`${kind} ${address}:${pt.port}`, { address, port: pt.port, protocol: kind });
         continue;
       }
       if (!this.certs.get(pt.port)?.entries.length) continue; // no usable certificate: said in the problems
       // The TLS version range is fixed when a listener starts: a change of it starts a new one (tls.ts).
-      const b = pt.protocol === 'HTTPS' ? this.certs.get(pt.port)!.bounds : null;
-      const range = b ? ` ${b.minVersion}-${b.maxVersion}` : '';
-      for (const address of this.watch.addresses) want.set(`${pt.protocol} ${address}:${pt.port}${range}`, { address, port: pt.port, protocol: pt.protocol });
+      const b = this.certs.get(pt.port)!.bounds;
+      for (const address of this.watch.addresses) want.set(`${kind} ${address}:${pt.port} ${b.minVersion}-${b.maxVersion}`, { address, port: pt.port, protocol: kind });
     }
     for (const [key, l] of this.listeners) {
       if (want.has(key)) continue;
@@ -218,8 +218,9 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
       const l: Listener = have ?? { ...w, server: null, error: null, starting: false };
       this.listeners.set(key, l);
       const port = w.port;
-      const server = w.protocol === 'TCP' || w.protocol === 'TLS'
-        ? new StreamListener(w.address, w.port, w.protocol === 'TCP' ? 'tcp' : 'tls', this, this.d.config.requestHeadTimeoutMs)
+      const certs = () => this.certs.get(port)!;
+      const server = w.protocol === 'TCP' || w.protocol === 'TLS' || w.protocol === 'TLS-TERMINATE'
+        ? new StreamListener(w.address, w.port, w.protocol === 'TLS' ? 'tls' : 'tcp', this, this.d.config.requestHeadTimeoutMs, w.protocol === 'TLS-TERMINATE' ? certs : undefined)
         : new HttpListener(w.address, w.port, this, this.settings, w.protocol === 'HTTPS' ? () => this.certs.get(port)! : undefined);
       l.starting = true;
       server.start().then(
@@ -393,15 +394,16 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
 }
 
 /** How a server port is served: its protocol, with HTTPS in PASSTHROUGH mode served as TLS passthrough. */
-function portKind(pt: PortTable): 'HTTP' | 'HTTPS' | 'TLS' | 'TCP' | null {
+function portKind(pt: PortTable): 'HTTP' | 'HTTPS' | 'TLS' | 'TLS-TERMINATE' | 'TCP' | null {
   const passthrough = pt.servers.every((s) => s.tls?.mode === 'PASSTHROUGH' || s.tls?.mode === 'AUTO_PASSTHROUGH');
+  const terminate = pt.servers.every((s) => s.tls?.mode === 'SIMPLE' || s.tls?.mode === 'MUTUAL');
   switch (pt.protocol) {
     case 'HTTP':
       return 'HTTP';
     case 'HTTPS':
       return passthrough ? 'TLS' : 'HTTPS';
     case 'TLS':
-      return passthrough ? 'TLS' : null;
+      return passthrough ? 'TLS' : terminate ? 'TLS-TERMINATE' : null;
     case 'TCP':
       return 'TCP';
     default:

@@ -1,6 +1,6 @@
 /**
  * gateway/ — byte-stream server ports: `TCP` servers (one destination per port, from the VirtualServices' `tcp`
- * routes) and TLS passthrough (`TLS` servers, or `HTTPS` with `mode: PASSTHROUGH`), routed by the SNI name of the
+ * routes; also `TLS` servers in SIMPLE or MUTUAL mode, TLS terminated by tls.ts first) and TLS passthrough (`TLS` servers, or `HTTPS` with `mode: PASSTHROUGH`), routed by the SNI name of the
  * client's ClientHello to the `tls` route whose `sniHosts` match it, the bytes passed on untouched (the backend
  * terminates TLS). Each connection is a Pump (dial/pump.ts) between the client socket and a pipe to an endpoint
  * (local or through the tunnel), so backpressure, half-close and resets behave as in the proxy.
@@ -13,6 +13,7 @@ import type { Pipe } from '../dial/contract.ts';
 import { Pump } from '../dial/pump.ts';
 import { describeError } from '../errors.ts';
 import type { LbEndpoint } from '../lb/balancer.ts';
+import { type PortCertificates, listenTls } from './tls.ts';
 
 const MAX_HELLO = 16 * 1024;
 
@@ -92,7 +93,7 @@ export interface StreamRouter {
 }
 
 class StreamConn extends Pump {
-  sock: Socket<StreamConn> | null = null;
+  sock: Pipe | null = null;
   hello: Uint8Array | null = null;
   started = Date.now();
   routing = true;
@@ -107,11 +108,11 @@ class StreamConn extends Pump {
     this.l.conns.delete(this);
   }
 
-  opened(s: Socket<StreamConn>): void {
+  opened(s: Pipe, remoteAddress: string): void {
     this.sock = s;
-    this.clientIP = s.remoteAddress;
+    this.clientIP = remoteAddress;
     this.l.conns.add(this);
-    this.attach(0, s as unknown as Pipe);
+    this.attach(0, s);
     if (this.l.mode === 'tcp') this.route(null);
   }
 
@@ -175,7 +176,7 @@ class StreamConn extends Pump {
 
 const HANDLERS: Bun.SocketHandler<StreamConn, 'uint8array'> = {
   binaryType: 'uint8array',
-  open: (s) => s.data.opened(s),
+  open: (s) => s.data.opened(s as unknown as Pipe, s.remoteAddress),
   data: (s, d) => s.data.clientData(d),
   drain: (s) => s.data.drain(0),
   end: (s) => s.data.end(0),
@@ -183,16 +184,29 @@ const HANDLERS: Bun.SocketHandler<StreamConn, 'uint8array'> = {
   error: (s) => s.data.close(true),
 };
 
-/** One address:port of a TCP or TLS passthrough server. */
+/**
+ * One address:port of a TCP or TLS passthrough server; with `certs`, a TLS server terminated here whose decrypted
+ * bytes go to the port's tcp route (`TLS` servers in SIMPLE or MUTUAL mode).
+ */
 export class StreamListener {
   readonly conns = new Set<StreamConn>();
   private server: TCPSocketListener<StreamConn> | null = null;
+  private tlsServer: import('node:tls').Server | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
 
-  constructor(readonly address: string, readonly port: number, readonly mode: 'tcp' | 'tls', readonly router: StreamRouter, readonly helloTimeoutMs: number) {}
+  constructor(readonly address: string, readonly port: number, readonly mode: 'tcp' | 'tls', readonly router: StreamRouter, readonly helloTimeoutMs: number, private readonly certs?: () => PortCertificates) {}
 
   async start(): Promise<void> {
-    this.server = Bun.listen<StreamConn>({
+    if (this.certs) {
+      this.tlsServer = await listenTls(this.address, this.port, this.certs, (sock, remote, ev) => {
+        const c = new StreamConn(this);
+        ev.on('data', (b) => c.clientData(b));
+        ev.on('drain', () => c.drain(0));
+        ev.on('end', () => c.end(0));
+        ev.on('close', () => c.close(false));
+        c.opened(sock, remote);
+      });
+    } else this.server = Bun.listen<StreamConn>({
       hostname: this.address,
       port: this.port,
       allowHalfOpen: true,
@@ -201,7 +215,7 @@ export class StreamListener {
         ...HANDLERS,
         open: (s: Socket<StreamConn>) => {
           s.data = new StreamConn(this);
-          s.data.opened(s);
+          s.data.opened(s as unknown as Pipe, s.remoteAddress);
         },
       } as unknown as Bun.SocketHandler<StreamConn>,
     });
@@ -215,6 +229,8 @@ export class StreamListener {
   stop(drop: boolean): void {
     this.server?.stop(drop);
     this.server = null;
+    this.tlsServer?.close();
+    this.tlsServer = null;
     if (drop) for (const c of this.conns) c.sock?.terminate();
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
