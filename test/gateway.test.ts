@@ -49,6 +49,7 @@ describe('edge gateway (HTTP)', () => {
   const t = tempDir('edgemesh-gateway-');
   const web = backend('web'), api = backend('api'), v2 = backend('v2'), other = backend('other');
   // A WebSocket echo server.
+  const unavailable = Bun.serve({ hostname: '127.0.0.1', port: 0, fetch: () => new Response('down', { status: 503 }) });
   const wsBackend = Bun.serve({
     hostname: '127.0.0.1',
     port: 0,
@@ -82,6 +83,8 @@ spec:
     svc('other', 'other', '10.96.0.13', 80, other.port!),
     svc('shop', 'dead', '10.96.0.14', 80, 1), // nothing listens on port 1: every connect is refused
     svc('shop', 'ws', '10.96.0.16', 80, wsBackend.port!),
+    svc('shop', 'down', '10.96.0.17', 80, unavailable.port!),
+    `apiVersion: v1\nkind: Service\nmetadata: { name: half, namespace: shop }\nspec: { clusterIP: 10.96.0.18, ports: [{ name: http, port: 80 }] }\n---\napiVersion: v1\nkind: Endpoints\nmetadata: { name: half, namespace: shop }\nsubsets:\n  - addresses: [{ ip: 127.0.0.1 }]\n    ports: [{ name: http, port: ${unavailable.port} }]\n  - addresses: [{ ip: 127.0.0.1 }]\n    ports: [{ name: http, port: ${web.port} }]\n`,
     `apiVersion: v1\nkind: Service\nmetadata: { name: empty, namespace: shop }\nspec: { clusterIP: 10.96.0.15, ports: [{ name: http, port: 80 }] }\n`,
     gatewayYaml(ports),
     `apiVersion: networking.istio.io/v1beta1
@@ -127,6 +130,12 @@ spec:
       redirect: { authority: other.example.org, scheme: https }
     - match: [{ uri: { exact: /teapot } }]
       directResponse: { status: 418, body: { string: "short and stout" } }
+    - match: [{ uri: { exact: /half } }]
+      retries: { attempts: 2, retryOn: "5xx" }
+      route: [{ destination: { host: half } }]
+    - match: [{ uri: { exact: /down } }]
+      retries: { attempts: 2, retryOn: "5xx" }
+      route: [{ destination: { host: down } }]
 ---
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
@@ -150,7 +159,7 @@ spec:
 
   afterAll(async () => {
     await gw?.stop();
-    for (const s of [web, api, v2, other, wsBackend]) s.stop(true);
+    for (const s of [web, api, v2, other, wsBackend, unavailable]) s.stop(true);
     t.cleanup();
   });
 
@@ -241,6 +250,12 @@ spec:
     expect([away.status, away.headers.get('location')]).toEqual([301, 'https://other.example.org/elsewhere']);
     const tea = await get('api.example.com', '/teapot');
     expect([tea.status, tea.text]).toEqual([418, 'short and stout']);
+  });
+
+  test('retries.retryOn 5xx: an endpoint answering 503 is passed over for another; with no other, its 503 is passed on', async () => {
+    for (let i = 0; i < 20; i++) expect((await get('api.example.com', '/half')).status).toBe(200);
+    const down = await get('api.example.com', '/down');
+    expect([down.status, down.text]).toEqual([503, 'down']);
   });
 
   test('weights: 80/20 over 1,000 requests, each within ±10% of its share', async () => {

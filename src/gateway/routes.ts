@@ -59,6 +59,8 @@ export interface HttpRoute {
   timeoutMs: number;
   /** Attempts after the first on a connect failure (istio's default is 2). */
   retries: number;
+  /** Response statuses that are retried like a connect failure (`retries.retryOn`: 5xx, gateway-error, retriable-status-codes with 503). */
+  retryStatuses: ReadonlySet<number>;
   perTryTimeoutMs: number;
 }
 
@@ -227,10 +229,15 @@ function compileHttp(vs: IstioObject, r: JsonObject, i: number, domain: string, 
   const timeout = parseDuration(r.timeout);
   if (timeout === null) problems.push(`${id}: timeout ${JSON.stringify(r.timeout)} is not a duration (e.g. "5s"); no timeout`);
   const retries = isObj(r.retries) && typeof r.retries.attempts === 'number' ? Math.max(0, Math.min(10, r.retries.attempts)) : 2;
+  const retryOn = isObj(r.retries) ? str(r.retries.retryOn).split(',').map((x) => x.trim()) : [];
+  const retryStatuses = new Set<number>();
+  if (retryOn.includes('5xx')) for (let c = 500; c < 600; c++) retryStatuses.add(c);
+  if (retryOn.includes('gateway-error')) for (const c of [502, 503, 504]) retryStatuses.add(c);
+  if (retryOn.includes('retriable-status-codes') || retryOn.includes('unavailable')) retryStatuses.add(503);
   const perTry = isObj(r.retries) ? parseDuration(r.retries.perTryTimeout) ?? 0 : 0;
   return {
     id, matches, destinations, totalWeight, rewrite: rw, requestHeaders: headerOps(hdr.request), responseHeaders: headerOps(hdr.response),
-    redirect, direct, timeoutMs: (timeout ?? 0) * 1000, retries, perTryTimeoutMs: perTry * 1000,
+    redirect, direct, timeoutMs: (timeout ?? 0) * 1000, retries, retryStatuses, perTryTimeoutMs: perTry * 1000,
   };
 }
 

@@ -445,6 +445,13 @@ export class Client implements UpstreamOwner {
         this.resBuf = rest;
         continue;
       }
+      // retries.retryOn: an answer it names goes to another endpoint while tries remain (requests without a body).
+      const plan = this.plan!;
+      if (plan.route.retryStatuses.has(rh.status) && !this.hasBody() && this.tried.size <= plan.route.retries && this.l.router.pick(plan, this.clientIP, this.tried)) {
+        // Another endpoint is there to try; without one the answer is passed on as it is.
+        this.pooledUp = false;
+        return this.fail(`answered ${rh.status}`);
+      }
       let framing: Framing;
       try {
         framing = responseFraming(rh, this.head!.method);
