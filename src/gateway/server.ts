@@ -1,5 +1,5 @@
 /**
- * gateway/ — the HTTP/1.1 listener: Bun.listen sockets, one exchange at a time per client connection, routed
+ * gateway/ — the HTTP/1.1 listener (sockets accepted by listen.ts): one exchange at a time per client connection, routed
  * request by request, bytes forwarded as they come with backpressure both ways.
  *
  * Why not Bun.serve: with an async handler (every proxied request is one) Bun 1.4.4 and 1.4.5 answer pipelined
@@ -18,7 +18,6 @@
  * (slowloris), a connection with nothing in flight closes after idleTimeoutMs, a request body that makes no
  * progress for bodyTimeoutMs is cut off. A waiting connection costs its socket and a small object.
  */
-import type { Socket, TCPSocketListener } from 'bun';
 import { describeError } from '../errors.ts';
 import type { LbEndpoint } from '../lb/balancer.ts';
 import { ChunkScanner, type Framing, HttpError, MAX_HEAD_BYTES, type RequestHead, type ResponseHead, findHeadEnd, parseRequestHead, parseResponseHead, responseFraming } from './http1.ts';
@@ -26,7 +25,8 @@ import type { HttpMatch, HttpRoute } from './routes.ts';
 import { rewriteTarget } from './routes.ts';
 import type { UpstreamConn, UpstreamOwner } from './upstream.ts';
 import type { ClientSock } from './sock.ts';
-import { type PortCertificates, listenTls } from './tls.ts';
+import { ConnListener, type ListenedConn } from './listen.ts';
+import type { PortCertificates } from './tls.ts';
 
 const EMPTY = new Uint8Array(0);
 const HOST = /^(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
@@ -75,7 +75,7 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
-export class Client implements UpstreamOwner {
+export class Client implements UpstreamOwner, ListenedConn {
   sock: ClientSock | null = null;
   in: Uint8Array = EMPTY;
   reqPhase: 'head' | 'connect' | 'body' | 'done' = 'head';
@@ -114,14 +114,13 @@ export class Client implements UpstreamOwner {
 
   constructor(readonly l: HttpListener) {}
 
-  attachSocket(s: ClientSock, remoteAddress: string): void {
+  // ---- client side (ListenedConn: the listener calls these) ----
+  sockOpened(s: ClientSock, remoteAddress: string): void {
     this.sock = s;
     this.clientIP = remoteAddress;
-    this.l.clients.add(this);
   }
 
-  // ---- client side ----
-  onData(chunk: Uint8Array): void {
+  sockData(chunk: Uint8Array): void {
     this.lastActive = Date.now();
     if (this.tunnel) return this.upWrite(chunk);
     this.in = concat(this.in, chunk);
@@ -142,7 +141,7 @@ export class Client implements UpstreamOwner {
     this.sock?.resume();
   }
 
-  onDrain(): void {
+  sockDrain(): void {
     const p = this.outPending;
     if (!p || !this.sock) return;
     const n = this.sock.write(p);
@@ -155,16 +154,15 @@ export class Client implements UpstreamOwner {
     else this.up?.resume();
   }
 
-  onEnd(): void {
+  sockEnd(): void {
     this.clientEnded = true;
     if (this.tunnel) return this.up?.pipe?.shutdown();
     // Nothing in flight: done. Otherwise the response still goes out, then the connection closes.
     if (this.reqPhase === 'head' && this.resPhase === 'none') this.sock?.end();
   }
 
-  onClose(): void {
+  sockClosed(): void {
     this.closed = true;
-    this.l.clients.delete(this);
     if (this.timer) clearTimeout(this.timer);
     const up = this.up;
     this.up = null;
@@ -638,84 +636,27 @@ export class Client implements UpstreamOwner {
   }
 }
 
-const HANDLERS: Bun.SocketHandler<Client, 'uint8array'> = {
-  binaryType: 'uint8array',
-  open: (s) => s.data.attachSocket(s, s.remoteAddress),
-  data: (s, d) => s.data.onData(d),
-  drain: (s) => s.data.onDrain(),
-  end: (s) => s.data.onEnd(),
-  close: (s) => s.data.onClose(),
-  error: (s) => s.data.onClose(),
-};
-
-/** One address:port of the gateway: plain HTTP on Bun.listen, or HTTPS on node:tls (tls.ts) when `certs` is given. */
+/** One address:port of the gateway: plain HTTP, or HTTPS (tls.ts) when `certs` is given. */
 export class HttpListener {
-  readonly clients = new Set<Client>();
-  private server: TCPSocketListener<Client> | null = null;
-  private tlsServer: import('node:tls').Server | null = null;
-  private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly base: ConnListener<Client>;
   readonly tls: boolean;
 
-  constructor(readonly address: string, readonly port: number, readonly router: GatewayRouter, readonly settings: ListenerSettings, private readonly certs?: () => PortCertificates) {
+  constructor(readonly address: string, readonly port: number, readonly router: GatewayRouter, readonly settings: ListenerSettings, certs?: () => PortCertificates) {
     this.tls = !!certs;
+    this.base = new ConnListener(address, port, () => new Client(this), certs);
   }
 
   /** Rejects when the address cannot be bound. */
-  async start(): Promise<void> {
-    if (this.certs) {
-      this.tlsServer = await listenTls(this.address, this.port, this.certs, (sock, remote, ev) => {
-        const c = new Client(this);
-        c.attachSocket(sock, remote);
-        ev.on('data', (b) => c.onData(b));
-        ev.on('drain', () => c.onDrain());
-        ev.on('end', () => c.onEnd());
-        ev.on('close', () => c.onClose());
-      });
-    } else {
-      this.server = Bun.listen<Client>({
-        hostname: this.address,
-        port: this.port,
-        allowHalfOpen: true,
-        data: undefined as unknown as Client,
-        socket: {
-          ...HANDLERS,
-          open: (s: Socket<Client>) => {
-            s.data = new Client(this);
-            HANDLERS.open!(s as unknown as Socket<Client>);
-          },
-        } as unknown as Bun.SocketHandler<Client>,
-      });
-    }
-    this.timer = setInterval(() => {
-      const now = Date.now();
-      for (const c of this.clients) c.sweep(now);
-    }, 1000);
-    this.timer.unref?.();
+  start(): Promise<void> {
+    return this.base.start();
   }
 
   /** Stops accepting; `drop` also closes the connections it has (otherwise they finish on their own). */
   stop(drop: boolean): void {
-    this.server?.stop(drop);
-    this.server = null;
-    this.tlsServer?.close();
-    this.tlsServer = null;
-    if (drop) for (const c of this.clients) c.sock?.terminate();
-    if (!drop && this.clients.size) {
-      // Established connections keep their deadlines until the last one ends.
-      const t = this.timer;
-      const check = setInterval(() => {
-        if (this.clients.size) return;
-        clearInterval(check);
-        if (t) clearInterval(t);
-      }, 1000);
-      check.unref?.();
-      return;
-    }
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    this.base.stop(drop);
   }
 
   get connections(): number {
-    return this.clients.size;
+    return this.base.conns.size;
   }
 }

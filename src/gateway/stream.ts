@@ -8,12 +8,13 @@
  * The ClientHello is read up to 16 KiB and requestHeadTimeoutMs; a connection whose first bytes are not a
  * ClientHello with a server name, or whose name no route takes, is closed.
  */
-import type { Socket, TCPSocketListener } from 'bun';
 import type { Pipe } from '../dial/contract.ts';
 import { Pump } from '../dial/pump.ts';
 import { describeError } from '../errors.ts';
 import type { LbEndpoint } from '../lb/balancer.ts';
-import { type PortCertificates, listenTls } from './tls.ts';
+import { ConnListener, type ListenedConn } from './listen.ts';
+import type { ClientSock } from './sock.ts';
+import type { PortCertificates } from './tls.ts';
 
 const MAX_HELLO = 16 * 1024;
 
@@ -92,8 +93,8 @@ export interface StreamRouter {
   recordConnection(routeId: string, outcome: 'ok' | 'refused' | 'failed', error?: string): void;
 }
 
-class StreamConn extends Pump {
-  sock: Pipe | null = null;
+class StreamConn extends Pump implements ListenedConn {
+  sock: ClientSock | null = null;
   hello: Uint8Array | null = null;
   started = Date.now();
   routing = true;
@@ -104,19 +105,27 @@ class StreamConn extends Pump {
     super();
   }
 
-  protected override onClose(): void {
-    this.l.conns.delete(this);
-  }
-
-  opened(s: Pipe, remoteAddress: string): void {
+  // ---- ListenedConn: the listener calls these ----
+  sockOpened(s: ClientSock, remoteAddress: string): void {
     this.sock = s;
     this.clientIP = remoteAddress;
-    this.l.conns.add(this);
     this.attach(0, s);
     if (this.l.mode === 'tcp') this.route(null);
   }
 
-  clientData(chunk: Uint8Array): void {
+  sockDrain(): void {
+    this.drain(0);
+  }
+
+  sockEnd(): void {
+    this.end(0);
+  }
+
+  sockClosed(reset: boolean): void {
+    this.close(reset);
+  }
+
+  sockData(chunk: Uint8Array): void {
     if (!this.routing) return void this.data(0, chunk);
     // Held by the pump until the backend is attached; the client waits meanwhile (attach resumes it).
     if (this.l.mode === 'tcp') return this.hold(chunk);
@@ -174,65 +183,22 @@ class StreamConn extends Pump {
   }
 }
 
-const HANDLERS: Bun.SocketHandler<StreamConn, 'uint8array'> = {
-  binaryType: 'uint8array',
-  open: (s) => s.data.opened(s as unknown as Pipe, s.remoteAddress),
-  data: (s, d) => s.data.clientData(d),
-  drain: (s) => s.data.drain(0),
-  end: (s) => s.data.end(0),
-  close: (s, err) => s.data.close(!!err),
-  error: (s) => s.data.close(true),
-};
-
 /**
  * One address:port of a TCP or TLS passthrough server; with `certs`, a TLS server terminated here whose decrypted
  * bytes go to the port's tcp route (`TLS` servers in SIMPLE or MUTUAL mode).
  */
 export class StreamListener {
-  readonly conns = new Set<StreamConn>();
-  private server: TCPSocketListener<StreamConn> | null = null;
-  private tlsServer: import('node:tls').Server | null = null;
-  private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly base: ConnListener<StreamConn>;
 
-  constructor(readonly address: string, readonly port: number, readonly mode: 'tcp' | 'tls', readonly router: StreamRouter, readonly helloTimeoutMs: number, private readonly certs?: () => PortCertificates) {}
+  constructor(readonly address: string, readonly port: number, readonly mode: 'tcp' | 'tls', readonly router: StreamRouter, readonly helloTimeoutMs: number, certs?: () => PortCertificates) {
+    this.base = new ConnListener(address, port, () => new StreamConn(this), certs);
+  }
 
-  async start(): Promise<void> {
-    if (this.certs) {
-      this.tlsServer = await listenTls(this.address, this.port, this.certs, (sock, remote, ev) => {
-        const c = new StreamConn(this);
-        ev.on('data', (b) => c.clientData(b));
-        ev.on('drain', () => c.drain(0));
-        ev.on('end', () => c.end(0));
-        ev.on('close', () => c.close(false));
-        c.opened(sock, remote);
-      });
-    } else this.server = Bun.listen<StreamConn>({
-      hostname: this.address,
-      port: this.port,
-      allowHalfOpen: true,
-      data: undefined as unknown as StreamConn,
-      socket: {
-        ...HANDLERS,
-        open: (s: Socket<StreamConn>) => {
-          s.data = new StreamConn(this);
-          s.data.opened(s as unknown as Pipe, s.remoteAddress);
-        },
-      } as unknown as Bun.SocketHandler<StreamConn>,
-    });
-    this.timer = setInterval(() => {
-      const now = Date.now();
-      for (const c of this.conns) c.sweep(now);
-    }, 1000);
-    this.timer.unref?.();
+  start(): Promise<void> {
+    return this.base.start();
   }
 
   stop(drop: boolean): void {
-    this.server?.stop(drop);
-    this.server = null;
-    this.tlsServer?.close();
-    this.tlsServer = null;
-    if (drop) for (const c of this.conns) c.sock?.terminate();
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    this.base.stop(drop);
   }
 }
