@@ -140,6 +140,23 @@ describe('config', () => {
     for (const i of bad.issues) expect(i.message.length).toBeGreaterThan(5);
   });
 
+  test('the bridge guard\'s and the gateway\'s keys: garbage names the key, the value and what is allowed', () => {
+    const ok = mergeConfig('gateway', 'edge', { commonConfig: { bridgeGuard: 'off', bridgeGuardInterfaces: ['eth1', 'wlan0'] }, modules: { edgeGateway: { labels: { app: 'gw-east' }, maxRequestBodyMiB: 8, requestHeadTimeoutMs: 2000, idleTimeoutSec: 30, accessLog: true } } });
+    expect(ok.issues).toEqual([]);
+    expect(ok.config.modules.edgeGateway.labels).toEqual({ app: 'gw-east' }); // replaces the default label
+    const bad = mergeConfig('gateway', 'edge', { commonConfig: { bridgeGuard: 'sometimes', bridgeGuardInterfaces: ['eth 1'] }, modules: { edgeGateway: { labels: ['app=x'], maxRequestBodyMiB: -1, requestHeadTimeoutMs: 5, idleTimeoutSec: 0 } } });
+    const lines = bad.issues.map((i) => `${i.path}: ${i.message}`);
+    expect(lines).toEqual(expect.arrayContaining([
+      'commonConfig.bridgeGuard: "sometimes" is not one of auto, off',
+      expect.stringContaining('commonConfig.bridgeGuardInterfaces[0]: "eth 1" is not a valid interface name'),
+      'modules.edgeGateway.labels: a list is not a map of strings',
+      expect.stringContaining('modules.edgeGateway.maxRequestBodyMiB: -1'),
+      expect.stringContaining('modules.edgeGateway.requestHeadTimeoutMs: 5'),
+      expect.stringContaining('modules.edgeGateway.idleTimeoutSec: 0'),
+    ]));
+    expect(mergeConfig('gateway', 'edge', { modules: { edgeGateway: { labels: { app: 7 } } } }).issues.map((i) => `${i.path}: ${i.message}`)).toEqual(['modules.edgeGateway.labels.app: 7 is not a string']);
+  });
+
   test('did-you-mean finds near keys and stays quiet for far ones', () => {
     expect(didYouMean('relayNode', ['relayNodes', 'rendezvous'])).toBe('relayNodes');
     expect(didYouMean('zzzzzz', ['relayNodes', 'rendezvous'])).toBeUndefined();
