@@ -172,8 +172,8 @@ export class GatewayModule implements GatewayRouter, StreamRouter {
     for (const pt of this.table.ports.values()) {
       const kind = portKind(pt);
       if (kind !== 'HTTPS' && kind !== 'TLS-TERMINATE') continue;
-      const c = new PortCertificates(pt, this.snap);
       const old = this.certs.get(pt.port);
+      const c = new PortCertificates(pt, this.snap, old);
       next.set(pt.port, old && old.key === c.key ? old : c);
       if (old && old.key !== c.key) this.d.logger.info('gateway certificates changed: new connections use them', { port: pt.port });
       for (const p of c.problems) this.warnOnce(p);

@@ -25,6 +25,8 @@ interface Entry {
   mutual: boolean;
   minVersion: tls.SecureVersion;
   maxVersion: tls.SecureVersion;
+  /** What the context was built from: an unchanged server keeps its context across rebuilds. */
+  input: string;
 }
 
 const ORDER: tls.SecureVersion[] = ['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3'];
@@ -36,7 +38,8 @@ export class PortCertificates {
   /** Fingerprint of what was built from (a rebuild with the same input keeps the listener's contexts). */
   readonly key: string;
 
-  constructor(pt: PortTable, snap: CatalogSnapshot) {
+  /** `previous`: the set this one replaces; contexts of unchanged servers are taken from it, not parsed again. */
+  constructor(pt: PortTable, snap: CatalogSnapshot, previous?: PortCertificates) {
     const parts: string[] = [];
     for (const server of pt.servers) {
       const t = server.tls;
@@ -66,14 +69,15 @@ export class PortCertificates {
       }
       const minVersion = VERSIONS[t.minProtocolVersion.toUpperCase()] ?? 'TLSv1.2';
       const maxVersion = VERSIONS[t.maxProtocolVersion.toUpperCase()] ?? 'TLSv1.3';
+      const input = JSON.stringify([server.gateway, server.hosts, t, cert, key, ca]);
       try {
-        const context = tls.createSecureContext({
+        const context = previous?.entries.find((e) => e.input === input)?.context ?? tls.createSecureContext({
           cert, key, minVersion, maxVersion,
           ...(ca ? { ca } : {}),
           ...(t.cipherSuites.length ? { ciphers: t.cipherSuites.join(':') } : {}),
         });
-        this.entries.push({ server, hosts: server.hosts.map((h) => h.host), context, mutual, minVersion, maxVersion });
-        parts.push(JSON.stringify([server.gateway, server.hosts, t, cert, key, ca]));
+        this.entries.push({ server, hosts: server.hosts.map((h) => h.host), context, mutual, minVersion, maxVersion, input });
+        parts.push(input);
       } catch (e) {
         this.problems.push(`${where}: the certificate of Secret ${ns}/${t.credentialName} cannot be used (${(e as Error).message}); the server is skipped`);
       }
