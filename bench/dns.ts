@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort } from '../test/helpers.ts';
 import { parseDnsperf } from './tools.ts';
+import { spawnChild } from './children.ts';
 
 const root = resolve(import.meta.dir, '..');
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
@@ -31,7 +32,7 @@ const procs: ReturnType<typeof Bun.spawn>[] = [];
 const ip = (i: number) => `10.96.${(i >> 8) & 255}.${i & 255}`;
 
 function spawn(cmd: string[], cpu: string): ReturnType<typeof Bun.spawn> {
-  const p = Bun.spawn(['taskset', '-c', cpu, ...cmd], { stdout: 'ignore', stderr: 'pipe' });
+  const p = spawnChild(['taskset', '-c', cpu, ...cmd], { stdout: 'ignore', stderr: 'pipe' });
   procs.push(p);
   return p;
 }

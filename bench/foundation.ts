@@ -5,21 +5,22 @@
  *   - start-up time to /readyz, plain build vs minify+bytecode (median of N starts)
  *   - idle RSS after start
  *   - end-to-end catalog latency: object created in the Kubernetes API → visible at /debug/catalog
- * Usage: bun bench/foundation.ts [--runs=15]
+ * Usage: bun bench/foundation.ts [--runs=15] [--bin=FILE]
+ *   --bin: measure this binary (or any executable taking the agent's arguments) instead of building three; the
+ *          sizes and the plain/bytecode comparison are then left out.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { FakeApiServer } from '../test/fixtures/apiserver.ts';
 import { freePort } from '../test/helpers.ts';
+import { spawnChild } from './children.ts';
 
 const root = resolve(import.meta.dir, '..');
 const runs = Number(process.argv.find((a) => a.startsWith('--runs='))?.slice(7) ?? 15);
+const given = process.argv.find((a) => a.startsWith('--bin='))?.slice(6);
 const dir = mkdtempSync(join(tmpdir(), 'edgemesh-bench-'));
 const log = (s: string) => process.stderr.write(s + '\n');
-/** Every agent this script starts: killed however it ends, so none is left holding a port. */
-const procs: ReturnType<typeof Bun.spawn>[] = [];
-process.on('exit', () => { for (const p of procs) p.kill('SIGKILL'); });
 /**
  * Modules on loopback: a config file without them would take the edge defaults, DNS on 169.254.96.16:53, which
  * as root creates the bridge and binds the host's port 53 (a node's real DNS address).
@@ -44,8 +45,7 @@ async function startToReady(bin: string, args: string[]): Promise<{ ms: number; 
   const cfg = join(dir, `cfg-${port}.yaml`);
   writeFileSync(cfg, `commonConfig: { stateDir: ${join(dir, `state-${port}`)}, adminAddress: ${admin} }\n${await loopback()}`);
   const t0 = performance.now();
-  const proc = Bun.spawn([bin, 'agent', '--config', cfg, '--node-name', 'bench', ...args], { stdout: 'ignore', stderr: 'ignore' });
-  procs.push(proc);
+  const proc = spawnChild([bin, 'agent', '--config', cfg, '--node-name', 'bench', ...args], { stdout: 'ignore', stderr: 'ignore' });
   for (;;) {
     try {
       const r = await fetch(`http://${admin}/readyz`);
@@ -64,25 +64,36 @@ function rssMiB(pid: number): number {
 try {
   const catalog = join(dir, 'catalog.yaml');
   writeFileSync(catalog, 'apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}\n');
-  const fast = join(dir, 'edgemesh'), plain = join(dir, 'edgemesh-plain'), arm = join(dir, 'edgemesh-arm64');
-  log('building x64 (minify+bytecode), x64 plain, arm64…');
-  build(fast, []);
-  build(plain, ['--plain']);
-  build(arm, ['--target=bun-linux-arm64']);
-  const sizes = { x64: Bun.file(fast).size, arm64: Bun.file(arm).size, x64xz: xzSize(fast), arm64xz: xzSize(arm) };
-  const mib = (b: number) => (b / 1024 / 1024).toFixed(1);
-  log(`size: x64 ${mib(sizes.x64)} MiB (xz ${mib(sizes.x64xz)}), arm64 ${mib(sizes.arm64)} MiB (xz ${mib(sizes.arm64xz)})`);
+  let fast = join(dir, 'edgemesh');
+  let sizes: Record<string, number> | null = null;
+  const variants: [string, string][] = [];
+  if (given) {
+    fast = resolve(given);
+    variants.push(['given', fast]);
+    log(`measuring ${fast}`);
+  } else {
+    const plain = join(dir, 'edgemesh-plain'), arm = join(dir, 'edgemesh-arm64');
+    log('building x64 (minify+bytecode), x64 plain, arm64…');
+    build(fast, []);
+    build(plain, ['--plain']);
+    build(arm, ['--target=bun-linux-arm64']);
+    sizes = { x64: Bun.file(fast).size, arm64: Bun.file(arm).size, x64xz: xzSize(fast), arm64xz: xzSize(arm) };
+    const mib = (b: number) => (b / 1024 / 1024).toFixed(1);
+    log(`size: x64 ${mib(sizes.x64!)} MiB (xz ${mib(sizes.x64xz!)}), arm64 ${mib(sizes.arm64!)} MiB (xz ${mib(sizes.arm64xz!)})`);
+    variants.push(['plain', plain], ['bytecode', fast]);
+  }
 
-  const startup: Record<string, number[]> = { plain: [], bytecode: [] };
+  const startup: Record<string, number[]> = Object.fromEntries(variants.map(([name]) => [name, []]));
   for (let i = 0; i < runs; i++) {
-    for (const [name, bin] of [['plain', plain], ['bytecode', fast]] as const) {
+    for (const [name, bin] of variants) {
       const r = await startToReady(bin, ['--catalog', catalog]);
       startup[name]!.push(r.ms);
       r.proc.kill('SIGTERM');
       await r.proc.exited;
     }
   }
-  log(`start-up to /readyz (file catalog), median of ${runs}: plain ${median(startup.plain!).toFixed(0)} ms, minify+bytecode ${median(startup.bytecode!).toFixed(0)} ms`);
+  const startupMs = Object.fromEntries(variants.map(([name]) => [name, median(startup[name]!)]));
+  log(`start-up to /readyz (file catalog), median of ${runs}: ${variants.map(([name]) => `${name} ${startupMs[name]!.toFixed(0)} ms`).join(', ')}`);
 
   const api = new FakeApiServer();
   await api.start();
@@ -91,8 +102,7 @@ try {
   const cfg = join(dir, 'kube.yaml');
   writeFileSync(cfg, `commonConfig: { stateDir: ${join(dir, 'kube-state')}, adminAddress: ${admin} }\nkubeAPIConfig: { master: ${api.url} }\n${await loopback()}`);
   const t0 = performance.now();
-  const proc = Bun.spawn([fast, 'agent', '--config', cfg, '--node-name', 'bench'], { stdout: 'ignore', stderr: 'inherit' });
-  procs.push(proc);
+  const proc = spawnChild([fast, 'agent', '--config', cfg, '--node-name', 'bench'], { stdout: 'ignore', stderr: 'inherit' });
   for (;;) {
     try { if ((await fetch(`http://${admin}/readyz`)).status === 200) break; } catch {}
     await Bun.sleep(1);
@@ -123,8 +133,8 @@ try {
   proc.kill('SIGTERM');
   await proc.exited;
   await api.stop();
-  console.log(JSON.stringify({ sizes, startupMs: { plain: median(startup.plain!), bytecode: median(startup.bytecode!) }, rssMiB: rss, kubeReadyMs, e2eMs: { p50: median(e2e), p99: pct(e2e, 99) } }, null, 2));
+  console.log(JSON.stringify({ sizes, startupMs, rssMiB: rss, kubeReadyMs, e2eMs: { p50: median(e2e), p99: pct(e2e, 99) } }, null, 2));
 } finally {
-  for (const p of procs) p.kill('SIGKILL');
+  // Every agent started here is killed however the script ends (children.ts), so none is left holding a port.
   rmSync(dir, { recursive: true, force: true });
 }

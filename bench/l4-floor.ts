@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { EAGAIN, EINTR, O_CLOEXEC, O_NONBLOCK, closeWithReset } from '../src/net/linux.ts';
 import { freePort } from '../test/helpers.ts';
 import { cpuSeconds, spawnPinned, startHaproxy, startProxy, wrkRun, writeNginxConf } from './tools.ts';
+import { spawnChild } from './children.ts';
 
 const opt = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1];
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -183,8 +184,8 @@ if (opt('listener')) {
     const nginxConf = writeNginxConf(dir, [`127.0.0.1:${pNginx}`]);
     procs.push(spawnPinned('1', ['nginx', '-c', nginxConf, '-p', dir]));
     const ha = startHaproxy(dir, pHa, pNginx);
-    const bare = Bun.spawn(['taskset', '-c', '0', process.execPath, import.meta.path, `--relay=${pRelay}:${pNginx}`], { stdout: 'ignore', stderr: 'inherit' });
-    const lis = Bun.spawn(['taskset', '-c', '0', process.execPath, import.meta.path, `--listener=${pNginx}`], { stdout: 'pipe', stderr: 'inherit' });
+    const bare = spawnChild(['taskset', '-c', '0', process.execPath, import.meta.path, `--relay=${pRelay}:${pNginx}`], { stdout: 'ignore', stderr: 'inherit' });
+    const lis = spawnChild(['taskset', '-c', '0', process.execPath, import.meta.path, `--listener=${pNginx}`], { stdout: 'pipe', stderr: 'inherit' });
     procs.push(ha, bare, lis);
     const reader = lis.stdout.getReader();
     const pLis = Number(new TextDecoder().decode((await reader.read()).value).trim());

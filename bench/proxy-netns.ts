@@ -42,6 +42,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cpuSeconds, iperfClient, parseDnsperf, wrkRun, writeNginxConf, type WrkResult } from './tools.ts';
+import { onExit, spawnChild } from './children.ts';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const seconds = arg('seconds', 5);
@@ -82,11 +83,13 @@ const sh = (cmd: string[]) => {
 };
 const inNs = (ns: string, cpu: string, cmd: string[]) => ['ip', 'netns', 'exec', ns, 'taskset', '-c', pin === 'none' ? '0,1' : cpu, ...cmd];
 const clientCpu = pin === 'none' ? '0,1' : '1';
-const spawn = (cmd: string[]) => Bun.spawn(cmd, { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
+const spawn = (cmd: string[]) => spawnChild(cmd, { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
 
 const dir = mkdtempSync(join(tmpdir(), 'edgemesh-netnsbench-'));
 chmodSync(dir, 0o755); // nginx workers run unprivileged
 const procs: ReturnType<typeof Bun.spawn>[] = [];
+// On Ctrl-C or SIGTERM the finally below does not run: the namespaces go with the processes (children.ts).
+onExit(() => { for (const ns of [NODE, POD, BACK]) Bun.spawnSync(['ip', 'netns', 'del', ns], { stderr: 'ignore' }); rmSync(dir, { recursive: true, force: true }); });
 try {
   for (const ns of [NODE, POD, BACK]) { sh(['ip', 'netns', 'add', ns]); sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']); }
   const link = (a: string, aIp: string, b: string, bIp: string, name: string) => {
@@ -128,7 +131,7 @@ try {
     writeFileSync(cfg, `commonConfig: { stateDir: ${dir}/state-${mode}, adminAddress: "" }\ncatalog: { file: ${dir}/catalog-${mode}.yaml }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: true, interception: nftables, kernelForwarding: ${kernelForwarding}${mode === 'jsonly' ? ', spliceBulkBytes: 0' : mode === 'proxy' && spliceBytes ? `, spliceBulkBytes: ${Number(spliceBytes)}` : ''} }\n`);
     const logFile = join(dir, `agent-${mode}.log`);
     const main = mode === 'base' ? join(baseDir!, 'src/cli/main.ts') : MAIN;
-    const p = Bun.spawn(inNs(NODE, '0', [process.execPath, main, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
+    const p = spawnChild(inNs(NODE, '0', [process.execPath, main, 'agent', '--config', cfg, '--node-name', 'n1']), { stdout: Bun.file(logFile), stderr: Bun.file(logFile) });
     const started = Date.now();
     while (!/proxy listening/.test(await Bun.file(logFile).text().catch(() => ''))) {
       if (p.exitCode !== null || Date.now() - started > 15_000) throw new Error(`agent did not start: ${await Bun.file(logFile).text().catch(() => '')}`);
@@ -168,8 +171,8 @@ try {
     }
     const diag = close && (nstat || (syscalls && pid));
     if (diag) for (const ns of [NODE, POD, BACK]) Bun.spawnSync(['ip', 'netns', 'exec', ns, 'nstat', '-n'], nstatEnv(ns));
-    const trace = close && syscalls && pid ? Bun.spawn(['strace', '-c', '-f', '-p', String(pid), '-o', join(dir, 'strace.txt')], { stdout: 'ignore', stderr: 'ignore' }) : null;
-    const rec = close && perf && pid ? Bun.spawn(['perf', 'record', '-q', '-g', '-p', String(pid), '-o', join(dir, `perf-${mode}.data`)], { stdout: 'ignore', stderr: 'ignore' }) : null;
+    const trace = close && syscalls && pid ? spawnChild(['strace', '-c', '-f', '-p', String(pid), '-o', join(dir, 'strace.txt')], { stdout: 'ignore', stderr: 'ignore' }) : null;
+    const rec = close && perf && pid ? spawnChild(['perf', 'record', '-q', '-g', '-p', String(pid), '-o', join(dir, `perf-${mode}.data`)], { stdout: 'ignore', stderr: 'ignore' }) : null;
     const r = await wrkRun(clientCpu, url, conns, seconds, close, ['ip', 'netns', 'exec', POD], wrkHeaders);
     if (rec) {
       rec.kill('SIGINT');

@@ -14,6 +14,7 @@ import { freePort } from '../test/helpers.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { BulkSplicer, DEFAULT_PIPE_SIZE } from '../src/proxy/splicer.ts';
 import { cpuSeconds, iperfClient, startHaproxy, startProxy } from './tools.ts';
+import { spawnChild } from './children.ts';
 
 const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
 const pipeSize = Number(process.argv.find((a) => a.startsWith('--pipe='))?.split('=')[1] ?? DEFAULT_PIPE_SIZE);
@@ -26,7 +27,7 @@ const dir = mkdtempSync(join(tmpdir(), 'edgemesh-tcpbench-'));
 const procs: ReturnType<typeof Bun.spawn>[] = [];
 try {
   const [pServer, pHa] = [await freePort(), await freePort()];
-  procs.push(Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1', '--forceflush'], { stdout: 'ignore', stderr: 'ignore' }));
+  procs.push(spawnChild(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1', '--forceflush'], { stdout: 'ignore', stderr: 'ignore' }));
   const splicer = new BulkSplicer({ logger: createLogger('bench', { level: 'warn' }), pipeSize, idleTimeoutSec: 0 });
   if (!(await splicer.start())) throw new Error('the splice worker did not start');
   const proxy = startProxy(pServer, splicer);
@@ -41,7 +42,7 @@ try {
 
   async function iperf(port: number, streams: number): Promise<number> {
     // iperf3 -s -1 serves one test; restart it for each run.
-    const srv = Bun.spawn(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1'], { stdout: 'ignore', stderr: 'ignore' });
+    const srv = spawnChild(['taskset', '-c', '1', 'iperf3', '-s', '-p', String(pServer), '-1'], { stdout: 'ignore', stderr: 'ignore' });
     await Bun.sleep(300);
     const gbps = await iperfClient('1', '127.0.0.1', port, seconds, streams);
     await srv.exited;

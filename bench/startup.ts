@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort } from '../test/helpers.ts';
+import { spawnChild } from './children.ts';
 
 const root = resolve(import.meta.dir, '..');
 const arg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1];
@@ -57,7 +58,7 @@ async function config(name: string): Promise<string> {
 async function once(bin: string, cfg: string): Promise<{ readyMs: number; rssMiB: number }> {
   const [path, admin] = cfg.split('|') as [string, string];
   const t0 = performance.now();
-  const p = Bun.spawn([bin, 'agent', '--config', path, '--node-name', 'n1'], { stdout: 'ignore', stderr: 'pipe' });
+  const p = spawnChild([bin, 'agent', '--config', path, '--node-name', 'n1'], { stdout: 'ignore', stderr: 'pipe' });
   procs.push(p);
   let readyMs = -1;
   while (performance.now() - t0 < 10_000) {

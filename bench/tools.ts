@@ -6,13 +6,14 @@ import { Balancer } from '../src/lb/balancer.ts';
 import type { LbPolicy } from '../src/lb/policy.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { spawnChild } from './children.ts';
 
 /**
  * A server pinned to `cpu`, its output discarded through real /dev/null fds: with Bun's 'ignore' the fds stay
  * closed and servers that write to them (nginx) collide with their own sockets.
  */
 export function spawnPinned(cpu: string, cmd: string[]): ReturnType<typeof Bun.spawn> {
-  return Bun.spawn(['taskset', '-c', cpu, ...cmd], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
+  return spawnChild(['taskset', '-c', cpu, ...cmd], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') });
 }
 
 /**
@@ -51,7 +52,7 @@ export async function cpuSeconds(pid: number): Promise<number> {
 
 /** iperf3 client pinned to `cpu` against host:port; received Gbit/s. `prefix`: e.g. `ip netns exec pod`. */
 export async function iperfClient(cpu: string, host: string, port: number, seconds: number, streams: number, prefix: string[] = []): Promise<number> {
-  const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'iperf3', '-c', host, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
+  const r = spawnChild([...prefix, 'taskset', '-c', cpu, 'iperf3', '-c', host, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { stdout: 'pipe', stderr: 'pipe' });
   const out = await new Response(r.stdout).text();
   await r.exited;
   const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second: number } }; error?: string };
@@ -68,7 +69,7 @@ export interface WrkResult {
 
 /** wrk pinned to `cpu` (async: a proxy under test may run on this process's event loop); keep-alive or `close`; extra request headers. */
 export async function wrkRun(cpu: string, url: string, conns: number, seconds: number, close: boolean, prefix: string[] = [], headers: string[] = []): Promise<WrkResult> {
-  const r = Bun.spawn([...prefix, 'taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), ...headers.flatMap((h) => ['-H', h]), url], { stdout: 'pipe', stderr: 'pipe' });
+  const r = spawnChild([...prefix, 'taskset', '-c', cpu, 'wrk', '-t', '1', '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(close ? ['-H', 'Connection: close'] : []), ...headers.flatMap((h) => ['-H', h]), url], { stdout: 'pipe', stderr: 'pipe' });
   const [out, err] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text()]);
   await r.exited;
   const ms = (v: string | undefined) => (!v ? NaN : v.endsWith('us') ? parseFloat(v) / 1000 : v.endsWith('ms') ? parseFloat(v) : parseFloat(v) * 1000);

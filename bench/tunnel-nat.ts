@@ -9,6 +9,7 @@
  * Usage: sudo bun bench/tunnel-nat.ts [--seconds=5]
  */
 import { startTunnelLab, type TunnelLab } from '../test/fixtures/natlab.ts';
+import { onExit, spawnChild } from './children.ts';
 
 const seconds = Number(process.argv.find((a) => a.startsWith('--seconds='))?.split('=')[1] ?? 5);
 const log = (s: string) => process.stderr.write(s + '\n');
@@ -35,9 +36,17 @@ async function wrk(l: TunnelLab, close: boolean): Promise<{ rps: number; p50: st
 const rows: Record<string, unknown>[] = [];
 for (const [kind, path] of [['reset', 'relayed'], ['drop', 'punched']] as const) {
   const l = await startTunnelLab(kind, { logLevel: 'warn' });
+  // On Ctrl-C or SIGTERM l.down() does not run: kill what runs in the lab's namespaces and delete them here.
+  onExit(() => {
+    for (const ns of Object.values(l.lab.ns)) {
+      const pids = Bun.spawnSync(['ip', 'netns', 'pids', ns]).stdout.toString().split(/\s+/).filter(Boolean);
+      for (const pid of pids) try { process.kill(Number(pid), 'SIGKILL'); } catch { /* gone */ }
+      Bun.spawnSync(['ip', 'netns', 'del', ns], { stderr: 'ignore' });
+    }
+  });
   const servers = [
-    Bun.spawn([...l.lab.prefix('hb'), 'iperf3', '-s', '-p', '5201'], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }),
-    Bun.spawn([...l.lab.prefix('r1'), 'iperf3', '-s', '-p', '5202'], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }),
+    spawnChild([...l.lab.prefix('hb'), 'iperf3', '-s', '-p', '5201'], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }),
+    spawnChild([...l.lab.prefix('r1'), 'iperf3', '-s', '-p', '5202'], { stdout: Bun.file('/dev/null'), stderr: Bun.file('/dev/null') }),
   ];
   try {
     await Bun.sleep(300);
