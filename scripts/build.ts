@@ -25,7 +25,7 @@ if (dirty.exitCode === 0 && dirty.stdout.toString().trim()) commit += '-dirty';
 const cmd = [
   // The splice worker is a second entrypoint: Bun bundles a Worker's file into the binary only when listed.
   process.execPath, 'build', join(root, 'src/cli/main.ts'), join(root, 'src/proxy/splice-worker.ts'),
-  '--compile', '--format=esm',
+  '--compile', '--format=esm', '--splitting',
   ...(plain ? [] : ['--minify', '--bytecode']),
   ...(target ? [`--target=${target}`] : []),
   `--define`, `EDGEMESH_COMMIT=${JSON.stringify(commit)}`,

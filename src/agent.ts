@@ -15,19 +15,19 @@ import { catalogDebugView } from './catalog/debug-view.ts';
 import { EXAMPLE_CATALOG } from './catalog/example.ts';
 import { SnapshotWriter, loadSnapshot } from './catalog/snapshot.ts';
 import { FileSource } from './catalog/sources/file.ts';
-import { KubeSource, apiHint, buildKubeConfig } from './catalog/sources/kube.ts';
+import type { KubeSource } from './catalog/sources/kube.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { AgentConfig } from './config/schema-edgemesh.ts';
 import { dnsListenAddress, proxyListenAddress } from './config/load.ts';
-import { DnsModule } from './dns/index.ts';
-import { GatewayModule, type GatewayStatus } from './gateway/index.ts';
-import { BridgeGuard, chooseGuardBackend } from './net/guard.ts';
-import { ProxyModule } from './proxy/index.ts';
+import type { DnsModule } from './dns/index.ts';
+import type { GatewayModule, GatewayStatus } from './gateway/index.ts';
+import type { BridgeGuard } from './net/guard.ts';
+import type { ProxyModule } from './proxy/index.ts';
 import { Dialer } from './dial/route.ts';
-import { loadOrCreateIdentity } from './tunnel/identity.ts';
-import { PEER_ID_ANNOTATION, TunnelModule, type TunnelStatus } from './tunnel/index.ts';
-import { applyLibraryPatches } from './tunnel/patches/index.ts';
-import { loadPsk } from './tunnel/psk.ts';
+import type { TunnelModule, TunnelStatus } from './tunnel/index.ts';
+// The Kubernetes client, libp2p and each module are imported when the config turns them on (dynamic imports
+// below; the binary is built with code splitting): a standalone node without the tunnel never loads either
+// library, and start-up and idle memory pay only for what runs.
 import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
 import type { Logger } from './obs/logger.ts';
@@ -153,6 +153,7 @@ export class Agent {
       // (and their start-up logs count what it holds).
       this.catalog.flush();
     } else {
+      const { KubeSource, apiHint, buildKubeConfig } = await import('./catalog/sources/kube.ts');
       const kc = buildKubeConfig(loaded.mode, loaded.config.kubeAPIConfig);
       this.kubeSource = new KubeSource({ kc, role: loaded.role, catalog: this.catalog, logger: this.log.child('catalog.kube'), convert: this.convertOptions(), hint: apiHint(loaded.mode, loaded.config.kubeAPIConfig) });
       this.kubeSource.start();
@@ -161,13 +162,16 @@ export class Agent {
     // The tunnel (both roles), then the agent's modules, then the gateway (both roles) on the same Dialer.
     const tc = loaded.config.modules.edgeTunnel;
     if (tc.enable) {
+      const [{ loadOrCreateIdentity }, { loadPsk }, { applyLibraryPatches }, { TunnelModule, PEER_ID_ANNOTATION }] = await Promise.all([
+        import('./tunnel/identity.ts'), import('./tunnel/psk.ts'), import('./tunnel/patches/index.ts'), import('./tunnel/index.ts'),
+      ]);
       const id = await loadOrCreateIdentity(loaded.stateDir, this.log.child('identity'));
       const psk = tc.psk.enable ? await loadPsk(tc.psk.path, this.log.child('tunnel')) : null;
       if (!psk) this.log.warn('the tunnel runs without a pre-shared key (modules.edgeTunnel.psk.enable is false): any host that can reach port ' + tc.listenPort + ' can join');
       applyLibraryPatches(this.log.child('tunnel'));
       this.tunnel = new TunnelModule({ config: tc, nodeName: loaded.nodeName, catalog: this.catalog, privateKey: id.privateKey, psk, logger: this.log.child('tunnel'), metrics: this.metrics });
       await this.tunnel.start();
-      if (this.kubeSource) void this.publishPeerId(this.kubeSource, loaded.nodeName, id.peerId, tc.takeOverBinding);
+      if (this.kubeSource) void this.publishPeerId(this.kubeSource, PEER_ID_ANNOTATION, loaded.nodeName, id.peerId, tc.takeOverBinding);
       this.watchConfig();
     }
     // The one decision of how endpoints are reached: the tunnel is handed in, so dial/ never imports it.
@@ -176,10 +180,12 @@ export class Agent {
       const cfg = loaded.config as AgentConfig;
       await this.startGuard(cfg);
       if (cfg.modules.edgeProxy.enable) {
+        const { ProxyModule } = await import('./proxy/index.ts');
         this.proxy = new ProxyModule({ config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics, dialer });
         await this.proxy.start();
       }
       if (cfg.modules.edgeDNS.enable) {
+        const { DnsModule } = await import('./dns/index.ts');
         this.dns = new DnsModule({ config: cfg, catalog: this.catalog, logger: this.log.child('dns'), metrics: this.metrics });
         await this.dns.start();
       }
@@ -187,6 +193,7 @@ export class Agent {
     const gc = loaded.config.modules.edgeGateway;
     if (gc.enable) {
       const domain = loaded.role === 'agent' ? (loaded.config as AgentConfig).modules.edgeDNS.clusterDomain : 'cluster.local';
+      const { GatewayModule } = await import('./gateway/index.ts');
       this.gateway = new GatewayModule({ config: { ...gc, labels: await this.gatewayLabels(gc.labels) }, catalog: this.catalog, dialer, logger: this.log.child('gateway'), metrics: this.metrics, clusterDomain: domain });
       await this.gateway.start();
     }
@@ -209,6 +216,7 @@ export class Agent {
       this.log.warn('not root: no bridge guard; LAN neighbours that route the bridge IP here reach its listeners', { ip: c.bridgeDeviceIP });
       return;
     }
+    const { BridgeGuard, chooseGuardBackend } = await import('./net/guard.ts');
     const backend = await chooseGuardBackend();
     if (!backend) {
       this.log.warn('neither nft nor iptables is installed: no bridge guard (apt-get install nftables)', { ip: c.bridgeDeviceIP });
@@ -400,11 +408,11 @@ export class Agent {
    * Bind this node's name to its tunnel peer ID where everyone reads it: an annotation on our Node object.
    * Retries with backoff while the API is unreachable; without RBAC for it, says how to do it by hand.
    */
-  private async publishPeerId(source: KubeSource, nodeName: string, peerId: string, takeOver: boolean): Promise<void> {
+  private async publishPeerId(source: KubeSource, annotation: string, nodeName: string, peerId: string, takeOver: boolean): Promise<void> {
     const log = this.log.child('tunnel');
-    const byHand = `kubectl annotate node ${nodeName} ${PEER_ID_ANNOTATION}=${peerId}`;
+    const byHand = `kubectl annotate node ${nodeName} ${annotation}=${peerId}`;
     for (let delay = 1000; !this.ac.signal.aborted; delay = Math.min(delay * 2, 60_000)) {
-      const cur = await source.nodeAnnotation(nodeName, PEER_ID_ANNOTATION);
+      const cur = await source.nodeAnnotation(nodeName, annotation);
       if ('value' in cur && cur.value === peerId) {
         log.info('the tunnel peer ID is already published on this node', { node: nodeName, peerId });
         return;
@@ -422,9 +430,9 @@ export class Agent {
         log.warn('not allowed to read this Node: the peer ID is not published; other nodes cannot verify this one until it is bound by hand', { error: cur.error, fix: byHand });
         return;
       }
-      const r = 'value' in cur ? await source.annotateNode(nodeName, { [PEER_ID_ANNOTATION]: peerId }) : { forbidden: false, error: cur.error };
+      const r = 'value' in cur ? await source.annotateNode(nodeName, { [annotation]: peerId }) : { forbidden: false, error: cur.error };
       if (!r) {
-        log.info('published the tunnel peer ID on this node', { node: nodeName, annotation: PEER_ID_ANNOTATION, peerId, ...('value' in cur && cur.value ? { replaced: cur.value } : {}) });
+        log.info('published the tunnel peer ID on this node', { node: nodeName, annotation: annotation, peerId, ...('value' in cur && cur.value ? { replaced: cur.value } : {}) });
         return;
       }
       if (r.forbidden) {

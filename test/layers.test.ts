@@ -128,3 +128,56 @@ describe('the import graph', () => {
     expect(offences(importGraph(['src']), RULES)).toEqual([]);
   });
 });
+
+/**
+ * What a file loads when it is evaluated: the closure of its static value imports (`import type` and dynamic
+ * `import()` excluded), as repository paths and package names.
+ */
+function staticClosure(entry: string): { files: Set<string>; packages: Set<string> } {
+  const files = new Set<string>();
+  const packages = new Set<string>();
+  const visit = (f: string): void => {
+    if (files.has(f)) return;
+    files.add(f);
+    const text = readFileSync(join(root, f), 'utf8');
+    const specs = [
+      ...[...text.matchAll(/^\s*(?:import|export)\s+(?!type\b)[^;'"]*?\bfrom\s*['"]([^'"]+)['"]/gm)].map((m) => m[1]!),
+      ...[...text.matchAll(/^\s*import\s*['"]([^'"]+)['"]/gm)].map((m) => m[1]!),
+    ];
+    for (const s of specs) {
+      if (s.startsWith('.')) visit(relative(root, resolve(dirname(join(root, f)), s)));
+      else packages.add(s.startsWith('@') ? s.split('/').slice(0, 2).join('/') : s.split('/')[0]!);
+    }
+  };
+  visit(entry);
+  return { files, packages };
+}
+
+const HEAVY_PACKAGES = (p: string) => p === 'libp2p' || p.startsWith('@libp2p/') || p.startsWith('@chainsafe/') || p === '@kubernetes/client-node';
+
+describe('what loads when (start-up time and memory)', () => {
+  test('the checker follows static imports only', () => {
+    const c = staticClosure('src/agent.ts');
+    expect(c.files).toContain('src/catalog/catalog.ts');
+    expect(c.packages).toContain('yaml');
+  });
+
+  test('the command line loads no command until it runs: version, status, config check stay light', () => {
+    const c = staticClosure('src/cli/main.ts');
+    expect([...c.files].filter((f) => f === 'src/agent.ts' || /^src\/(tunnel|proxy|dns|gateway|catalog\/sources)\//.test(f))).toEqual([]);
+    expect([...c.packages].filter(HEAVY_PACKAGES)).toEqual([]);
+  });
+
+  test('the agent loads the Kubernetes client, libp2p and each module only when its config turns it on', () => {
+    const c = staticClosure('src/agent.ts');
+    expect([...c.files].filter((f) => f === 'src/catalog/sources/kube.ts' || /^src\/(tunnel|proxy|dns|gateway)\//.test(f))).toEqual([]);
+    expect([...c.packages].filter(HEAVY_PACKAGES)).toEqual([]);
+  });
+
+  test('the tunnel loads its TLS certificate helpers and Noise at the first handshake that needs them', () => {
+    const c = staticClosure('src/tunnel/index.ts');
+    expect([...c.packages].filter((p) => p === '@chainsafe/libp2p-noise' || p === '@peculiar/x509')).toEqual([]);
+    const text = readFileSync(join(root, 'src/tunnel/security/tls.ts'), 'utf8');
+    expect(text).not.toMatch(/^import\s+(?!type\b)[^;]*from\s*'@libp2p\/tls/m);
+  });
+});
