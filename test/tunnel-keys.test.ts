@@ -127,3 +127,41 @@ describe('pre-shared key', () => {
 
 // base64Decode("701f220b…" = hex(sha256(sample)))[0:32]; by hand: "701f" decodes to ef 4d 5f.
 const SAMPLE_KEY_HEX = 'ef4d5fdb6d1b75ad1b7bc79a7b7f5e69ed77ddfdf8ddee3579de5bf35d1b7bdd';
+
+describe('Noise key agreement (X25519 on node:crypto)', () => {
+  test('key pairs and shared secrets equal the pure-JS reference; a low-order public key is refused', async () => {
+    const { noiseCrypto } = await import('../src/tunnel/security/noise.ts');
+    const { pureJsCrypto } = await import('@chainsafe/libp2p-noise/crypto');
+    const crypto = await noiseCrypto('noble').load();
+    for (let i = 0; i < 20; i++) {
+      const a = crypto.generateX25519KeyPair();
+      const b = pureJsCrypto.generateX25519KeyPair();
+      expect(Buffer.from(crypto.generateX25519KeyPairFromSeed(a.privateKey).publicKey)).toEqual(Buffer.from(pureJsCrypto.generateX25519KeyPairFromSeed(a.privateKey).publicKey));
+      // Both sides of an exchange, one on each implementation, reach the same secret.
+      const ours = Buffer.from(crypto.generateX25519SharedKey(a.privateKey, b.publicKey));
+      expect(ours).toEqual(Buffer.from(pureJsCrypto.generateX25519SharedKey(b.privateKey, a.publicKey)));
+    }
+    // Noise hands the peer's key over as it came off the wire: a Uint8ArrayList of pieces.
+    const { Uint8ArrayList } = await import('uint8arraylist');
+    const a = crypto.generateX25519KeyPair(), b = crypto.generateX25519KeyPair();
+    const pieces = new Uint8ArrayList(b.publicKey.subarray(0, 5), b.publicKey.subarray(5));
+    expect(Buffer.from(crypto.generateX25519SharedKey(a.privateKey, pieces as unknown as Uint8Array))).toEqual(Buffer.from(pureJsCrypto.generateX25519SharedKey(b.privateKey, a.publicKey)));
+    const k = crypto.generateX25519KeyPair();
+    expect(() => crypto.generateX25519SharedKey(k.privateKey, new Uint8Array(32))).toThrow();
+    expect(() => crypto.generateX25519SharedKey(k.privateKey, new Uint8Array(31))).toThrow();
+  });
+
+  test('the AEAD is checked against RFC 8439: libsodium and the pure-JS one pass, a wrong one is refused', async () => {
+    const { aeadPassesVector, noiseCrypto } = await import('../src/tunnel/security/noise.ts');
+    const { pureJsCrypto } = await import('@chainsafe/libp2p-noise/crypto');
+    expect(aeadPassesVector(pureJsCrypto)).toBe(true);
+    const auto = noiseCrypto('auto');
+    if (auto.aead === 'libsodium') expect(aeadPassesVector(await auto.load())).toBe(true);
+    else expect(auto.fallbackReason).not.toBe('');
+    // A cipher that seals with another key, and one that opens forgeries, both fail.
+    const other = { ...pureJsCrypto, chaCha20Poly1305Encrypt: (p: Uint8Array, n: Uint8Array, a: Uint8Array, k: Uint8Array) => pureJsCrypto.chaCha20Poly1305Encrypt(p, n, a, k.map((b) => b ^ 1)) };
+    expect(aeadPassesVector(other as typeof pureJsCrypto)).toBe(false);
+    const lax = { ...pureJsCrypto, chaCha20Poly1305Decrypt: (c: Uint8Array) => c.subarray(0, c.length - 16) };
+    expect(aeadPassesVector(lax as unknown as typeof pureJsCrypto)).toBe(false);
+  });
+});
