@@ -11,13 +11,22 @@
  */
 import type { AbortOptions, ComponentLogger, ConnectionEncrypter, MessageStream, PrivateKey, SecureConnectionOptions, SecuredConnection, StreamMuxerFactory } from '@libp2p/interface';
 import { InvalidCryptoExchangeError, serviceCapabilities } from '@libp2p/interface';
-import { generateCertificate, toMessageStream, toNodeDuplex, verifyPeerCertificate } from '@libp2p/tls/utils';
-import { TLSSocket, connect } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
 import type { Uint8ArrayList } from 'uint8arraylist';
 import { isPnetConnection } from './pnet.ts';
 import { PskAdmissionError, proveAdmission } from './psk-admission.ts';
 
 export const TLS_PROTOCOL = '/tls/1.0.0';
+
+/**
+ * The certificate helpers (@peculiar/x509, its WebCrypto shim and ASN.1) and node:tls, imported at the first
+ * handshake: evaluating them took ~30 ms of the agent's start-up (measured on the compiled binary), before any
+ * peer needed them. Concurrent first handshakes share one import.
+ */
+type TlsLib = typeof import('@libp2p/tls/utils') & { tls: typeof import('node:tls') };
+let tlsLib: Promise<TlsLib> | null = null;
+const loadTlsLib = (): Promise<TlsLib> =>
+  (tlsLib ??= Promise.all([import('@libp2p/tls/utils'), import('node:tls')]).then(([utils, tls]) => ({ ...utils, tls })));
 
 interface TlsComponents {
   privateKey: PrivateKey;
@@ -57,8 +66,8 @@ class BunTls implements ConnectionEncrypter {
     return this.encrypt(connection, false, options);
   }
 
-  private certificate(): Promise<{ cert: string; key: string }> {
-    this.cert ??= generateCertificate(this.c.privateKey).catch((e: unknown) => {
+  private certificate(lib: TlsLib): Promise<{ cert: string; key: string }> {
+    this.cert ??= lib.generateCertificate(this.c.privateKey).catch((e: unknown) => {
       this.cert = null; // try again on the next connection
       throw e;
     });
@@ -70,7 +79,10 @@ class BunTls implements ConnectionEncrypter {
     const muxers = this.c.upgrader.getStreamMuxers();
     const early = options?.skipStreamMuxerNegotiation !== true;
     let streamMuxer: StreamMuxerFactory | undefined;
-    const base = { ...(await this.certificate()), minVersion: 'TLSv1.3' as const, maxVersion: 'TLSv1.3' as const, rejectUnauthorized: false };
+    const lib = await loadTlsLib();
+    const { toNodeDuplex, verifyPeerCertificate } = lib;
+    const { TLSSocket, connect } = lib.tls;
+    const base = { ...(await this.certificate(lib)), minVersion: 'TLSv1.3' as const, maxVersion: 'TLSv1.3' as const, rejectUnauthorized: false };
     options?.signal?.throwIfAborted();
     const duplex = toNodeDuplex(connection);
     const socket = isServer
@@ -131,10 +143,10 @@ class BunTls implements ConnectionEncrypter {
               }
               // Fail closed: with a PSK, any connection that did not come through pnet proves it here.
               const psk = this.psk && !isPnetConnection(connection) ? this.psk : null;
-              if (!psk) return resolve({ remotePeer, connection: secure(connection, socket), streamMuxer });
+              if (!psk) return resolve({ remotePeer, connection: secure(lib, connection, socket), streamMuxer });
               const deadline = AbortSignal.timeout(psk.timeoutMs);
               return proveAdmission(socket, psk.key, isServer, options?.signal ? AbortSignal.any([options.signal, deadline]) : deadline).then(() => {
-                const secured = secure(connection, socket);
+                const secured = secure(lib, connection, socket);
                 socket.resume(); // the proof paused it; bytes after the peer's tag are buffered for the muxer
                 resolve({ remotePeer, connection: secured, streamMuxer });
               }, (err: Error) => {
@@ -178,8 +190,8 @@ const GATHER_MAX = 2048;
  * closes flush first. Over pnet (the PSK's `stream` form) nothing is gathered here: pnet gathers a turn's writes
  * itself, and libp2p closes the stream beneath it.
  */
-function secure(connection: MessageStream, socket: TLSSocket): ReturnType<typeof toMessageStream> {
-  const secured = toMessageStream(connection, socket);
+function secure(lib: TlsLib, connection: MessageStream, socket: TLSSocket): ReturnType<TlsLib['toMessageStream']> {
+  const secured = lib.toMessageStream(connection, socket);
   // sendData and close are AbstractMessageStream's hooks, called on this: replaced on these instances.
   const hook = secured as unknown as {
     sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean };
