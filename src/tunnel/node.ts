@@ -9,7 +9,6 @@ import { identify } from '@libp2p/identify';
 import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
 import { ping } from '@libp2p/ping';
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
-import { mdns } from '@libp2p/mdns';
 import { yamux } from '@libp2p/yamux';
 import { createLibp2p } from 'libp2p';
 import { networkInterfaces } from 'node:os';
@@ -125,7 +124,8 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
       connectionGater,
       connectionEncrypters: encrypters as never,
       streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
-      peerDiscovery: c.mdns ? [mdns({ serviceTag: c.rendezvous })] : [],
+      // mDNS (and its multicast DNS library) is loaded only when it is on.
+      peerDiscovery: c.mdns ? [(await import('@libp2p/mdns')).mdns({ serviceTag: c.rendezvous })] : [],
       // libp2p's own limit of connections waiting for a handshake is 10 for the whole node: raised past what the
       // transport's admission lets through (admission.ts), which limits them per address instead.
       connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs, maxIncomingPendingConnections: (d.transport.admission?.total ?? 10) + 192 },
