@@ -3,6 +3,8 @@
  * Start-up and idle memory of the compiled agent with every module on (file catalog, DNS, proxy on loopback
  * without interception, tunnel with a PSK), as an operator's node starts it:
  *   - time from spawn to the first 200 of /readyz (polled every 2 ms);
+ *   - the agent's own account (/status `startup`, builds that have it): ms from its process's start to the end
+ *     of its start, by phase (load: runtime, code and config; catalog; tunnel; proxy; dns);
  *   - RSS 5 s after ready (idle), from /proc/PID/status.
  * With --base=DIR the same is measured for the checkout in DIR (built with its own scripts/build.ts), the two
  * alternating start by start, and the medians are printed side by side with their ratio.
@@ -55,7 +57,9 @@ async function config(name: string): Promise<string> {
   return `${path}|${admin}`;
 }
 
-async function once(bin: string, cfg: string): Promise<{ readyMs: number; rssMiB: number }> {
+interface Startup { ms: number; phases: Record<string, number> }
+
+async function once(bin: string, cfg: string): Promise<{ readyMs: number; rssMiB: number; startup: Startup | null }> {
   const [path, admin] = cfg.split('|') as [string, string];
   const t0 = performance.now();
   const p = spawnChild([bin, 'agent', '--config', path, '--node-name', 'n1'], { stdout: 'ignore', stderr: 'pipe' });
@@ -77,11 +81,17 @@ async function once(bin: string, cfg: string): Promise<{ readyMs: number; rssMiB
     p.kill('SIGKILL');
     throw new Error(`${bin} did not become ready in 10 s: ${await new Response(p.stderr).text()}`);
   }
+  let startup: Startup | null = null;
+  try {
+    startup = ((await (await fetch(`http://127.0.0.1:${admin}/status`)).json()) as { startup?: Startup }).startup ?? null;
+  } catch {
+    // an older build
+  }
   await Bun.sleep(idleSec * 1000);
   const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
   p.kill('SIGTERM');
   await p.exited;
-  return { readyMs, rssMiB: rss };
+  return { readyMs, rssMiB: rss, startup };
 }
 
 try {
@@ -92,7 +102,7 @@ try {
     return out;
   });
   const cfgs = await Promise.all(sides.map((s) => config(s.name)));
-  const res = sides.map(() => ({ ready: [] as number[], rss: [] as number[] }));
+  const res = sides.map(() => ({ ready: [] as number[], rss: [] as number[], own: [] as Startup[] }));
   for (let i = 0; i < runs; i++) {
     // Alternate which side starts first, so a drift of the machine does not favour one.
     const order = i % 2 === 0 ? sides.map((_, j) => j) : sides.map((_, j) => j).reverse();
@@ -100,13 +110,19 @@ try {
       const r = await once(bins[j]!, cfgs[j]!);
       res[j]!.ready.push(r.readyMs);
       res[j]!.rss.push(r.rssMiB);
-      log(`run ${i + 1}/${runs} ${sides[j]!.name}: ready ${r.readyMs.toFixed(0)} ms, idle RSS ${r.rssMiB.toFixed(1)} MiB`);
+      if (r.startup) res[j]!.own.push(r.startup);
+      const own = r.startup ? ` (its own count: ${r.startup.ms} ms = ${Object.entries(r.startup.phases).map(([k, v]) => `${k} ${v}`).join(' + ')})` : '';
+      log(`run ${i + 1}/${runs} ${sides[j]!.name}: ready ${r.readyMs.toFixed(0)} ms${own}, idle RSS ${r.rssMiB.toFixed(1)} MiB`);
     }
   }
   const rows = sides.map((s, j) => ({
     build: s.name, checkout: s.checkout,
     readyMsMedian: Math.round(median(res[j]!.ready)), readyMs: res[j]!.ready.map(Math.round),
     idleRssMiBMedian: Number(median(res[j]!.rss).toFixed(1)), idleRssMiB: res[j]!.rss.map((x) => Number(x.toFixed(1))),
+    ...(res[j]!.own.length ? {
+      ownStartupMsMedian: median(res[j]!.own.map((o) => o.ms)),
+      phasesMsMedian: Object.fromEntries(Object.keys(res[j]!.own[0]!.phases).map((k) => [k, median(res[j]!.own.map((o) => o.phases[k] ?? 0))])),
+    } : {}),
   }));
   const out: Record<string, unknown> = { runs, idleSec, modules: 'dns, proxy (loopback, no interception), tunnel (PSK)', rows };
   if (rows.length === 2) out.ratio = { ready: Number((rows[0]!.readyMsMedian / rows[1]!.readyMsMedian).toFixed(2)), idleRss: Number((rows[0]!.idleRssMiBMedian / rows[1]!.idleRssMiBMedian).toFixed(2)) };

@@ -49,6 +49,8 @@ export interface AgentStatus {
   config: string;
   pid: number;
   startedAt: string;
+  /** ms from the process's start until every module ran, by phase (load: runtime, code and config); null while starting. */
+  startup: { ms: number; phases: Record<string, number> } | null;
   uptimeSeconds: number;
   ready: Readiness;
   catalog: ReturnType<Catalog['state']> & {
@@ -88,6 +90,8 @@ export class Agent {
   private gateway: GatewayModule | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
+  /** Milliseconds from the process's start to the end of start(), and the share of each phase. */
+  private startup: { ms: number; phases: Record<string, number> } | null = null;
   private readonly ac = new AbortController();
   private started = false;
   /** Times this node found its Node bound to another peer ID and left it (edgemesh_tunnel_binding_conflicts_total). */
@@ -112,6 +116,14 @@ export class Agent {
 
   async start(): Promise<void> {
     const { loaded } = this;
+    // Start-up by phase, in ms: `load` is from the process's start (runtime, code, config) to here.
+    let last = performance.now();
+    const phases: Record<string, number> = { load: Math.round(last) };
+    const phase = (name: string): void => {
+      const now = performance.now();
+      phases[name] = Math.round(now - last);
+      last = now;
+    };
     this.log.info(`edgemesh ${loaded.role} ${VERSION} starting`, { node: loaded.nodeName, mode: loaded.mode, config: loaded.source });
     await this.ensureStateDir();
 
@@ -159,6 +171,7 @@ export class Agent {
       this.kubeSource.start();
     }
 
+    phase('catalog');
     // The tunnel (both roles), then the agent's modules, then the gateway (both roles) on the same Dialer.
     const tc = loaded.config.modules.edgeTunnel;
     if (tc.enable) {
@@ -173,21 +186,25 @@ export class Agent {
       await this.tunnel.start();
       if (this.kubeSource) void this.publishPeerId(this.kubeSource, PEER_ID_ANNOTATION, loaded.nodeName, id.peerId, tc.takeOverBinding);
       this.watchConfig();
+      phase('tunnel');
     }
     // The one decision of how endpoints are reached: the tunnel is handed in, so dial/ never imports it.
     const dialer = new Dialer({ nodeName: loaded.nodeName, directCIDRs: tc.directCIDRs, remote: this.tunnel ?? undefined });
     if (loaded.role === 'agent') {
       const cfg = loaded.config as AgentConfig;
       await this.startGuard(cfg);
+      if (this.guard) phase('guard');
       if (cfg.modules.edgeProxy.enable) {
         const { ProxyModule } = await import('./proxy/index.ts');
         this.proxy = new ProxyModule({ config: cfg, catalog: this.catalog, nodeName: loaded.nodeName, logger: this.log.child('proxy'), metrics: this.metrics, dialer });
         await this.proxy.start();
+        phase('proxy');
       }
       if (cfg.modules.edgeDNS.enable) {
         const { DnsModule } = await import('./dns/index.ts');
         this.dns = new DnsModule({ config: cfg, catalog: this.catalog, logger: this.log.child('dns'), metrics: this.metrics });
         await this.dns.start();
+        phase('dns');
       }
     }
     const gc = loaded.config.modules.edgeGateway;
@@ -196,11 +213,13 @@ export class Agent {
       const { GatewayModule } = await import('./gateway/index.ts');
       this.gateway = new GatewayModule({ config: { ...gc, labels: await this.gatewayLabels(gc.labels) }, catalog: this.catalog, dialer, logger: this.log.child('gateway'), metrics: this.metrics, clusterDomain: domain });
       await this.gateway.start();
+      phase('gateway');
     }
 
     this.warnUnbuiltModules();
     this.started = true;
-    this.log.info('started', { admin: this.admin?.url ?? 'disabled' });
+    this.startup = { ms: Math.round(performance.now()), phases };
+    this.log.info('started', { admin: this.admin?.url ?? 'disabled', startupMs: this.startup.ms, phases: Object.entries(phases).map(([k, v]) => `${k} ${v}`).join(', ') });
   }
 
   /**
@@ -295,6 +314,7 @@ export class Agent {
       config: l.source,
       pid: process.pid,
       startedAt: this.startedAt.toISOString(),
+      startup: this.startup,
       uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
       ready: this.readiness(),
       catalog: {

@@ -130,8 +130,14 @@ endpoints:
     expect(r.stdout).toContain('ready:     yes');
     expect(r.stdout).toMatch(/catalog:\s+3 services/);
     expect(r.stdout).toContain(`source:    file ${catalog}`);
+    // Start-up, counted by the agent from its process's start: the phases add up to the whole.
+    expect(r.stdout).toMatch(/start-up:\s+\d+ ms \(load \d+, catalog \d+/);
     const j = await runCli(['status', '--json', '--admin', admin.replace('http://', '')]);
-    expect(JSON.parse(j.stdout).nodeName).toBe('edge-1');
+    const st = JSON.parse(j.stdout) as { nodeName: string; startup: { ms: number; phases: Record<string, number> } };
+    expect(st.nodeName).toBe('edge-1');
+    const sum = Object.values(st.startup.phases).reduce((a, b) => a + b, 0);
+    expect(st.startup.ms).toBeGreaterThan(0);
+    expect(Math.abs(sum - st.startup.ms)).toBeLessThanOrEqual(Object.keys(st.startup.phases).length);
   });
 
   test('the snapshot is written atomically with mode 0600', async () => {
