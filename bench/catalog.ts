@@ -9,7 +9,7 @@ import { Catalog } from '../src/catalog/catalog.ts';
 import { type CatalogObjects, type Service, emptyObjects } from '../src/catalog/model.ts';
 import { SNAPSHOT_FORMAT, loadSnapshot, writeSnapshot } from '../src/catalog/snapshot.ts';
 import { createLogger } from '../src/obs/logger.ts';
-import type { Scenario } from './scenario.ts';
+import type { RawFigure, Scenario } from './scenario.ts';
 
 function service(i: number): Service {
   return {
@@ -36,15 +36,15 @@ const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 };
-const fmt = (ms: number) => (ms < 1 ? `${(ms * 1000).toFixed(0)} µs` : `${ms.toFixed(2)} ms`);
 
 export const catalogScenario: Scenario = {
-  name: 'catalog',
+  id: 'catalog',
   description: 'catalog apply latency (1 / 1,000 / 10,000 services) and snapshot write/load (10,000 services)',
-  async run(progress) {
-    const rows: Record<string, unknown>[] = [];
+  async run(ctx) {
+    const out: RawFigure[] = [];
     const logger = createLogger('bench', { level: 'error' });
     for (const n of [1, 1000, 10000]) {
+      ctx.progress(`${n.toLocaleString('en-US')} services: initial load and one change at a time`);
       const catalog = new Catalog({ logger });
       const objects = syntheticObjects(n);
       let t0 = performance.now();
@@ -52,12 +52,12 @@ export const catalogScenario: Scenario = {
       catalog.flush();
       const initialMs = performance.now() - t0;
       const lat: number[] = [];
-      const rounds = 300;
-      for (let r = 0; r < rounds; r++) {
+      const end = performance.now() + Math.max(0.1, ctx.duration / 3) * 1000;
+      for (let r = 0; r < 10 || (r < 300 && performance.now() < end); r++) {
         const s = { ...objects.services[r % n]!, labels: { app: 'x', round: String(r) } };
         const done = new Promise<void>((resolve) => {
           const off = catalog.subscribe(() => {
-            lat.push(performance.now() - t0);
+            lat.push((performance.now() - t0) * 1000);
             off();
             resolve();
           });
@@ -66,9 +66,14 @@ export const catalogScenario: Scenario = {
         catalog.upsert({ kind: 'services', value: s });
         await done;
       }
-      rows.push({ services: n, initialLoadMs: +initialMs.toFixed(4), applyP50Ms: +pct(lat, 50).toFixed(4), applyP99Ms: +pct(lat, 99).toFixed(4) });
-      progress(`${n} services: initial load ${fmt(initialMs)}, one change → notified p50 ${fmt(pct(lat, 50))} p99 ${fmt(pct(lat, 99))}`);
+      const tag = n.toLocaleString('en-US');
+      out.push(
+        { id: `catalog.load.${n}`, label: `initial load of ${tag} service${n === 1 ? '' : 's'}`, unit: 'ms', better: 'lower', value: initialMs },
+        { id: `catalog.apply.${n}.p50`, label: `one change notified, ${tag} service${n === 1 ? '' : 's'}, p50`, unit: 'µs', better: 'lower', value: pct(lat, 50), latencies: lat },
+        { id: `catalog.apply.${n}.p99`, label: `one change notified, ${tag} service${n === 1 ? '' : 's'}, p99`, unit: 'µs', better: 'lower', value: pct(lat, 99) },
+      );
     }
+    ctx.progress('snapshot of 10,000 services: write and load');
     const dir = mkdtempSync(join(tmpdir(), 'edgemesh-bench-'));
     try {
       const path = join(dir, 'catalog.json');
@@ -76,25 +81,20 @@ export const catalogScenario: Scenario = {
       let t0 = performance.now();
       await writeSnapshot(path, { format: SNAPSHOT_FORMAT, savedAt: new Date().toISOString(), origin: 'kubernetes', nodeName: 'bench', objects });
       const writeMs = performance.now() - t0;
-      const size = Bun.file(path).size;
+      ctx.fact('snapshot of 10,000 services', `${(Bun.file(path).size / 1e6).toFixed(1)} MB`);
       t0 = performance.now();
       const snap = await loadSnapshot(path);
       const catalog = new Catalog({ logger });
       catalog.replace(snap!.objects, 'snapshot');
       catalog.flush();
       const loadMs = performance.now() - t0;
-      rows.push({ snapshotServices: 10000, snapshotBytes: size, writeMs: +writeMs.toFixed(1), loadAndApplyMs: +loadMs.toFixed(1) });
-      progress(`snapshot of 10,000 services (${(size / 1e6).toFixed(1)} MB): write ${fmt(writeMs)}, load+apply ${fmt(loadMs)}`);
+      out.push(
+        { id: 'catalog.snapshot.write', label: 'snapshot write, 10,000 services', unit: 'ms', better: 'lower', value: writeMs },
+        { id: 'catalog.snapshot.load', label: 'snapshot load and apply, 10,000 services', unit: 'ms', better: 'lower', value: loadMs },
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
-    const table = [
-      '| services | initial load | apply p50 | apply p99 |',
-      '|---:|---:|---:|---:|',
-      ...rows.filter((r) => 'services' in r).map((r) => `| ${r.services} | ${fmt(r.initialLoadMs as number)} | ${fmt(r.applyP50Ms as number)} | ${fmt(r.applyP99Ms as number)} |`),
-      '',
-      ...rows.filter((r) => 'snapshotServices' in r).map((r) => `snapshot, 10,000 services (${((r.snapshotBytes as number) / 1e6).toFixed(1)} MB): write ${fmt(r.writeMs as number)}, load + apply ${fmt(r.loadAndApplyMs as number)}`),
-    ].join('\n');
-    return { table, rows };
+    return out;
   },
 };

@@ -1,11 +1,13 @@
 /**
- * `edgemesh bench proxy` and `edgemesh bench dns`: profile this node with nothing but the binary, each against a
- * baseline measured in the same run (the machine may be busy: compare ratios, not absolutes).
- * - proxy: bulk throughput and small request/response latency through a TcpServicePort vs a direct connection
- *   to the same local echo server, with the shipped bulk path (splice(2) worker) as the agent runs it;
+ * Scenarios of `edgemesh bench` on this node with nothing but the binary, each figure against a baseline measured
+ * in the same run (the machine may be busy: compare ratios, not absolutes):
+ * - proxy: TCP (bulk, round trips), HTTP (keep-alive, new connection per request) and UDP through proxied service
+ *   ports vs the same servers directly, with the shipped bulk path (the splice(2) worker) as the agent runs it;
  * - dns: query rate and latency of the DNS server (1,000 services) vs a bare UDP echo server on the same event
- *   loop, the floor for any UDP service on this runtime.
- * Everything listens on 127.0.0.1 and stops by itself. Client, server and proxy share this one process (and
+ *   loop, the floor for any UDP service on this runtime;
+ * - tunnel: two tunnel nodes in this process (PSK on), a service port whose endpoint is on the other one;
+ * - ciphers: the engines' raw speed (libsodium through bun:ffi against the pure-JS fallback).
+ * Everything listens on 127.0.0.1 and stops by itself. Client, servers and proxy share this one process (and
  * its event loop), so the ratios are a self-check of this node's runtime, pessimistic for the proxy; the
  * deployment figures against haproxy and dnsmasq come from bench/proxy-*.ts and bench/dns.ts.
  */
@@ -16,6 +18,7 @@ import { Forwarder } from '../src/dns/forwarder.ts';
 import { Balancer } from '../src/lb/balancer.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { TcpServicePort } from '../src/proxy/tcp.ts';
+import { UdpServicePort } from '../src/proxy/udp.ts';
 import { BulkSplicer } from '../src/proxy/splicer.ts';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
@@ -24,189 +27,94 @@ import { defaultConfig } from '../src/config/load.ts';
 import { ADDRESSES_ANNOTATION, PEER_ID_ANNOTATION, TunnelModule } from '../src/tunnel/index.ts';
 import { applyLibraryPatches } from '../src/tunnel/patches/index.ts';
 import { syntheticObjects } from './catalog.ts';
-import type { Scenario } from './scenario.ts';
+import { bulk, echoServer, httpLoad, httpServer, roundTrips, udpEcho, udpLoad } from './load.ts';
+import type { BenchContext, RawFigure, Scenario } from './scenario.ts';
 
 const logger = createLogger('bench', { level: 'error' });
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
 
-/** An echo server with real backpressure: what the socket does not take now waits, and reading pauses. */
-function echoServer(): Bun.TCPSocketListener<{ rest: Uint8Array | null }> {
-  return Bun.listen<{ rest: Uint8Array | null }>({
-    hostname: '127.0.0.1',
-    port: 0,
-    socket: {
-      open(s) {
-        s.data = { rest: null };
-      },
-      data(s, d) {
-        const n = s.write(d);
-        if (n < d.length) {
-          s.data.rest = d.subarray(Math.max(0, n));
-          s.pause();
-        }
-      },
-      drain(s) {
-        const r = s.data.rest;
-        if (!r) return;
-        const n = s.write(r);
-        if (n < r.length) {
-          s.data.rest = r.subarray(Math.max(0, n));
-          return;
-        }
-        s.data.rest = null;
-        s.resume();
-      },
-    },
-  });
-}
+const balancerFor = (port: number, nodeName = '') => {
+  const b = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
+  b.setEndpoints([{ key: `127.0.0.1:${port}`, ip: '127.0.0.1', port, nodeName, podName: '' }]);
+  return b;
+};
 
-/** Send `bytes` as fast as the socket takes them and count what is echoed back; MB/s. */
-async function bulk(port: number, bytes: number): Promise<number> {
-  const chunk = new Uint8Array(256 * 1024);
-  let sent = 0;
-  let got = 0;
-  const t0 = performance.now();
-  await new Promise<void>((resolve) => {
-    const pump = (s: { write(b: Uint8Array): number }) => {
-      while (sent < bytes) {
-        const n = s.write(chunk);
-        if (n > 0) sent += n;
-        if (n < chunk.length) return;
-      }
-    };
-    void Bun.connect({ hostname: '127.0.0.1', port, socket: {
-      open: pump,
-      drain: pump,
-      data(s, d) {
-        got += d.length;
-        if (got >= bytes) {
-          s.end();
-          resolve();
-        }
-      },
-    } });
-  });
-  return bytes / 1e6 / ((performance.now() - t0) / 1000);
-}
-
-/** Sequential 64-byte round trips on one connection; latencies in µs. */
-async function pingPong(port: number, n: number): Promise<number[]> {
-  const lat: number[] = [];
-  const msg = new Uint8Array(64);
-  await new Promise<void>((resolve) => {
-    let t = 0;
-    let got = 0;
-    void Bun.connect({ hostname: '127.0.0.1', port, socket: {
-      open(s) {
-        t = performance.now();
-        s.write(msg);
-      },
-      data(s, d) {
-        got += d.length;
-        if (got < 64) return;
-        got = 0;
-        lat.push((performance.now() - t) * 1000);
-        if (lat.length >= n) {
-          s.end();
-          resolve();
-          return;
-        }
-        t = performance.now();
-        s.write(msg);
-      },
-    } });
-  });
-  return lat;
-}
-
-/**
- * Bulk echo MB/s and 64-byte round trips to the echo server, direct and through `via` (the same run), as rows and
- * a table with ratios to direct.
- */
-async function compareEcho(progress: (l: string) => void, directPort: number, viaPort: number, label: string, mib: number, trips: number) {
-  await bulk(directPort, 16 * 1024 * 1024); // warm-up
-  await bulk(viaPort, 16 * 1024 * 1024);
-  const direct = await bulk(directPort, mib * 1024 * 1024);
-  progress(`bulk direct: ${direct.toFixed(0)} MB/s`);
-  const via = await bulk(viaPort, mib * 1024 * 1024);
-  progress(`bulk through the ${label}: ${via.toFixed(0)} MB/s`);
-  const ld = await pingPong(directPort, trips);
-  const lv = await pingPong(viaPort, trips);
-  const rows = [
-    { metric: `bulk echo (MB/s, ${mib} MiB each way)`, direct: +direct.toFixed(0), [label]: +via.toFixed(0), ratio: +(via / direct).toFixed(3) },
-    { metric: 'round trip p50 (µs)', direct: +pct(ld, 50).toFixed(1), [label]: +pct(lv, 50).toFixed(1), ratio: +(pct(lv, 50) / pct(ld, 50)).toFixed(2) },
-    { metric: 'round trip p99 (µs)', direct: +pct(ld, 99).toFixed(1), [label]: +pct(lv, 99).toFixed(1), ratio: +(pct(lv, 99) / pct(ld, 99)).toFixed(2) },
+/** Bulk echo and round trips to the echo server, direct and through `viaPort` (same run). */
+async function tcpFigures(ctx: BenchContext, prefix: string, label: string, directPort: number, viaPort: number): Promise<RawFigure[]> {
+  const warm = Math.min(0.3, ctx.duration / 2);
+  await bulk(directPort, warm);
+  await bulk(viaPort, warm);
+  ctx.progress('bulk echo, direct');
+  const direct = await bulk(directPort, ctx.duration, (r) => ctx.progress('bulk echo, direct', `${r.toFixed(0)} MB/s`));
+  ctx.progress(`bulk echo through the ${label}`);
+  const via = await bulk(viaPort, ctx.duration, (r) => ctx.progress(`bulk echo through the ${label}`, `${r.toFixed(0)} MB/s`));
+  ctx.progress(`${ctx.size}-byte round trips, direct`);
+  const ld = await roundTrips(directPort, ctx.duration, ctx.size);
+  ctx.progress(`${ctx.size}-byte round trips through the ${label}`);
+  const lv = await roundTrips(viaPort, ctx.duration, ctx.size);
+  const base = { label: 'direct' };
+  return [
+    { id: `${prefix}.bulk`, label: `bulk echo through the ${label}`, unit: 'MB/s', better: 'higher', value: via.mbps, baseline: { ...base, value: direct.mbps }, series: via.series },
+    { id: `${prefix}.rtt.p50`, label: `${ctx.size}-byte round trip p50`, unit: 'µs', better: 'lower', value: pct(lv, 50), baseline: { ...base, value: pct(ld, 50) }, latencies: lv },
+    { id: `${prefix}.rtt.p99`, label: `${ctx.size}-byte round trip p99`, unit: 'µs', better: 'lower', value: pct(lv, 99), baseline: { ...base, value: pct(ld, 99) } },
+    { id: `${prefix}.rtt.p999`, label: `${ctx.size}-byte round trip p99.9`, unit: 'µs', better: 'lower', value: pct(lv, 99.9), baseline: { ...base, value: pct(ld, 99.9) } },
   ];
-  const table = [`| metric | direct | through the ${label} | ratio |`, '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.direct} | ${r[label]} | ${r.ratio} |`)].join('\n');
-  return { table, rows };
 }
 
 export const proxyScenario: Scenario = {
-  name: 'proxy',
-  description: 'TCP through a proxied service port vs direct, all in this process: bulk MB/s and 64-byte round trips',
-  async run(progress) {
+  id: 'proxy',
+  description: 'TCP, HTTP and UDP through proxied service ports vs the same servers directly, all in this process',
+  async run(ctx) {
     const echo = echoServer();
-    const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
-    balancer.setEndpoints([{ key: `127.0.0.1:${echo.port}`, ip: '127.0.0.1', port: echo.port, nodeName: '', podName: '' }]);
+    const http = httpServer();
+    const uecho = await udpEcho();
     // As the agent runs it (the default edgeProxy.spliceBulkBytes and the splicer's own defaults).
     const cfg = defaultConfig('agent', 'edge').modules.edgeProxy;
     const splicer = new BulkSplicer({ logger, idleTimeoutSec: 0 });
     const spliceOn = cfg.spliceBulkBytes > 0 && (await splicer.start());
-    progress(spliceOn ? 'bulk path: splice(2) worker' : 'bulk path: JavaScript (the splice worker is not available here)');
-    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1, splicer: spliceOn ? splicer : undefined, bulkBytes: cfg.spliceBulkBytes });
-    proxy.start();
+    ctx.fact('bulk path', spliceOn ? 'splice(2) worker' : 'JavaScript (the splice worker is not available here)');
+    const port = (p: number) => new TcpServicePort({ host: '127.0.0.1', port: 0, balancer: balancerFor(p), logger, isLocal: () => true, connectTimeoutMs: 2000, idleTimeoutSec: 0, maxAttempts: 1, splicer: spliceOn ? splicer : undefined, bulkBytes: cfg.spliceBulkBytes });
+    const tcp = port(echo.port);
+    const web = port(http.port);
+    const udp = new UdpServicePort({ host: '127.0.0.1', port: 0, balancer: balancerFor(uecho.port), logger, isLocal: () => true, idleTimeoutMs: 60_000, maxSessions: 1000 });
+    tcp.start();
+    web.start();
+    await udp.start();
     try {
-      return await compareEcho(progress, echo.port, proxy.port, 'proxy', 512, 20_000);
+      const out = await tcpFigures(ctx, 'proxy.tcp', 'proxy', echo.port, tcp.port);
+      for (const keepAlive of [true, false]) {
+        const kind = keepAlive ? 'keep-alive' : 'new connection per request';
+        const run = (p: number, where: string) => httpLoad(p, ctx.duration, ctx.connections, keepAlive, (r) => ctx.progress(`HTTP ${kind}, ${where}`, `${r.toFixed(0)} req/s`));
+        const direct = await run(http.port, 'direct');
+        const via = await run(web.port, 'through the proxy');
+        out.push({ id: `proxy.http.${keepAlive ? 'keepalive' : 'newconn'}`, label: `HTTP ${kind}, ${ctx.connections} connections`, unit: 'req/s', better: 'higher', value: via, baseline: { label: 'direct', value: direct } });
+      }
+      const datagrams = Array.from({ length: 16 }, () => new Uint8Array(Math.max(2, ctx.size)));
+      ctx.progress('UDP echo, direct');
+      const ud = await udpLoad(uecho.port, datagrams, ctx.duration, 32);
+      ctx.progress('UDP echo through the proxy');
+      const uv = await udpLoad(udp.port, datagrams, ctx.duration, 32);
+      out.push(
+        { id: 'proxy.udp.rate', label: `UDP ${ctx.size}-byte datagrams echoed, 32 outstanding`, unit: 'datagrams/s', better: 'higher', value: uv.qps, baseline: { label: 'direct', value: ud.qps } },
+        { id: 'proxy.udp.p50', label: 'UDP round trip p50', unit: 'µs', better: 'lower', value: pct(uv.lat, 50), baseline: { label: 'direct', value: pct(ud.lat, 50) }, latencies: uv.lat },
+      );
+      return out;
     } finally {
-      proxy.stop();
+      tcp.stop();
+      web.stop();
+      udp.stop();
       await splicer.stop();
       echo.stop(true);
+      http.stop(true);
+      uecho.close();
     }
   },
 };
 
-/** Fire `total` queries with `window` outstanding from one socket; QPS and latencies (µs). */
-async function udpLoad(port: number, queries: Uint8Array[], total: number, window: number): Promise<{ qps: number; lat: number[] }> {
-  const sentAt = new Float64Array(65536);
-  const lat: number[] = [];
-  let next = 0;
-  let done = 0;
-  let finish: () => void = () => {};
-  const finished = new Promise<void>((r) => (finish = r));
-  const send = (s: { send(b: Uint8Array, p: number, a: string): boolean }) => {
-    const q = queries[next % queries.length]!;
-    const id = next & 0xffff;
-    q[0] = id >> 8;
-    q[1] = id & 0xff;
-    sentAt[id] = performance.now();
-    next++;
-    s.send(q, port, '127.0.0.1');
-  };
-  const sock = await Bun.udpSocket({ hostname: '127.0.0.1', socket: {
-    data(s, b) {
-      const id = (b[0]! << 8) | b[1]!;
-      lat.push((performance.now() - sentAt[id]!) * 1000);
-      done++;
-      if (done >= total) finish();
-      else if (next < total) send(s);
-    },
-    error() {},
-  } });
-  const t0 = performance.now();
-  for (let i = 0; i < window; i++) send(sock);
-  // Lost datagrams (a full kernel buffer) would stall the window: top it up if nothing came back for a while.
-  const guard = setInterval(() => { if (next < total) for (let i = 0; i < window / 4; i++) send(sock); else finish(); }, 200);
-  await finished;
-  clearInterval(guard);
-  const secs = (performance.now() - t0) / 1000;
-  sock.close();
-  return { qps: done / secs, lat };
-}
-
 export const dnsScenario: Scenario = {
-  name: 'dns',
+  id: 'dns',
   description: 'DNS answers for 1,000 services vs a bare UDP echo server, all in this process: queries/s and latency',
-  async run(progress) {
+  async run(ctx) {
     const catalog = new Catalog({ logger });
     catalog.replace(syntheticObjects(1000), 'file');
     catalog.flush();
@@ -215,23 +123,23 @@ export const dnsScenario: Scenario = {
     const forwarder = new Forwarder({ upstreams: () => [], logger, timeoutMs: 500, cacheSize: 100, maxNegativeTTL: 5 });
     const dns = new DnsServer({ host: '127.0.0.1', port: 0, logger, zone: () => zone, forwarder, forwardAll: false, tcpIdleTimeoutSec: 5, rateLimit: 0 });
     await dns.start();
-    const echo = await Bun.udpSocket({ hostname: '127.0.0.1', socket: { data(s, b, p, a) { s.send(b, p, a); }, error() {} } });
+    const echo = await udpEcho();
     try {
       const dnsPacket = (await import('dns-packet')).default;
       const queries = Array.from({ length: 1000 }, (_, i) => new Uint8Array(dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: `svc-${i}.ns${i % 50}.svc.cluster.local`, type: 'A', class: 'IN' }] })));
-      await udpLoad(dns.port, queries, 20_000, 64); // warm-up
-      await udpLoad(echo.port, queries, 20_000, 64);
-      const base = await udpLoad(echo.port, queries, 200_000, 64);
-      progress(`UDP echo baseline: ${base.qps.toFixed(0)} queries/s`);
-      const ours = await udpLoad(dns.port, queries, 200_000, 64);
-      progress(`DNS: ${ours.qps.toFixed(0)} queries/s`);
-      const rows = [
-        { metric: 'queries/s (64 outstanding, one client)', baseline: +base.qps.toFixed(0), dns: +ours.qps.toFixed(0), ratio: +(ours.qps / base.qps).toFixed(2) },
-        { metric: 'latency p50 (µs)', baseline: +pct(base.lat, 50).toFixed(1), dns: +pct(ours.lat, 50).toFixed(1), ratio: +(pct(ours.lat, 50) / pct(base.lat, 50)).toFixed(2) },
-        { metric: 'latency p99 (µs)', baseline: +pct(base.lat, 99).toFixed(1), dns: +pct(ours.lat, 99).toFixed(1), ratio: +(pct(ours.lat, 99) / pct(base.lat, 99)).toFixed(2) },
+      const warm = Math.min(0.3, ctx.duration / 2);
+      await udpLoad(dns.port, queries, warm, 64);
+      await udpLoad(echo.port, queries, warm, 64);
+      ctx.progress('UDP echo baseline');
+      const base = await udpLoad(echo.port, queries, ctx.duration, 64);
+      ctx.progress('DNS queries', `${base.qps.toFixed(0)} q/s baseline`);
+      const ours = await udpLoad(dns.port, queries, ctx.duration, 64);
+      const b = { label: 'UDP echo' };
+      return [
+        { id: 'dns.qps', label: 'queries/s (64 outstanding, one client)', unit: 'queries/s', better: 'higher', value: ours.qps, baseline: { ...b, value: base.qps } },
+        { id: 'dns.latency.p50', label: 'latency p50', unit: 'µs', better: 'lower', value: pct(ours.lat, 50), baseline: { ...b, value: pct(base.lat, 50) }, latencies: ours.lat },
+        { id: 'dns.latency.p99', label: 'latency p99', unit: 'µs', better: 'lower', value: pct(ours.lat, 99), baseline: { ...b, value: pct(base.lat, 99) } },
       ];
-      const table = ['| metric | UDP echo | DNS | ratio |', '|---|---:|---:|---:|', ...rows.map((r) => `| ${r.metric} | ${r.baseline} | ${r.dns} | ${r.ratio} |`)].join('\n');
-      return { table, rows };
     } finally {
       echo.close();
       await dns.stop();
@@ -242,13 +150,13 @@ export const dnsScenario: Scenario = {
 
 /**
  * The tunnel as this node would run it: two tunnel nodes in this process on loopback (PSK on, the engines this
- * host selects), a proxy port whose endpoint is on the other node. Bulk MB/s and 64-byte round trips against a
- * direct connection to the same echo server; one core does both ends, so a real pair of nodes does better.
+ * host selects), a proxy port whose endpoint is on the other node. One core does both ends, so a real pair of
+ * nodes does better.
  */
 export const tunnelScenario: Scenario = {
-  name: 'tunnel',
-  description: 'TCP through the libp2p tunnel (two nodes in this process, PSK on) vs direct: bulk MB/s and round trips',
-  async run(progress) {
+  id: 'tunnel',
+  description: 'TCP through the libp2p tunnel (two nodes in this process, PSK on) vs direct: bulk and round trips',
+  async run(ctx) {
     const echo = echoServer();
     const keys = [await generateKeyPair('Ed25519'), await generateKeyPair('Ed25519')];
     const ports = await Promise.all([0, 1].map(async () => {
@@ -272,18 +180,63 @@ export const tunnelScenario: Scenario = {
       const config = { ...defaultConfig('agent', 'edge').modules.edgeTunnel, enable: true, listenPort: ports[i]!, listenInterfaces: 'lo', mdns: false, directHostEndpoints: false };
       return new TunnelModule({ config, nodeName: name, catalog, privateKey: keys[i]!, psk, logger });
     });
-    const balancer = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
-    balancer.setEndpoints([{ key: `127.0.0.1:${echo.port}`, ip: '127.0.0.1', port: echo.port, nodeName: 'b', podName: '' }]);
-    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer, logger, isLocal: () => false, remote: nodes[0], connectTimeoutMs: 5000, idleTimeoutSec: 0, maxAttempts: 1 });
+    const proxy = new TcpServicePort({ host: '127.0.0.1', port: 0, balancer: balancerFor(echo.port, 'b'), logger, isLocal: () => false, remote: nodes[0], connectTimeoutMs: 5000, idleTimeoutSec: 0, maxAttempts: 1 });
     try {
+      ctx.progress('starting two tunnel nodes');
       for (const n of nodes) await n.start();
       proxy.start();
-      progress(`tunnel encryption: ${nodes[0]!.describe().encryption}`);
-      return await compareEcho(progress, echo.port, proxy.port, 'tunnel', 256, 5_000);
+      ctx.fact('encryption', nodes[0]!.describe().encryption);
+      return await tcpFigures(ctx, 'tunnel.tcp', 'tunnel', echo.port, proxy.port);
     } finally {
       proxy.stop();
       for (const n of nodes) await n.stop();
       echo.stop(true);
     }
+  },
+};
+
+/** MB/s of `f` over 64 KiB messages for `seconds`. */
+function throughput(seconds: number, f: (m: Uint8Array, i: number) => void): number {
+  const msg = new Uint8Array(64 * 1024);
+  const end = performance.now() + seconds * 1000;
+  const t0 = performance.now();
+  let bytes = 0;
+  for (let i = 0; performance.now() < end; i++) {
+    f(msg, i);
+    bytes += msg.length;
+  }
+  return bytes / 1e6 / ((performance.now() - t0) / 1000);
+}
+
+export const cipherScenario: Scenario = {
+  id: 'ciphers',
+  description: 'the tunnel\'s cipher engines, raw: libsodium through bun:ffi vs the pure-JS fallback, MB/s',
+  async unavailable() {
+    const { sodium } = await import('../src/tunnel/security/cipher.ts');
+    const s = sodium();
+    return 'error' in s ? `libsodium is not loadable here (${s.error}): the tunnel runs its pure-JS engines; install libsodium23 for the fast ones` : null;
+  },
+  async run(ctx) {
+    const { sodium } = await import('../src/tunnel/security/cipher.ts');
+    const { xsalsa20 } = await import('@noble/ciphers/salsa.js');
+    const { chacha20poly1305 } = await import('@noble/ciphers/chacha.js');
+    const s = sodium();
+    if ('error' in s) throw new Error(s.error);
+    const key = crypto.getRandomValues(new Uint8Array(32));
+    const nonce24 = crypto.getRandomValues(new Uint8Array(24));
+    const nonce12 = crypto.getRandomValues(new Uint8Array(12));
+    const out = new Uint8Array(64 * 1024 + 16);
+    const d = Math.max(0.1, ctx.duration / 2);
+    ctx.progress('XSalsa20 (the PSK stream)');
+    const sx = throughput(d, (m) => s.lib.crypto_stream_xsalsa20_xor_ic(out, m, m.length, nonce24, 0, key));
+    const nx = throughput(d, (m) => xsalsa20(key, nonce24, m));
+    ctx.progress('ChaCha20-Poly1305 (Noise)');
+    const sc = throughput(d, (m) => s.lib.crypto_aead_chacha20poly1305_ietf_encrypt(out, null, m, m.length, null, 0, null, nonce12, key));
+    const nc = throughput(d, (m) => chacha20poly1305(key, nonce12).encrypt(m));
+    const b = { label: 'pure JS (@noble/ciphers)' };
+    return [
+      { id: 'cipher.xsalsa20', label: 'XSalsa20, libsodium', unit: 'MB/s', better: 'higher', value: sx, baseline: { ...b, value: nx } },
+      { id: 'cipher.chacha20poly1305', label: 'ChaCha20-Poly1305, libsodium', unit: 'MB/s', better: 'higher', value: sc, baseline: { ...b, value: nc } },
+    ];
   },
 };

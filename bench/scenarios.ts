@@ -1,8 +1,8 @@
-/** The scenarios `edgemesh bench` knows. Each prints progress through `progress` and returns a table. */
+/** The scenarios `edgemesh bench` knows, in the order they run. */
 import { catalogScenario } from './catalog.ts';
-import { dnsScenario, proxyScenario, tunnelScenario } from './node.ts';
+import { cipherScenario, dnsScenario, proxyScenario, tunnelScenario } from './node.ts';
 import type { Scenario } from './scenario.ts';
 
-export type { Scenario, ScenarioResult } from './scenario.ts';
+export type { BenchContext, RawFigure, Scenario } from './scenario.ts';
 
-export const SCENARIOS: Scenario[] = [catalogScenario, dnsScenario, proxyScenario, tunnelScenario];
+export const SCENARIOS: Scenario[] = [catalogScenario, dnsScenario, proxyScenario, tunnelScenario, cipherScenario];

@@ -9,6 +9,7 @@ import { EXAMPLE_CATALOG } from '../catalog/example.ts';
 import { Command, CommanderError } from 'commander';
 import { EdgeMeshError, describeError, exitCodeFor } from '../errors.ts';
 import { VERSION } from '../version.ts';
+import type { BenchOptions } from './bench.ts';
 
 // Each command's module is imported when that command runs: `version`, `status` or `config check` must not load
 // the agent (libp2p, the Kubernetes client, the data paths): in the compiled binary that took 120 ms and 65 MiB.
@@ -86,11 +87,18 @@ export function buildProgram(): Command {
 
   program
     .command('bench')
-    .description('profile this node; see `edgemesh bench --list`')
-    .argument('[scenario...]', 'scenarios to run (default: all available)')
+    .description('profile this node against same-run baselines; see `edgemesh bench --list` and docs/bench.md')
+    .argument('[scenario...]', 'scenarios to run (default: all)')
     .option('--list', 'list the scenarios')
-    .option('--json', 'print results as JSON')
-    .action(async (names: string[], o: { list?: boolean; json?: boolean }) => (await import('./bench.ts')).runBench(names, o));
+    .option('--only <names>', 'scenarios to run, comma-separated (same as naming them)')
+    .option('--json', 'print the report as JSON (schema edgemesh-bench/1, docs/bench.md)')
+    .option('--report <file.html>', 'also write the report as one self-contained HTML page')
+    .option('--compare <old.json>', 'compare with an earlier --json report (exit 3 on a regression)')
+    .option('--repeat <n>', 'repeats of each scenario; medians and spreads are reported', '3')
+    .option('--duration <seconds>', 'seconds per measurement', '1')
+    .option('--connections <n>', 'concurrent connections for the HTTP figures', '8')
+    .option('--size <bytes>', 'bytes per round-trip message and UDP datagram', '64')
+    .action(async (names: string[], o: BenchOptions) => (await import('./bench.ts')).runBench(names, o));
 
   return program;
 }

@@ -60,46 +60,57 @@ export class DnsServer {
 
   constructor(private readonly deps: DnsServerDeps) {}
 
+  private async listen(host: string, port: number): Promise<void> {
+    const { logger } = this.deps;
+    this.udp = await Bun.udpSocket({
+      hostname: host,
+      port,
+      socket: {
+        data: (_sock, buf, rport, raddr) => this.onDatagram(buf, rport, raddr),
+        // ECONNREFUSED from a client that went away: a Bun UDP socket without an error handler crashes the process.
+        error: (_s, err) => logger.debug('udp socket error', { error: describeError(err) }),
+      },
+    });
+    this.tcp = Bun.listen<TcpConn>({
+      hostname: host,
+      port: this.udp.port,
+      socket: {
+        open: (s) => {
+          s.data = { frames: new Frames16(), pending: [], closed: false, lastActive: Date.now() };
+          s.timeout(this.deps.tcpIdleTimeoutSec);
+        },
+        data: (s, chunk) => this.onTcpData(s, chunk),
+        drain: (s) => this.flushTcp(s),
+        timeout: (s) => {
+          if (idleFor(s, s.data.lastActive, this.deps.tcpIdleTimeoutSec)) s.end();
+        },
+        close: (s) => {
+          if (s.data) s.data.closed = true;
+        },
+        error: () => {},
+      },
+    });
+  }
+
   async start(): Promise<void> {
     const { host, port, logger } = this.deps;
-    try {
-      this.udp = await Bun.udpSocket({
-        hostname: host,
-        port,
-        socket: {
-          data: (_sock, buf, rport, raddr) => this.onDatagram(buf, rport, raddr),
-          // ECONNREFUSED from a client that went away: a Bun UDP socket without an error handler crashes the process.
-          error: (_s, err) => logger.debug('udp socket error', { error: describeError(err) }),
-        },
-      });
-      this.tcp = Bun.listen<TcpConn>({
-        hostname: host,
-        port: this.udp.port,
-        socket: {
-          open: (s) => {
-            s.data = { frames: new Frames16(), pending: [], closed: false, lastActive: Date.now() };
-            s.timeout(this.deps.tcpIdleTimeoutSec);
-          },
-          data: (s, chunk) => this.onTcpData(s, chunk),
-          drain: (s) => this.flushTcp(s),
-          timeout: (s) => {
-            if (idleFor(s, s.data.lastActive, this.deps.tcpIdleTimeoutSec)) s.end();
-          },
-          close: (s) => {
-            if (s.data) s.data.closed = true;
-          },
-          error: () => {},
-        },
-      });
-    } catch (err) {
-      await this.stop();
-      throw new EdgeMeshError('INTERNAL', `cannot listen for DNS on ${host}:${port}: ${describeError(err)}; ${port < 1024 ? 'port < 1024 needs root or CAP_NET_BIND_SERVICE; ' : ''}another DNS server may hold it (set modules.edgeDNS.listenAddress/listenPort)`, { cause: err });
+    // Port 0 (tests, `edgemesh bench`): TCP takes the port the kernel gave UDP, which a TCP socket may already
+    // hold; another UDP port is tried then.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.listen(host, port);
+        break;
+      } catch (err) {
+        await this.stop();
+        if (port === 0 && attempt < 8 && /EADDRINUSE/.test(describeError(err))) continue;
+        throw new EdgeMeshError('INTERNAL', `cannot listen for DNS on ${host}:${port}: ${describeError(err)}; ${port < 1024 ? 'port < 1024 needs root or CAP_NET_BIND_SERVICE; ' : ''}another DNS server may hold it (set modules.edgeDNS.listenAddress/listenPort)`, { cause: err });
+      }
     }
     if (this.deps.rateLimit > 0) {
       this.bucketSweep = setInterval(() => this.buckets.clear(), 60_000);
       this.bucketSweep.unref?.();
     }
-    logger.info('DNS listening', { address: `${host}:${this.udp.port}`, transports: 'udp,tcp' });
+    logger.info('DNS listening', { address: `${host}:${this.port}`, transports: 'udp,tcp' });
   }
 
   get port(): number {
