@@ -40,52 +40,69 @@ export function echoServer(): Bun.TCPSocketListener<{ rest: Uint8Array | null }>
 }
 
 /**
- * Send as fast as the socket takes it for `seconds` and count what comes back: MB/s echoed, and the rate per
- * 100 ms. `live` is called with the rate so far about every 100 ms.
+ * Send as fast as the socket takes it and count what comes back for `seconds` from the first echoed byte (the
+ * connection's set-up, through a tunnel say, is not throughput): MB/s echoed, and the rate per 100 ms. `live`
+ * is called with the rate so far about every 100 ms.
  */
 export async function bulk(port: number, seconds: number, live?: (mbps: number) => void): Promise<{ mbps: number; series: Series }> {
   const chunk = new Uint8Array(256 * 1024);
   let got = 0;
   let stopSending = false;
   const points: { t: number; value: number }[] = [];
-  const t0 = performance.now();
-  let lastT = t0;
+  let t0 = 0;
+  let lastT = 0;
   let lastGot = 0;
-  const tick = setInterval(() => {
-    const now = performance.now();
-    points.push({ t: Number(((now - t0) / 1000).toFixed(2)), value: Number(((got - lastGot) / 1e6 / ((now - lastT) / 1000)).toFixed(1)) });
-    lastT = now;
-    lastGot = got;
-    live?.(got / 1e6 / ((now - t0) / 1000));
-  }, 100);
-  const echoed = await new Promise<number>((resolve, reject) => {
-    let done = false;
-    const finish = (s: { end(): void }) => {
-      if (done) return;
-      done = true;
-      const bytes = got;
-      s.end();
-      resolve(bytes);
-    };
-    const pump = (s: { write(b: Uint8Array): number }) => {
-      while (!stopSending) {
-        const n = s.write(chunk);
-        if (n < chunk.length) return;
-      }
-    };
-    Bun.connect({ hostname: HOST, port, socket: {
-      open(s) {
-        pump(s);
-        setTimeout(() => { stopSending = true; finish(s); }, seconds * 1000);
-      },
-      drain: pump,
-      data(_s, d) { got += d.length; },
-      error(_s, e) { reject(e); },
-      connectError(_s, e) { reject(e); },
-    } }).catch(reject);
-  });
-  clearInterval(tick);
-  return { mbps: echoed / 1e6 / seconds, series: { unit: 'MB/s', points } };
+  let tick: ReturnType<typeof setInterval> | null = null;
+  const startClock = (): void => {
+    t0 = lastT = performance.now();
+    tick = setInterval(() => {
+      const now = performance.now();
+      points.push({ t: Number(((now - t0) / 1000).toFixed(2)), value: Number(((got - lastGot) / 1e6 / ((now - lastT) / 1000)).toFixed(1)) });
+      lastT = now;
+      lastGot = got;
+      live?.(got / 1e6 / ((now - t0) / 1000));
+    }, 100);
+  };
+  const setupLimitMs = Math.max(10_000, seconds * 20_000);
+  let noEcho: ReturnType<typeof setTimeout> | null = null;
+  try {
+    const echoed = await new Promise<number>((resolve, reject) => {
+      let done = false;
+      const finish = (s: { end(): void }) => {
+        if (done) return;
+        done = true;
+        stopSending = true;
+        const bytes = got;
+        s.end();
+        resolve(bytes);
+      };
+      const pump = (s: { write(b: Uint8Array): number }) => {
+        while (!stopSending) {
+          const n = s.write(chunk);
+          if (n < chunk.length) return;
+        }
+      };
+      noEcho = setTimeout(() => reject(new Error(`no byte came back within ${setupLimitMs / 1000} s`)), setupLimitMs);
+      Bun.connect({ hostname: HOST, port, socket: {
+        open: pump,
+        drain: pump,
+        data(s, d) {
+          if (!t0) {
+            if (noEcho) clearTimeout(noEcho);
+            startClock();
+            setTimeout(() => finish(s), seconds * 1000);
+          }
+          got += d.length;
+        },
+        error(_s, e) { reject(e); },
+        connectError(_s, e) { reject(e); },
+      } }).catch(reject);
+    });
+    return { mbps: echoed / 1e6 / seconds, series: { unit: 'MB/s', points } };
+  } finally {
+    if (tick) clearInterval(tick);
+    if (noEcho) clearTimeout(noEcho);
+  }
 }
 
 /** Sequential round trips of `size` bytes on one connection for `seconds`; latencies in µs. */
