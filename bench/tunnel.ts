@@ -7,7 +7,12 @@
  *   - time to first byte to a new peer (first request after start: dial + PSK + TLS + yamux + proxy handshake);
  *   - the PSK cipher engines' own speed.
  * Usage: bun bench/tunnel.ts [--seconds=5] [--connections=50] [--cipher=auto|noble] [--encryption=tls|noise]
- *        [--only=iperf|http|newconn] [--repeat=N (run them N times on the same agents, RSS after each)] [--psk=on|off] [--psk-mode=handshake|stream] [--hold=N] [--warmup=S (HTTP through the tunnel before measuring; 0: none)]   (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
+ *        [--only=iperf|http|newconn] [--repeat=N (run them N times on the same agents, RSS after each)] [--psk=on|off] [--psk-mode=handshake|stream] [--hold=N] [--warmup=S (HTTP through the tunnel before measuring; 0: none)]
+ *        [--contention=N (N busy loops, `yes > /dev/null`, pinned round-robin on the CPUs beside the agents, as a
+ *        board runs its workloads)] [--nice=N (the agents' commonConfig.nice; default: the config's default, -10)]
+ *        (needs iperf3, wrk, nginx; BENCH_BUN_ARGS passes flags to the agents' Bun)
+ * With every iperf3 run through the tunnel it prints each agent's scheduler account (/proc/PID/task/*\/schedstat):
+ * time on a CPU and time runnable but waiting for one. Waiting is what a busy CPU takes from the agents.
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -15,6 +20,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, freeStablePort } from '../test/helpers.ts';
 import { chooseXSalsa20, XSalsa20Stream } from '../src/tunnel/security/cipher.ts';
+import { readFileSync, readdirSync } from 'node:fs';
+import { spawnChild } from './children.ts';
 import { cpuSeconds, iperfClient, spawnPinned, wrkRun, writeNginxConf } from './tools.ts';
 
 const argOf = (k: string, d: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d;
@@ -69,7 +76,7 @@ try {
     const cfg = join(dir, `${n.name}.yaml`);
     writeFileSync(cfg, JSON.stringify({
       catalog: { file: join(dir, 'catalog.yaml') },
-      commonConfig: { stateDir: join(dir, n.name), adminAddress: `127.0.0.1:${n.admin}`, logLevel: 'warn' },
+      commonConfig: { stateDir: join(dir, n.name), adminAddress: `127.0.0.1:${n.admin}`, logLevel: 'warn', ...(argOf('nice', '') ? { nice: Number(argOf('nice', '0')) } : {}) },
       modules: {
         edgeDNS: { enable: false },
         edgeProxy: { enable: true, listenAddress: '127.0.0.1', interception: 'none' },
@@ -109,6 +116,12 @@ try {
     await Bun.sleep(hold * 1000);
   }
 
+  // ---- a busy board: N busy loops beside the agents, started before any measurement ----
+  const contention = Number(argOf('contention', '0'));
+  const cpus = Number(Bun.spawnSync(['nproc']).stdout.toString().trim()) || 1;
+  for (let i = 0; i < contention; i++) procs.push(spawnChild(['taskset', '-c', String(i % cpus), 'yes'], { stdout: Bun.file('/dev/null'), stderr: 'ignore' }));
+  if (contention) log(`${contention} busy loop(s) running beside the agents`);
+
   // ---- time to first byte to a new peer ----
   const ttfb = async (port: number): Promise<number> => {
     const t0 = performance.now();
@@ -124,6 +137,19 @@ try {
 
   // ---- CPU accounting ----
   const agentsCpu = async () => (await cpuSeconds(agents[0]!.pid)) + (await cpuSeconds(agents[1]!.pid));
+
+  /** On-CPU and runnable-but-waiting time (ms) of all of a process's threads, from schedstat (ns). */
+  const sched = (pid: number): { run: number; wait: number } => {
+    let run = 0, wait = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const [r, w] = readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ').map(Number);
+        run += r! / 1e6;
+        wait += w! / 1e6;
+      } catch { /* thread gone */ }
+    }
+    return { run, wait };
+  };
 
   async function iperf(port: number, streams: number): Promise<number> {
     const srv = spawnPinned('1', ['iperf3', '-s', '-p', String(pIperf), '-1']);
@@ -143,11 +169,15 @@ try {
   for (const streams of only && only !== 'iperf' ? [] : [1, 4]) {
     const direct = await iperf(pIperf, streams);
     const c0 = await agentsCpu();
+    const s0 = agents.map((a) => sched(a.pid));
     const tunnel = await iperf(viaIperf, streams);
+    const s1 = agents.map((a) => sched(a.pid));
     const cores = (await agentsCpu()) - c0;
     const perGbit = cores / (tunnel * seconds);
-    rows.push({ test: `iperf3 ${streams} stream(s)`, direct, tunnel, ratio: tunnel / direct, agentCoresPerGbps: perGbit });
-    log(`iperf3 ${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, tunnel ${tunnel.toFixed(2)} Gbit/s (${(tunnel / direct).toFixed(3)} of direct; both agents ${perGbit.toFixed(3)} cores per Gbit/s)`);
+    // Per agent, during the tunnel run: share of the wall time on a CPU, and runnable but waiting for one.
+    const schedShare = agents.map((_, i) => ({ onCpu: (s1[i]!.run - s0[i]!.run) / (seconds * 1000), waiting: (s1[i]!.wait - s0[i]!.wait) / (seconds * 1000) }));
+    rows.push({ test: `iperf3 ${streams} stream(s)`, direct, tunnel, ratio: tunnel / direct, agentCoresPerGbps: perGbit, sched: schedShare });
+    log(`iperf3 ${streams} stream(s): direct ${direct.toFixed(2)} Gbit/s, tunnel ${tunnel.toFixed(2)} Gbit/s (${(tunnel / direct).toFixed(3)} of direct; both agents ${perGbit.toFixed(3)} cores per Gbit/s; on a CPU / waiting for one: ${schedShare.map((x, i) => `${nodes[i]!.name} ${(x.onCpu * 100).toFixed(0)}% / ${(x.waiting * 100).toFixed(0)}%`).join(', ')})`);
   }
 
   for (const close of only === 'iperf' ? [] : only === 'newconn' ? [true] : only === 'http' ? [false, true] : [false, true]) {

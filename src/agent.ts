@@ -32,7 +32,9 @@ import { EdgeMeshError, describeError } from './errors.ts';
 import { AdminServer, type Readiness } from './obs/admin.ts';
 import type { Logger } from './obs/logger.ts';
 import { MetricsRegistry } from './obs/metrics.ts';
+import { type PriorityState, applyNice } from './priority.ts';
 import { VERSION } from './version.ts';
+import { getPriority } from 'node:os';
 
 export interface ModuleStatus {
   name: string;
@@ -51,6 +53,8 @@ export interface AgentStatus {
   startedAt: string;
   /** ms from the process's start until every module ran, by phase (load: runtime, code and config); null while starting. */
   startup: { ms: number; phases: Record<string, number> } | null;
+  /** The process's CPU priority: the nice value asked for (commonConfig.nice), the one it runs at, and why not. */
+  nice: PriorityState;
   uptimeSeconds: number;
   ready: Readiness;
   catalog: ReturnType<Catalog['state']> & {
@@ -90,6 +94,7 @@ export class Agent {
   private gateway: GatewayModule | null = null;
   private restoredFrom: string | null = null;
   private readonly startedAt = new Date();
+  private priority: PriorityState | null = null;
   /** Milliseconds from the process's start to the end of start(), and the share of each phase. */
   private startup: { ms: number; phases: Record<string, number> } | null = null;
   private readonly ac = new AbortController();
@@ -125,6 +130,13 @@ export class Agent {
       last = now;
     };
     this.log.info(`edgemesh ${loaded.role} ${VERSION} starting`, { node: loaded.nodeName, mode: loaded.mode, config: loaded.source });
+    const nice = loaded.config.commonConfig.nice;
+    if (nice !== 0) {
+      this.priority = applyNice(nice);
+      if (this.priority.error) {
+        this.log.warn(`cannot run at nice ${nice} (${this.priority.error}): when the board's workloads keep the CPUs busy, the proxy and the tunnel get only a fair share of one core`, { nice: this.priority.actual, fix: 'run as root or with CAP_SYS_NICE (AmbientCapabilities=CAP_SYS_NICE), or set commonConfig.nice: 0 to accept it' });
+      }
+    }
     await this.ensureStateDir();
 
     // Admin first: /healthz answers and /readyz explains while the catalog loads.
@@ -315,6 +327,7 @@ export class Agent {
       pid: process.pid,
       startedAt: this.startedAt.toISOString(),
       startup: this.startup,
+      nice: this.priority ?? { wanted: this.loaded.config.commonConfig.nice, actual: getPriority(0), error: null },
       uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
       ready: this.readiness(),
       catalog: {

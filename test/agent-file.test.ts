@@ -140,6 +140,25 @@ endpoints:
     expect(Math.abs(sum - st.startup.ms)).toBeLessThanOrEqual(Object.keys(st.startup.phases).length);
   });
 
+  test('the agent runs at commonConfig.nice (-10 by default) on every thread, or says why not', async () => {
+    const st = JSON.parse((await runCli(['status', '--json', '--admin', admin.replace('http://', '')])).stdout) as { pid: number; nice: { wanted: number; actual: number; error: string | null } };
+    expect(st.nice.wanted).toBe(-10);
+    if (process.getuid?.() !== 0) {
+      expect(st.nice.error).toContain('CAP_SYS_NICE');
+      return;
+    }
+    expect(st.nice).toEqual({ wanted: -10, actual: -10, error: null });
+    const threads = readdirSync(`/proc/${st.pid}/task`);
+    expect(threads.length).toBeGreaterThan(1);
+    for (const tid of threads) {
+      // /proc/PID/task/TID/stat: the 19th field is the nice value.
+      const nice = Number(readFileSync(`/proc/${st.pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]);
+      expect({ tid, nice }).toEqual({ tid, nice: -10 });
+    }
+    const r = await runCli(['status', '--admin', admin.replace('http://', '')]);
+    expect(r.stdout).toContain('priority:  nice -10');
+  });
+
   test('the snapshot is written atomically with mode 0600', async () => {
     const path = join(stateDir, 'catalog.json');
     await waitFor(() => { try { return statSync(path).size > 0; } catch { return false; } }, 'snapshot file', 5000);

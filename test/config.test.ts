@@ -157,6 +157,15 @@ describe('config', () => {
     expect(mergeConfig('gateway', 'edge', { modules: { edgeGateway: { labels: { app: 7 } } } }).issues.map((i) => `${i.path}: ${i.message}`)).toEqual(['modules.edgeGateway.labels.app: 7 is not a string']);
   });
 
+  test('commonConfig.nice: -10 by default, any of -20 to 19, anything else named', () => {
+    expect(mergeConfig('agent', 'edge', {}).config.commonConfig.nice).toBe(-10);
+    expect(mergeConfig('agent', 'edge', { commonConfig: { nice: 0 } }).issues).toEqual([]);
+    for (const v of [40, -21, 1.5, 'high']) {
+      const lines = mergeConfig('agent', 'edge', { commonConfig: { nice: v } }).issues.map((i) => `${i.path}: ${i.message}`);
+      expect(lines).toEqual([expect.stringContaining(`commonConfig.nice: ${JSON.stringify(v)}`)]);
+    }
+  });
+
   test('did-you-mean finds near keys and stays quiet for far ones', () => {
     expect(didYouMean('relayNode', ['relayNodes', 'rendezvous'])).toBe('relayNodes');
     expect(didYouMean('zzzzzz', ['relayNodes', 'rendezvous'])).toBeUndefined();

@@ -20,6 +20,7 @@ export function formatStatus(st: AgentStatus): string {
     `edgemesh ${st.role} ${st.version} on node ${st.nodeName} (${st.mode} mode), up ${duration(st.uptimeSeconds)}, pid ${st.pid}`,
     `ready:     ${st.ready.ready ? 'yes' : 'NO'} — ${st.ready.reason}`,
     `config:    ${st.config}`,
+    ...(st.nice ? [`priority:  nice ${st.nice.actual}${st.nice.error ? ` (commonConfig.nice ${st.nice.wanted} refused: ${st.nice.error})` : ''}`] : []),
     ...(st.startup ? [`start-up:  ${st.startup.ms} ms (${Object.entries(st.startup.phases).map(([k, v]) => `${k} ${v}`).join(', ')})`] : []),
     `catalog:   ${c.counts.services} services, ${c.counts.endpoints} endpoint sets, ${c.counts.nodes} nodes, ${c.counts.destinationRules} destination rules, ${c.counts.gateways} gateways, ${c.counts.virtualServices} virtual services, ${c.counts.secrets} secrets`,
     `           version ${c.version}, from ${c.origin}, updated ${ago(c.updatedAt)}`,

@@ -58,6 +58,11 @@ const commonConfig = (admin: string) =>
     bridgeGuard: oneOf('auto', ['auto', 'off']),
     /** Interfaces the bridge guard treats as uplinks besides the detected ones (a LAN-only NIC without a gateway route). */
     bridgeGuardInterfaces: list(str('', { check: (v) => (/^[\w.@-]{1,15}$/.test(v) ? null : 'is not a valid interface name (1-15 characters)'), allowed: 'an interface name' })),
+    /**
+     * The agent's nice value: its one data-path thread keeps its throughput when the board's workloads keep every
+     * core busy (src/priority.ts). 0 leaves the scheduler's default. Lowering it needs root or CAP_SYS_NICE.
+     */
+    nice: int(-10, -20, 19),
   });
 
 const consistentHash = obj({
