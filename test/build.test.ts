@@ -201,6 +201,9 @@ describe('systemd unit and install.sh', () => {
       expect(unit).toContain('CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE');
       expect(unit).toContain('StateDirectory=edgemesh');
       expect(unit).toContain('Restart=on-failure');
+      // commonConfig.nice's default, set by systemd: the unit's bounding set has no CAP_SYS_NICE for the agent to do it.
+      expect(unit).toContain('Nice=-10');
+      expect(unit).not.toContain('CAP_SYS_NICE');
     } finally {
       t.cleanup();
     }
