@@ -268,6 +268,24 @@ describe('small commands', () => {
   });
 });
 
+describe('running', () => {
+  test('an agent with nothing to serve yet (no modules, no admin server) keeps running until it is stopped', async () => {
+    const t = tempDir();
+    try {
+      const cat = join(t.path, 'c.yaml');
+      writeFileSync(cat, '');
+      const cfg = await writeAgentConfig(t.path, `commonConfig: { adminAddress: "" }\ncatalog: { file: ${cat} }\nmodules:\n  edgeDNS: { enable: false }\n  edgeProxy: { enable: false }\n`);
+      const a = new AgentProcess(['agent', '--config', cfg.path, '--node-name', 'n1']);
+      await a.waitForLog(/ started /);
+      const early = await Promise.race([a.exited.then((c) => `exited ${c}`), Bun.sleep(1500).then(() => 'running')]);
+      expect(early).toBe('running');
+      expect(await a.stop()).toBe(0);
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
 describe('start failures', () => {
   test('DNS on a port that is taken: exit 1 with the reason; as non-root on the bridge IP: exit 2', async () => {
     const t = tempDir();

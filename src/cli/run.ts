@@ -38,6 +38,9 @@ export async function runNode(role: Role, o: { config?: string; catalog?: string
   // A stray rejection is a bug to report, not a reason to take the node's DNS and proxy down with it.
   process.on('unhandledRejection', (err) => logger.error('unhandled promise rejection (please report)', { error: describeError(err) }));
 
+  // The node runs until a signal stops it, even when nothing else holds the event loop open (a gateway whose
+  // NICs have no address yet, with the admin server off, has only unref'd timers and a file watch).
+  setInterval(() => {}, 2 ** 30);
   try {
     await agent.start();
   } catch (err) {
