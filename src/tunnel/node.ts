@@ -124,10 +124,15 @@ export async function buildNode(d: NodeDeps): Promise<{ node: Libp2p; encryption
       connectionGater,
       connectionEncrypters: encrypters as never,
       streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024 } } as never)],
-      // mDNS (and its multicast DNS library) is loaded only when it is on.
-      peerDiscovery: c.mdns ? [(await import('@libp2p/mdns')).mdns({ serviceTag: c.rendezvous })] : [],
+      // mDNS (and its multicast DNS library) is loaded only when it is on; it asks the LAN every 30 s (libp2p's
+      // default is 10 s): a node that starts asks at once and dials what answers, so only the others learn of it
+      // later, and an idle node answers a third as many queries.
+      peerDiscovery: c.mdns ? [(await import('@libp2p/mdns')).mdns({ serviceTag: c.rendezvous, interval: 30_000 })] : [],
       // libp2p's own limit of connections waiting for a handshake is 10 for the whole node: raised past what the
       // transport's admission lets through (admission.ts), which limits them per address instead.
+      // A ping on every connection every 30 s, as go-yamux's keep-alive (libp2p's default is 10 s): it keeps NAT
+      // mappings and finds a silently dead connection; closes and resets are seen at once without it.
+      connectionMonitor: { pingInterval: 30_000 },
       connectionManager: { maxConnections: 400, inboundUpgradeTimeout: c.handshakeTimeoutMs, maxIncomingPendingConnections: (d.transport.admission?.total ?? 10) + 192 },
       services: services as never,
       // Started by the module, once every handler and listener is in place (identify results arrive at once).

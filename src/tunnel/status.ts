@@ -11,8 +11,6 @@ import type { StreamLimits } from './limits.ts';
 import type { HolePuncher } from './punch.ts';
 import { isRelayed } from './transport.ts';
 
-const PING_EVERY_MS = 10_000;
-
 export interface TunnelStats {
   streamsOut: number;
   streamsIn: number;
@@ -79,23 +77,24 @@ export interface NodeFacts {
 }
 
 export class TunnelReporter {
+  /** Round trips measured when a peer connected; later ones come from libp2p's connection monitor. */
   private readonly rtt = new Map<string, number>();
-  private pinger: ReturnType<typeof setInterval> | null = null;
   private node: Libp2p | null = null;
 
   constructor(private readonly d: StatusDeps) {}
 
-  /** Ping every connected peer now and then, and each new one at once. */
+  /**
+   * Each new peer is pinged at once, for its round trip in status. After that the connection monitor's pings
+   * (node.ts: every 30 s on every connection, `rtt` on the connection) are read: a second pinger of our own every
+   * 10 s opened a stream per peer for nothing and was a share of an idle agent's CPU.
+   */
   start(node: Libp2p): void {
     this.node = node;
-    this.pinger = setInterval(() => void this.pingPeers(), PING_EVERY_MS);
-    this.pinger.unref?.();
     node.addEventListener('peer:connect', (evt) => void this.pingPeer(evt.detail));
+    node.addEventListener('peer:disconnect', (evt) => this.rtt.delete(evt.detail.toString()));
   }
 
   stop(): void {
-    if (this.pinger) clearInterval(this.pinger);
-    this.pinger = null;
     this.node = null;
   }
 
@@ -122,19 +121,10 @@ export class TunnelReporter {
       }
       peers.push({
         node: this.d.peers.nodeOf(peer) ?? '?', peerId: peer.toString(), path: relayed ? 'relayed' : 'direct', relay, remoteAddr: addr,
-        encryption: best.encryption ?? '', streams: conns.reduce((n, c) => n + c.streams.length, 0), connections: conns.length, rttMs: this.rtt.get(peer.toString()),
+        encryption: best.encryption ?? '', streams: conns.reduce((n, c) => n + c.streams.length, 0), connections: conns.length, rttMs: best.rtt ?? this.rtt.get(peer.toString()),
       });
     }
     return { peerId: node.peerId.toString(), encryption: f.encryption, listen: node.getMultiaddrs().map(String), relay: f.isRelay, punch, peers };
-  }
-
-  private async pingPeers(): Promise<void> {
-    const node = this.node;
-    if (!node) return;
-    const peers = node.getPeers();
-    const seen = new Set(peers.map(String));
-    for (const k of this.rtt.keys()) if (!seen.has(k)) this.rtt.delete(k);
-    await Promise.all(peers.map((p) => this.pingPeer(p)));
   }
 
   private async pingPeer(p: PeerId): Promise<void> {
