@@ -134,7 +134,8 @@ export class Agent {
     if (nice !== 0) {
       this.priority = applyNice(nice);
       if (this.priority.error) {
-        this.log.warn(`cannot run at nice ${nice} (${this.priority.error}): when the board's workloads keep the CPUs busy, the proxy and the tunnel get only a fair share of one core`, { nice: this.priority.actual, fix: 'run as root or with CAP_SYS_NICE (AmbientCapabilities=CAP_SYS_NICE), or set commonConfig.nice: 0 to accept it' });
+        // As root (without CAP_SYS_NICE) this is a deployment to fix; a user's own test run cannot do it anyway.
+        this.log[process.getuid?.() === 0 ? 'warn' : 'info'](`cannot run at nice ${nice} (${this.priority.error}): when the board's workloads keep the CPUs busy, the proxy and the tunnel get only a fair share of one core`, { nice: this.priority.actual, fix: 'run as root or with CAP_SYS_NICE (AmbientCapabilities=CAP_SYS_NICE), or set commonConfig.nice: 0 to accept it' });
       }
     }
     await this.ensureStateDir();
