@@ -11,6 +11,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { serviceYaml } from '../test/fixtures/objects.ts';
 import { MAIN, freePort } from '../test/helpers.ts';
 import { cpuSeconds, spawnPinned, wrkRun, writeNginxConf } from './tools.ts';
 
@@ -45,15 +46,7 @@ try {
   procs.push(spawnPinned('0', ['nginx', '-c', join(ngDir, 'nginx.conf'), '-p', ngDir]));
 
   const catalog = join(dir, 'catalog.yaml');
-  writeFileSync(catalog, `apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: web, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: ${pBack} }] }]
+  writeFileSync(catalog, `${serviceYaml({ name: 'web', clusterIP: '10.96.0.10', port: 80, target: pBack })}
 ---
 apiVersion: networking.istio.io/v1beta1
 kind: Gateway

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentProcess, MAIN, isRoot, runCli, tempDir, waitFor } from './helpers.ts';
+import { serviceYaml } from './fixtures/objects.ts';
 
 const NS = `emgw${process.pid}`;
 const tools = ['ip', 'curl'].every((t) => Bun.which(t));
@@ -29,15 +30,7 @@ describe.skipIf(!isRoot || !tools)('gateway addresses in a network namespace (ro
     backend = new AgentProcess([script], { bin: ['ip', 'netns', 'exec', NS, process.execPath] });
     await backend.waitForLog(/serving/);
     const catalog = join(t.path, 'catalog.yaml');
-    writeFileSync(catalog, `apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: web, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: 18081 }] }]
+    writeFileSync(catalog, `${serviceYaml({ name: 'web', clusterIP: '10.96.0.10', port: 80, target: 18081 })}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentProcess, freePort, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { serviceYaml } from './fixtures/objects.ts';
 
 const tools = ['openssl', 'curl'].every((t) => Bun.which(t));
 
@@ -55,14 +56,7 @@ metadata: { name: ${name}, namespace: shop }
 type: kubernetes.io/tls
 data: { tls.crt: ${b64(crt)}, tls.key: ${b64(key)}${ca ? `, ca.crt: ${b64(ca)}` : ''} }`;
   const catalogText = (aCert: string) => [
-    `apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }`,
-    `apiVersion: v1
-kind: Endpoints
-metadata: { name: web, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: ${backend.port} }] }]`,
+    serviceYaml({ name: 'web', clusterIP: '10.96.0.10', port: 80, target: backend.port! }),
     secret('a-cert', `${aCert}.crt`, `${aCert}.key`),
     secret('b-cert', 'b.crt', 'b.key'),
     secret('m-cert', 'm.crt', 'm.key', 'ca.crt'),
@@ -79,21 +73,8 @@ spec:
 kind: VirtualService
 metadata: { name: web, namespace: shop }
 spec: { hosts: ["*.example.com"], gateways: [edge], http: [{ route: [{ destination: { host: web } }] }] }`,
-    ...(['p', 'q'] as const).flatMap((n, i) => [`apiVersion: v1
-kind: Service
-metadata: { name: tls-${n}, namespace: shop }
-spec: { clusterIP: 10.96.1.${i + 1}, ports: [{ name: https, port: 443 }] }`, `apiVersion: v1
-kind: Endpoints
-metadata: { name: tls-${n}, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: https, port: ${tlsBackends[i]!.port} }] }]`]),
-    `apiVersion: v1
-kind: Service
-metadata: { name: echo, namespace: shop }
-spec: { clusterIP: 10.96.1.9, ports: [{ name: tcp, port: 7 }] }`,
-    `apiVersion: v1
-kind: Endpoints
-metadata: { name: echo, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: tcp, port: ${echo.port} }] }]`,
+    ...(['p', 'q'] as const).map((n, i) => serviceYaml({ name: `tls-${n}`, clusterIP: `10.96.1.${i + 1}`, port: 443, portName: 'https', target: tlsBackends[i]!.port! })),
+    serviceYaml({ name: 'echo', clusterIP: '10.96.1.9', port: 7, portName: 'tcp', target: echo.port! }),
     `apiVersion: networking.istio.io/v1beta1
 kind: Gateway
 metadata: { name: streams, namespace: shop }

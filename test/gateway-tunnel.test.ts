@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentProcess, freePort, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { serviceYaml } from './fixtures/objects.ts';
 
 describe('gateway → endpoint on another node, through the tunnel', () => {
   const t = tempDir('edgemesh-gwtun-');
@@ -42,13 +43,7 @@ metadata:
   name: ${n.name}
   annotations: { edgemesh.io/peer-id: ${n.peerId}, edgemesh.io/tunnel-addresses: /ip4/127.0.0.1/tcp/${n.port} }
 status: { addresses: [{ type: InternalIP, address: 127.0.0.${20 + i} }] }`);
-    docs.push(`apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }`, `apiVersion: v1
-kind: Endpoints
-metadata: { name: web, namespace: shop }
-subsets: [{ addresses: [{ ip: 127.0.0.1, nodeName: b }], ports: [{ name: http, port: ${backend.port} }] }]`, `apiVersion: networking.istio.io/v1beta1
+    docs.push(serviceYaml({ name: 'web', clusterIP: '10.96.0.10', port: 80, target: backend.port!, nodeName: 'b' }), `apiVersion: networking.istio.io/v1beta1
 kind: Gateway
 metadata: { name: edge, namespace: shop }
 spec:

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentProcess, freePort, getJson, getText, runCli, tempDir, waitFor, writeAgentConfig } from './helpers.ts';
+import { serviceYaml } from './fixtures/objects.ts';
 
 /** A backend that answers with its name, the path it got, and the headers the tests look at. */
 function backend(name: string) {
@@ -34,15 +35,7 @@ function backend(name: string) {
 
 type Reply = { name: string; path: string; host: string; method: string; body: string; xff: string; proto: string; rid: string; env: string | null; added: string | null; secret: string | null };
 
-const svc = (ns: string, name: string, ip: string, port: number, ep: number) => `apiVersion: v1
-kind: Service
-metadata: { name: ${name}, namespace: ${ns} }
-spec: { clusterIP: ${ip}, ports: [{ name: http, port: ${port} }] }
----
-apiVersion: v1
-kind: Endpoints
-metadata: { name: ${name}, namespace: ${ns} }
-subsets: [{ addresses: [{ ip: 127.0.0.1 }], ports: [{ name: http, port: ${ep} }] }]
+const svc = (namespace: string, name: string, clusterIP: string, port: number, target: number) => `${serviceYaml({ namespace, name, clusterIP, port, target })}
 `;
 
 describe('edge gateway (HTTP)', () => {
