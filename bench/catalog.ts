@@ -9,6 +9,7 @@ import { Catalog } from '../src/catalog/catalog.ts';
 import { type CatalogObjects, type Service, emptyObjects } from '../src/catalog/model.ts';
 import { SNAPSHOT_FORMAT, loadSnapshot, writeSnapshot } from '../src/catalog/snapshot.ts';
 import { createLogger } from '../src/obs/logger.ts';
+import { percentile } from './report.ts';
 import type { RawFigure, Scenario } from './scenario.ts';
 
 function service(i: number): Service {
@@ -32,10 +33,6 @@ export function syntheticObjects(n: number): CatalogObjects {
   return o;
 }
 
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-};
 
 export const catalogScenario: Scenario = {
   id: 'catalog',
@@ -69,8 +66,8 @@ export const catalogScenario: Scenario = {
       const tag = n.toLocaleString('en-US');
       out.push(
         { id: `catalog.load.${n}`, label: `initial load of ${tag} service${n === 1 ? '' : 's'}`, unit: 'ms', better: 'lower', value: initialMs },
-        { id: `catalog.apply.${n}.p50`, label: `one change notified, ${tag} service${n === 1 ? '' : 's'}, p50`, unit: 'µs', better: 'lower', value: pct(lat, 50), latencies: lat },
-        { id: `catalog.apply.${n}.p99`, label: `one change notified, ${tag} service${n === 1 ? '' : 's'}, p99`, unit: 'µs', better: 'lower', value: pct(lat, 99) },
+        { id: `catalog.apply.${n}.p50`, label: `one change notified, ${tag} service${n === 1 ? '' : 's'}, p50`, unit: 'µs', better: 'lower', value: percentile(lat, 50), latencies: lat },
+        { id: `catalog.apply.${n}.p99`, label: `one change notified, ${tag} service${n === 1 ? '' : 's'}, p99`, unit: 'µs', better: 'lower', value: percentile(lat, 99) },
       );
     }
     ctx.progress('snapshot of 10,000 services: write and load');

@@ -28,10 +28,10 @@ import { ADDRESSES_ANNOTATION, PEER_ID_ANNOTATION, TunnelModule } from '../src/t
 import { applyLibraryPatches } from '../src/tunnel/patches/index.ts';
 import { syntheticObjects } from './catalog.ts';
 import { bulk, echoServer, httpLoad, httpServer, roundTrips, udpEcho, udpLoad } from './load.ts';
+import { percentile } from './report.ts';
 import type { BenchContext, RawFigure, Scenario } from './scenario.ts';
 
 const logger = createLogger('bench', { level: 'error' });
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
 
 const balancerFor = (port: number, nodeName = '') => {
   const b = new Balancer({ ring: { partitionCount: 100, replicationFactor: 10, load: 1.25 } });
@@ -55,9 +55,9 @@ async function tcpFigures(ctx: BenchContext, prefix: string, label: string, dire
   const base = { label: 'direct' };
   return [
     { id: `${prefix}.bulk`, label: `bulk echo through the ${label}`, unit: 'MB/s', better: 'higher', value: via.mbps, baseline: { ...base, value: direct.mbps }, series: via.series },
-    { id: `${prefix}.rtt.p50`, label: `${ctx.size}-byte round trip p50`, unit: 'µs', better: 'lower', value: pct(lv, 50), baseline: { ...base, value: pct(ld, 50) }, latencies: lv },
-    { id: `${prefix}.rtt.p99`, label: `${ctx.size}-byte round trip p99`, unit: 'µs', better: 'lower', value: pct(lv, 99), baseline: { ...base, value: pct(ld, 99) } },
-    { id: `${prefix}.rtt.p999`, label: `${ctx.size}-byte round trip p99.9`, unit: 'µs', better: 'lower', value: pct(lv, 99.9), baseline: { ...base, value: pct(ld, 99.9) } },
+    { id: `${prefix}.rtt.p50`, label: `${ctx.size}-byte round trip p50`, unit: 'µs', better: 'lower', value: percentile(lv, 50), baseline: { ...base, value: percentile(ld, 50) }, latencies: lv },
+    { id: `${prefix}.rtt.p99`, label: `${ctx.size}-byte round trip p99`, unit: 'µs', better: 'lower', value: percentile(lv, 99), baseline: { ...base, value: percentile(ld, 99) } },
+    { id: `${prefix}.rtt.p999`, label: `${ctx.size}-byte round trip p99.9`, unit: 'µs', better: 'lower', value: percentile(lv, 99.9), baseline: { ...base, value: percentile(ld, 99.9) } },
   ];
 }
 
@@ -96,7 +96,7 @@ export const proxyScenario: Scenario = {
       const uv = await udpLoad(udp.port, datagrams, ctx.duration, 32);
       out.push(
         { id: 'proxy.udp.rate', label: `UDP ${ctx.size}-byte datagrams echoed, 32 outstanding`, unit: 'datagrams/s', better: 'higher', value: uv.qps, baseline: { label: 'direct', value: ud.qps } },
-        { id: 'proxy.udp.p50', label: 'UDP round trip p50', unit: 'µs', better: 'lower', value: pct(uv.lat, 50), baseline: { label: 'direct', value: pct(ud.lat, 50) }, latencies: uv.lat },
+        { id: 'proxy.udp.p50', label: 'UDP round trip p50', unit: 'µs', better: 'lower', value: percentile(uv.lat, 50), baseline: { label: 'direct', value: percentile(ud.lat, 50) }, latencies: uv.lat },
       );
       return out;
     } finally {
@@ -137,8 +137,8 @@ export const dnsScenario: Scenario = {
       const b = { label: 'UDP echo' };
       return [
         { id: 'dns.qps', label: 'queries/s (64 outstanding, one client)', unit: 'queries/s', better: 'higher', value: ours.qps, baseline: { ...b, value: base.qps } },
-        { id: 'dns.latency.p50', label: 'latency p50', unit: 'µs', better: 'lower', value: pct(ours.lat, 50), baseline: { ...b, value: pct(base.lat, 50) }, latencies: ours.lat },
-        { id: 'dns.latency.p99', label: 'latency p99', unit: 'µs', better: 'lower', value: pct(ours.lat, 99), baseline: { ...b, value: pct(base.lat, 99) } },
+        { id: 'dns.latency.p50', label: 'latency p50', unit: 'µs', better: 'lower', value: percentile(ours.lat, 50), baseline: { ...b, value: percentile(base.lat, 50) }, latencies: ours.lat },
+        { id: 'dns.latency.p99', label: 'latency p99', unit: 'µs', better: 'lower', value: percentile(ours.lat, 99), baseline: { ...b, value: percentile(base.lat, 99) } },
       ];
     } finally {
       echo.close();
