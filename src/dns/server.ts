@@ -60,8 +60,8 @@ export class DnsServer {
 
   constructor(private readonly deps: DnsServerDeps) {}
 
-  private async listen(host: string, port: number): Promise<void> {
-    const { logger } = this.deps;
+  private async listen(): Promise<void> {
+    const { host, port, logger } = this.deps;
     this.udp = await Bun.udpSocket({
       hostname: host,
       port,
@@ -98,7 +98,7 @@ export class DnsServer {
     // hold; another UDP port is tried then.
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.listen(host, port);
+        await this.listen();
         break;
       } catch (err) {
         await this.stop();
